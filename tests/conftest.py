@@ -1,0 +1,88 @@
+"""Shared test helpers.
+
+The stage scripts are named `01_xor.py` ... `06_chatbot.py`: a name that starts with a digit cannot be imported
+with a plain `import` statement, so `load_script` loads one by path. Importing a script must never start its work
+(every script guards `main()` with `if __name__ == "__main__":`), so unit tests can call its functions directly.
+
+`run_script` runs a script as a learner would (`python 04_minigpt.py --flags`), in a subprocess with a timeout,
+and returns the finished process (returncode, stdout, stderr) so a test can assert on what it printed.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def script_path(name):
+    """'04' or '04_minigpt' or '04_minigpt.py' -> the path of that stage script."""
+    stem = name[:-3] if name.endswith(".py") else name
+    matches = sorted(ROOT.glob(f"{stem}*.py")) if len(stem) == 2 else [ROOT / f"{stem}.py"]
+    if not matches or not matches[0].exists():
+        raise FileNotFoundError(f"no stage script matches {name!r} in {ROOT}")
+    return matches[0]
+
+
+_loaded = {}
+
+
+def load_script(name):
+    """Import a stage script as a module (cached per test session), without running its main()."""
+    path = script_path(name)
+    if path not in _loaded:
+        module_name = "stage_" + path.stem  # e.g. stage_04_minigpt: a valid identifier
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
+        spec.loader.exec_module(module)
+        _loaded[path] = module
+    return _loaded[path]
+
+
+def test_env(**extra):
+    """The environment scripts run in under test: offline, no display, small thread count, unbuffered output."""
+    env = dict(os.environ)
+    env.update(
+        MPLBACKEND="Agg",            # matplotlib without a screen
+        HF_HUB_OFFLINE="1",          # never try the Hugging Face hub in tests: CI has no internet
+        TRANSFORMERS_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_script(name, *args, timeout=300, cwd=None, env=None, input=None):
+    """Run `python <stage script> args...`; return the CompletedProcess (text mode). Never raises on exit codes."""
+    cmd = [sys.executable, str(script_path(name)), *map(str, args)]
+    return subprocess.run(
+        cmd, cwd=str(cwd or ROOT), env=env or test_env(), input=input,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc, code=None, contains=None):
+    """A clean failure: non-zero exit (or exactly `code`), a short message on stderr, no Python traceback."""
+    if code is None:
+        assert proc.returncode != 0, f"expected failure, got exit 0\nstdout:\n{proc.stdout[-2000:]}"
+    else:
+        assert proc.returncode == code, f"exit {proc.returncode} != {code}\nstderr:\n{proc.stderr[-2000:]}"
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, f"traceback instead of a one-line error:\n{err[-3000:]}"
+    assert err, "no error message on stderr"
+    if contains is not None:
+        assert contains.lower() in err.lower(), f"{contains!r} not in error message: {err!r}"
+
+
+@pytest.fixture
+def out_dir(tmp_path):
+    """A fresh output folder for a script run (scripts take --out DIR)."""
+    d = tmp_path / "out"
+    d.mkdir()
+    return d
