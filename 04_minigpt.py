@@ -695,6 +695,13 @@ def check_kv_cache(model, tokenizer, prompt, n_tokens, log):
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
+def quiet_transformers():
+    """Silence transformers' progress bars and advice messages: this script prints its own checks."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def hf_config_for(config, tokenizer):
     from transformers import GPT2Config
     return GPT2Config(
@@ -714,6 +721,7 @@ def our_state_to_hf(state):
 def load_hf_gpt2(name_or_dir, log):
     """Build our GPT from a Hugging Face GPT-2 checkpoint (hub name or folder). Returns (model, hf_model)."""
     from transformers import GPT2LMHeadModel
+    quiet_transformers()
     try:
         hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir, dtype=torch.float32)
     except Exception as exc:
@@ -782,6 +790,7 @@ def export_hf(model, tokenizer, folder, log):
     Built in a temporary sibling folder and renamed into place, so an interrupted export never leaves half a folder.
     """
     from transformers import GPT2LMHeadModel
+    quiet_transformers()
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -807,6 +816,7 @@ def export_hf(model, tokenizer, folder, log):
 def check_export(folder, model, tokenizer, prompt, n_tokens, log):
     """Load the export with stock transformers; compare tokens, logits and greedy text with ours."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    quiet_transformers()
     device = model.transformer.wte.weight.device
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
     hf_tok = AutoTokenizer.from_pretrained(folder)
