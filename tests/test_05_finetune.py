@@ -1,0 +1,301 @@
+"""Tests of stage 05 (05_finetune.py) with tiny random models built here and loaded with from_pretrained.
+
+No downloads: the models are a 2-block Llama (ChatML template, like SmolLM2) and a 2-block GPT-2 (no pad token and
+no chat template, like GPT-2 and the stage-04 export), both with a character-level tokenizer.
+"""
+import csv
+import os
+import string
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_one_line_error, load_script, run_script
+from conftest import test_env as offline_env  # renamed: pytest would collect a name starting with test_
+
+ft = load_script("05")
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def char_tokenizer(chat_template=None, pad=False):
+    """A character-level fast tokenizer: every printable character one token, unknown characters -> <unk>."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    specials = ["<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(string.printable)))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    core.add_special_tokens(specials)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", unk_token="<unk>",
+                                  pad_token="<|im_end|>" if pad else None)
+    if chat_template:
+        tok.chat_template = chat_template
+    return tok
+
+
+def make_model(path, arch, layers=2, width=32):
+    """Save a tiny random causal LM + tokenizer to `path` (llama: ChatML and a pad token; gpt2: neither)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    tok = char_tokenizer(CHATML if arch == "llama" else None, pad=arch == "llama")
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width,
+                             num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=512, tie_word_embeddings=True,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        model = LlamaForCausalLM(config)
+    else:
+        config = GPT2Config(vocab_size=len(tok), n_embd=width, n_layer=layers, n_head=4, n_positions=512,
+                            eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+        model = GPT2LMHeadModel(config)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("llama"), "llama")
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("gpt2"), "gpt2")
+
+
+def load_classifier(model_dir):
+    from transformers import AutoModelForSequenceClassification
+    tok = ft.load_tokenizer(model_dir, True)
+    clf = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3)
+    clf.config.pad_token_id = tok.pad_token_id
+    return clf.eval(), tok
+
+
+def stance_csv(path, per_label=12):
+    """A tiny separable stance file: the first word gives the label away."""
+    words = {"positive": "great", "negative": "awful", "neutral": "the"}
+    rows = []
+    for label, word in words.items():
+        for i in range(per_label):
+            split = "test" if i % 4 == 0 else "val" if i % 4 == 1 else "train"
+            rows.append({"text": f"result {i} of the firm: {word}", "label": label, "split": split})
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+# ---- pooling -------------------------------------------------------------------------------------------------------
+def test_pooling_picks_last_real_token_left_and_right():
+    hidden = torch.arange(2 * 5, dtype=torch.float).view(2, 5, 1).expand(2, 5, 3)  # value = 5 * row + position
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])
+    assert ft.pool_last_token(hidden, right)[:, 0].tolist() == [2.0, 9.0]
+    assert ft.pool_last_token(hidden, left)[:, 0].tolist() == [4.0, 9.0]
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_our_pooling_equals_transformers_classifier(llama_dir, left):
+    clf, tok = load_classifier(llama_dir)
+    rows = [tok(t, add_special_tokens=False).input_ids for t in ["ab", "hello there", "xyz!"]]
+    ids, mask = ft.pad_batch(rows, tok.pad_token_id, left=left)
+    with torch.no_grad():
+        ours = ft.classifier_logits(clf, ids, mask)
+        theirs = clf(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+# ---- frozen-bottom cache, training loop ---------------------------------------------------------------------------
+def test_cached_bottom_features_give_the_same_logits(llama_dir):
+    clf, tok = load_classifier(llama_dir)
+    rows = [tok(t, add_special_tokens=False).input_ids for t in ["short", "a longer sentence here", "mid one"]]
+    ids, mask = ft.pad_batch(rows, tok.pad_token_id)
+    with torch.no_grad():
+        plain = ft.classifier_logits(clf, ids, mask)
+        features = ft.bottom_features(clf, rows, 1, tok.pad_token_id, torch.device("cpu"), 2)
+        replay = ft.Replay()
+        with ft.blocks_replaced(clf, [replay] + list(ft.block_stack(clf))[1:]):
+            cached = ft.classifier_logits(clf, ids, mask, replay, ft.pad_features(features, ids.shape[1]))
+    assert [f.shape[0] for f in features] == [len(r) for r in rows]
+    assert torch.allclose(plain, cached, atol=1e-5)
+    assert len(ft.block_stack(clf)) == 2  # the real blocks are back
+
+
+@pytest.mark.parametrize("arch,n_bottom", [("llama", 1), ("gpt2", 0)])
+def test_classification_training_lowers_loss(tmp_path, llama_dir, gpt2_dir, arch, n_bottom):
+    model_dir = llama_dir if arch == "llama" else gpt2_dir
+    clf, tok = load_classifier(model_dir)
+    rows = ft.read_stance_csv(stance_csv(tmp_path / "s.csv", per_label=16))
+    data = dict(pad_id=tok.pad_token_id, ids=[], y=[], features=None)
+    split_idx = {}
+    for s in ("train", "val", "test"):
+        part = [(t, lab) for t, lab, sp in rows if sp == s]
+        split_idx[s] = list(range(len(data["ids"]), len(data["ids"]) + len(part)))
+        data["ids"] += [tok(t, add_special_tokens=False).input_ids for t, _ in part]
+        data["y"] += [ft.LABELS.index(lab) for _, lab in part]
+    if n_bottom:
+        data["features"] = ft.bottom_features(clf, data["ids"], n_bottom, tok.pad_token_id, torch.device("cpu"), 8)
+    ft.set_trainable_top(clf, n_bottom)
+    args = ft.parse_args(["--epochs", "5", "--batch-size", "8", "--patience", "8", "--log-every", "1000"])
+    before = F.cross_entropy(ft.predict_logits(clf, data, split_idx["train"], torch.device("cpu"), 8),
+                             torch.tensor([data["y"][i] for i in split_idx["train"]]))
+    _, info = ft.train_classifier(clf, data, split_idx, n_bottom, 3e-3, args, torch.device("cpu"), "t")
+    after = F.cross_entropy(ft.predict_logits(clf, data, split_idx["train"], torch.device("cpu"), 8),
+                            torch.tensor([data["y"][i] for i in split_idx["train"]]))
+    assert after < 0.5 * before, (before, after)
+    assert info["best_val_f1"] > 0.6
+
+
+# ---- LoRA ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_lora_freezes_base_and_merges_exactly(llama_dir, gpt2_dir, arch):
+    clf, tok = load_classifier(llama_dir if arch == "llama" else gpt2_dir)
+    blocks = list(ft.block_stack(clf))
+    ft.add_lora(clf, blocks, rank=4, alpha=8)
+    clf.score.weight.requires_grad_(True)
+    wrapped = [m for m in clf.modules() if isinstance(m, ft.LoRA)]
+    assert len(wrapped) == (4 if arch == "llama" else 2) * len(blocks)  # q,k,v,o or c_attn,c_proj (not the MLP's)
+    torch.manual_seed(1)
+    for m in wrapped:
+        torch.nn.init.normal_(m.B, std=0.5)  # as if trained: B != 0
+    ids, mask = ft.pad_batch([tok("some text", add_special_tokens=False).input_ids,
+                              tok("x", add_special_tokens=False).input_ids], tok.pad_token_id)
+    logits = ft.classifier_logits(clf, ids, mask)
+    logits.sum().backward()
+    trainable = {n for n, p in clf.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith((".A", ".B")) or n.startswith("score") for n in trainable)
+    assert all(p.grad is None for n, p in clf.named_parameters() if n not in trainable)  # base: no gradients
+    assert all(m.A.grad is not None and m.B.grad is not None for m in wrapped)
+    ft.merge_lora(clf)
+    assert not any(isinstance(m, ft.LoRA) for m in clf.modules())
+    with torch.no_grad():
+        merged = ft.classifier_logits(clf, ids, mask)
+    assert torch.allclose(logits.detach(), merged, atol=1e-5)
+
+
+# ---- chat: the assistant-only mask -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_assistant_mask_covers_exactly_the_assistant_tokens(llama_dir, gpt2_dir, arch):
+    tok = ft.load_tokenizer(llama_dir if arch == "llama" else gpt2_dir, True)
+    if tok.chat_template is None:
+        tok.chat_template = ft.PLAIN_CHAT_TEMPLATE
+    messages = ft.to_messages(["Hi there", "Hello! I am Pebble.", "And you?", "Fine."], "Be nice.")
+    ids, mask = ft.render_with_mask(tok, messages)
+    rendered = tok.apply_chat_template(messages, tokenize=False)
+    assert ids == tok(rendered, add_special_tokens=False).input_ids  # pieces tokenise like the whole text
+    trained = "".join(tok.decode([i]) for i, m in zip(ids, mask) if m)
+    end = "<|im_end|>\n" if arch == "llama" else "<|endoftext|>\n"
+    lead = "" if arch == "llama" else " "  # the plain template's generation prompt ends with "Assistant:"
+    assert trained == f"{lead}Hello! I am Pebble.{end}{lead}Fine.{end}"
+    shown = ft.show_mask(tok, ids, mask)
+    assert shown.count("[[") == 2 and f"[[{lead}Hello! I am Pebble." in shown and "[[Be nice" not in shown
+
+
+# ---- parsers ---------------------------------------------------------------------------------------------------------
+def test_phrasebank_and_csv_parsers(tmp_path):
+    fpb = tmp_path / "fpb.txt"
+    fpb.write_bytes("Profit rose to EUR 5 mn from EUR 4 mn .@positive\n\nThe caf\xe9 opened @ noon .@neutral\n"
+                    .encode("latin-1"))
+    assert ft.read_eval_file(fpb) == [("Profit rose to EUR 5 mn from EUR 4 mn .", "positive"),
+                                      ("The caf\xe9 opened @ noon .", "neutral")]
+    path = tmp_path / "x.csv"
+    path.write_text('text,label\n"Sales fell, sharply",Negative\nA plain one,neutral\n', encoding="utf-8")
+    assert ft.read_eval_file(path) == [("Sales fell, sharply", "negative"), ("A plain one", "neutral")]
+    rows = ft.read_stance_csv(stance_csv(tmp_path / "s.csv", per_label=4))
+    assert {sp for _, _, sp in rows} == {"train", "val", "test"} and len(rows) == 12
+
+
+@pytest.mark.parametrize("content,message", [
+    ("Good news .@positive\nno label here\n", "line 2"),
+    ("Good news .@positive\nBad news .@awful\n", "unknown label 'awful'"),
+    ("", "empty"),
+    ("text,label\nfine,neutral\n,positive\n", "line 3"),
+    ("text,label\nfine,happy\n", "unknown label"),
+])
+def test_bad_eval_files_name_the_problem(tmp_path, content, message):
+    path = tmp_path / "bad.txt"
+    path.write_text(content, encoding="latin-1")
+    with pytest.raises(ft.UsageError, match=message):
+        ft.read_eval_file(path)
+
+
+# ---- whole runs ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tiny_run_saves_and_reloads_classifier_and_chat_model(tmp_path, llama_dir, out_dir):
+    data = stance_csv(tmp_path / "s.csv")
+    proc = run_script("05", "--model", llama_dir, "--data", data, "--tiny", "--train-layers", "1", "--out", out_dir,
+                      "--no-plots", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for expected in ["Part 1", "majority class", "bag-of-words", "zero-shot", "few-shot", "LoRA r=",
+                     "max abs logit diff", "persona check:", "[[", "whole run"]:
+        assert expected in out, expected
+    saved = [line for line in out.splitlines() if "test predictions identical" in line][0]
+    n_same, n_total = saved.split(": ")[-1].split()[0].split("/")
+    assert n_same == n_total
+    pooling = [line for line in out.splitlines() if line.startswith("check: our last-token pooling")][0]
+    assert float(pooling.split()[-1]) < 1e-4
+    merge = [line for line in out.splitlines() if "LoRA merged into the weights" in line][0]
+    assert float(merge.split()[-1]) < 1e-4
+    assert (out_dir / "chat" / "config.json").exists() and (out_dir / "chat" / "tokenizer_config.json").exists()
+    from transformers import AutoModelForSequenceClassification
+    saved_clf = AutoModelForSequenceClassification.from_pretrained(out_dir / "stance")
+    assert saved_clf.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+
+    # --predict and --eval-file use the saved classifier
+    proc = run_script("05", "--predict", "the firm: great", "--load", out_dir / "stance")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    label = proc.stdout.strip().splitlines()[-1].split()[0]
+    assert label in ft.LABELS and "positive 0." in proc.stdout
+    fpb = tmp_path / "e.txt"
+    fpb.write_text("news: great@positive\nnews: awful@negative\nnews: the@neutral\n", encoding="latin-1")
+    proc = run_script("05", "--eval-file", fpb, "--load", out_dir / "stance")
+    assert proc.returncode == 0 and "accuracy" in proc.stdout and "true \\ predicted" in proc.stdout
+
+
+@pytest.mark.slow
+def test_plain_template_model_chat_and_classify(tmp_path, gpt2_dir, out_dir):
+    """GPT-2-like model: no pad token, no chat template: the plain template is set and saved for stage 06."""
+    proc = run_script("05", "--model", gpt2_dir, "--data", stance_csv(tmp_path / "s.csv"), "--tiny",
+                      "--parts", "classify,chat", "--skip", "prompting", "--out", out_dir, "--no-plots", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "plain one" in proc.stdout
+    from transformers import AutoTokenizer
+    saved = AutoTokenizer.from_pretrained(out_dir / "chat")
+    assert saved.chat_template == ft.PLAIN_CHAT_TEMPLATE
+
+
+def test_offline_default_falls_back_to_cached_smollm2(tmp_path, llama_dir):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink(llama_dir, cache / "SmolLM2-135M-Instruct")  # stands in for the converted SmolLM2
+    env = offline_env(LLM_FROM_SCRATCH_CACHE=cache, HF_HUB_CACHE=tmp_path / "hub", HF_HOME=tmp_path / "hf")
+    proc = run_script("05", "--parts", "tour", "--tiny", "--out", tmp_path / "o", "--no-plots", env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "gpt2 is not in the Hugging Face cache" in proc.stdout
+    assert f"model: {cache / 'SmolLM2-135M-Instruct'}" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "out/no_such_dir/hf"], "not found"),
+    (["--model", "some-unknown-model-name"], "cannot load"),
+    (["--eval-file", "MISSING.txt"], "not found"),
+    (["--predict", "hello", "--load", "no/such/dir"], "no saved classifier"),
+    (["--parts", "tour,dance"], "unknown part"),
+])
+def test_bad_input_gets_one_line_error(tmp_path, args, message):
+    env = offline_env(HF_HUB_CACHE=tmp_path / "hub", HF_HOME=tmp_path / "hf")
+    proc = run_script("05", *args, "--out", tmp_path / "o", env=env, timeout=120)
+    assert_one_line_error(proc, code=2, contains=message)
+
+
+def test_bad_eval_file_via_command_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("Fine sentence .@neutral\nBroken line without label\n", encoding="latin-1")
+    proc = run_script("05", "--eval-file", path, "--load", tmp_path / "nowhere", timeout=120)
+    assert_one_line_error(proc, code=2, contains="line 2")
