@@ -60,6 +60,7 @@ W2V_LR = 0.025              # start learning rate, decays linearly to ~0 (word2v
 W2V_BATCH = 512             # (centre, context) pairs per NumPy step
 W2V_MIN_COUNT = 5           # words seen fewer times are dropped from the word2vec vocabulary
 W2V_SUBSAMPLE = 1e-4        # frequent-word subsampling threshold t
+W2V_SHOW_TOP = 3000         # neighbours/analogies search the 3,000 most frequent words (rare ones are noisy)
 POS_DIM = 64                # positional-encoding width for the demo
 POS_LEN = 256               # positions shown
 SEED = 1337
@@ -661,13 +662,14 @@ def unit_rows(matrix):
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
-def nearest_words(unit, vocab, index, word, k=6, exclude=()):
-    """The k words whose unit vectors have the largest cosine with `word` (a word or a (D,) query vector)."""
+def nearest_words(unit, vocab, index, word, k=6, exclude=(), top=W2V_SHOW_TOP):
+    """The k words whose unit vectors have the largest cosine with `word` (a word or a (D,) query vector),
+    among the `top` most frequent words: a word seen 5 times has a vector shaped by 5 contexts, mostly noise."""
     if isinstance(word, str):
         query, exclude = unit[index[word]], set(exclude) | {word}
     else:
         query = word / max(np.linalg.norm(word), 1e-12)
-    scores = unit @ query                                                   # (V,)
+    scores = unit[:top] @ query                                             # (top,) vocab is sorted by count
     best = [i for i in np.argsort(-scores)[:k + 1 + len(exclude)] if vocab[i] not in exclude]
     return [(vocab[i], float(scores[i])) for i in best[:k]]
 
@@ -678,18 +680,21 @@ def analogy(unit, vocab, index, a, b, c, k=3):
 
 
 def pair_similarity(unit, index, pairs, rng, n_random=2000):
-    """Mean cosine of related pairs, of the same words re-paired at random (same frequencies, no relation),
-    and of random vocabulary pairs."""
+    """Mean cosine of the related pairs against two baselines that share their word frequencies (cosines depend
+    on frequency: rare words get few updates and stay close to the direction all vectors share):
+      re-paired: the same words with the wrong partners (king/night, day/madam, ...);
+      random:    random pairs of words at least as frequent as the rarest word in the pairs."""
     pairs = [(a, b) for a, b in pairs if a in index and b in index]
     if len(pairs) < 2:
         return None
     cos = lambda a, b: float(unit[index[a]] @ unit[index[b]])  # noqa: E731
     related = [cos(a, b) for a, b in pairs]
     shuffled = [cos(a, pairs[j][1]) for i, (a, _) in enumerate(pairs) for j in range(len(pairs)) if j != i]
-    picks = rng.integers(0, len(unit), size=(n_random, 2))
+    top = 1 + max(index[w] for pair in pairs for w in pair)        # index = frequency rank
+    picks = rng.integers(0, top, size=(n_random, 2))
     picks = picks[picks[:, 0] != picks[:, 1]]
     random_pairs = np.sum(unit[picks[:, 0]] * unit[picks[:, 1]], axis=1)
-    return {"pairs": pairs, "related": related, "related_mean": float(np.mean(related)),
+    return {"pairs": pairs, "related": related, "related_mean": float(np.mean(related)), "random_top": top,
             "shuffled_mean": float(np.mean(shuffled)), "random_mean": float(random_pairs.mean())}
 
 
@@ -891,7 +896,10 @@ def run_tokenizers(text, args):
     print(f"held-out 10%: {len(held_out):,} tokens, {unk_rate:.2%} of them <unk> (lost information)")
     sample_ids = word_encode(words, sample)
     print(f"{sample[:60]!r} -> {sample_ids[:16]} ...")
-    print(f"round trip on the training part exact: {word_decode(words, word_encode(words, text[:cut])) == text[:cut]}")
+    every_word = word_build(text[:cut], 1)
+    exact = word_decode(every_word, word_encode(every_word, text[:cut])) == text[:cut]
+    print(f"round trip exact only when every word is in the vocabulary: with min-freq 1 ({len(every_word['itos']):,} "
+          f"tokens) on the training part: {exact}")
 
     section(f"2c. Byte-level BPE: train on {min(args.bpe_chars, len(text)):,} characters to {args.bpe_vocab} tokens")
     train_text = text[:args.bpe_chars]
@@ -916,7 +924,7 @@ def run_tokenizers(text, args):
         rest_ids = bpe_encode(model, rest)
         print(f"held-out text: {len(rest):,} chars -> {len(rest_ids):,} tokens: "
               f"{len(rest_ids) / len(rest):.3f} tokens per character")
-    print(f"{sample[:60]!r} -> {' | '.join(model['vocab'][i].decode('utf-8', 'replace') for i in bpe_encode(model, sample[:60]))}")
+    print(f"{sample[:60]!r} ->\n  " + " ".join(render_token(model["vocab"][i]) for i in bpe_encode(model, sample[:60])))
 
     section("2d. Round trips on adversarial strings (emoji, CJK, accents, controls, whitespace)")
     for name, ok in [
@@ -986,11 +994,11 @@ def run_embeddings(text, args, out_dir, plots):
     print(f"{len(ids):,} words in the vocabulary of {len(vocab):,} (seen >= {args.w2v_min_count} times); "
           f"dim {args.w2v_dim}, window {args.w2v_window}, {args.w2v_negatives} negatives, {args.w2v_epochs} epochs")
     rng = np.random.default_rng(args.seed)
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     w_in, losses = w2v_train(ids, counts, args.w2v_dim, args.w2v_window, args.w2v_negatives, args.w2v_epochs,
                              args.w2v_lr, args.w2v_batch, args.w2v_subsample, rng)
-    w2v_seconds = time.time() - start
-    print(f"trained in {fmt_seconds(w2v_seconds)}; loss per pair by epoch: {', '.join(f'{x:.3f}' for x in losses)}")
+    w2v_seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
+    print(f"trained in {fmt_seconds(w2v_seconds)} (CPU time {fmt_seconds(cpu_seconds)}); loss per pair by epoch: {', '.join(f'{x:.3f}' for x in losses)}")
     unit = unit_rows(w_in)
 
     section("4c. What the vectors learned")
@@ -1014,7 +1022,7 @@ def run_embeddings(text, args, out_dir, plots):
         print("  " + ", ".join(f"{a}/{b} {s:.2f}" for (a, b), s in zip(sims["pairs"], sims["related"])))
         print(f"  mean cosine, related pairs:                 {sims['related_mean']:.3f}")
         print(f"  mean cosine, the same words re-paired:      {sims['shuffled_mean']:.3f}")
-        print(f"  mean cosine, random vocabulary pairs:       {sims['random_mean']:.3f}")
+        print(f"  mean cosine, random pairs of the {sims['random_top']:,} most frequent words: {sims['random_mean']:.3f}")
         figures.update(related=sims["related_mean"], shuffled=sims["shuffled_mean"], random=sims["random_mean"])
         # SGNS vectors share a common direction (all word vectors lean the same way: Mimno & Thompson, 2017,
         # "The strange geometry of skip-gram with negative sampling"), which lifts every cosine. Removing the
