@@ -103,7 +103,7 @@ CPU_DEFAULTS = dict(
 GPU_DEFAULTS = dict(
     n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
     batch_size=64, grad_accum=1, lr=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=2500, max_minutes=0.0,
-    eval_interval=250, eval_iters=50, log_interval=50, compile=False,
+    eval_interval=100, eval_iters=25, log_interval=100, compile=False,
 )
 # Knobs that do not depend on the device.
 COMMON_DEFAULTS = dict(
@@ -420,11 +420,14 @@ def prepare_data(text, tokenizer, block_size):
 
 
 def get_batch(ids, batch_size, block_size, generator):
-    """A batch of random windows. x: (B, T) input tokens; y: (B, T) the same windows shifted by one (the targets)."""
-    starts = torch.randint(len(ids) - block_size - 1, (batch_size,), generator=generator)  # (B,)
-    x = torch.stack([ids[i:i + block_size] for i in starts.tolist()])           # (B, T)
-    y = torch.stack([ids[i + 1:i + 1 + block_size] for i in starts.tolist()])   # (B, T)
-    return x, y
+    """A batch of random windows. x: (B, T) input tokens; y: (B, T) the same windows shifted by one (the targets).
+
+    The random start offsets come from `generator` (on the CPU, so runs repeat exactly on any device); `ids` may
+    live on the GPU, and one indexing operation then cuts all B windows there.
+    """
+    starts = torch.randint(len(ids) - block_size - 1, (batch_size, 1), generator=generator)  # (B, 1)
+    positions = (starts + torch.arange(block_size)).to(ids.device)                          # (B, T)
+    return ids[positions], ids[positions + 1]                                                # (B, T), (B, T)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1058,10 +1061,10 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
     # "data position" a checkpoint saves. Eval batches are drawn once from a fixed seed: identical every eval.
     data_generator = torch.Generator().manual_seed(s["seed"] + rank)
     eval_generator = torch.Generator().manual_seed(s["seed"] + 10_000)
+    train_ids, val_ids = train_ids.to(device), val_ids.to(device)  # the whole token stream lives on the device
     eval_batches = {}
     for split, ids in (("train", train_ids), ("val", val_ids)):
-        eval_batches[split] = [tuple(t.to(device) for t in get_batch(ids, s["batch_size"], s["block_size"],
-                                                                        eval_generator))
+        eval_batches[split] = [get_batch(ids, s["batch_size"], s["block_size"], eval_generator)
                                for _ in range(s["eval_iters"])]
 
     step, best_val, elapsed_before = 0, float("inf"), 0.0
@@ -1082,7 +1085,7 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
     if s["compile"]:
         try:
             compiled = torch.compile(raw_model)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
                 x, y = eval_batches["train"][0]
                 with autocast:
                     _, loss = compiled(x, y)
@@ -1157,8 +1160,7 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                 group["lr"] = lr
             step_loss = 0.0
             for micro in range(s["grad_accum"]):
-                x, y = get_batch(train_ids, s["batch_size"], s["block_size"], data_generator)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x, y = get_batch(train_ids, s["batch_size"], s["block_size"], data_generator)  # (B, T) each
                 # Under DDP, all-reduce the gradients only on the last micro-step (no_sync skips it before).
                 last_micro = micro == s["grad_accum"] - 1
                 sync_ctx = model.no_sync() if (dist_info is not None and not last_micro) else contextlib.nullcontext()
