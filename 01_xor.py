@@ -35,28 +35,31 @@ import numpy as np
 # ----------------------------------------------------------------------------------------------------------------
 # Configuration: every knob with its default. All of them can be changed from the command line (see parse_args).
 # ----------------------------------------------------------------------------------------------------------------
-# How the defaults were chosen (measured with `--seeds 100` for every activation, see the README's results):
-# - HIDDEN = 8. Two hidden units are enough IN PRINCIPLE (one unit draws each of the two lines that cut the
-#   square), but with only two, gradient descent falls into a bad local minimum for a sizeable share of random
-#   starts. Extra units are extra lottery tickets: with 8, some pair of units almost always starts in a useful
-#   place, and the cost is nothing (33 parameters).
+# How the defaults were chosen: a sweep over hidden size {2, 4, 8, 16}, lr {0.1, 0.3, 0.5, 1.0}, momentum {0, 0.9}
+# for all three activations, 1000 seeds each, counting the seeds that end at 100% accuracy.
+# - HIDDEN = 16. Two hidden units are enough IN PRINCIPLE (each draws one of the two lines that cut the square),
+#   but gradient descent then gets stuck in a bad local minimum for about 40% of random starts (tanh: 597/1000
+#   succeed; relu: about 1 in 4). Extra units are extra lottery tickets: some of them almost always start in a
+#   useful place. With 8 units tanh and sigmoid already succeed 1000/1000, but relu only about 98% (a ReLU unit
+#   whose line leaves all four points on its zero side is "dead": no gradient ever reaches it); with 16 units all
+#   three activations succeed for 5000 of 5000 seeds. The cost is nothing: 65 parameters.
 # - LR = 0.5 with MOMENTUM = 0.9. The data set has only 4 points, so every step uses all of them (full batch) and
 #   the gradient is exact, not noisy: a large step is safe. Momentum carries the weights across the flat plateau
-#   near the start (where all outputs are about 0.5 and the gradient is tiny) several times faster.
-# - EPOCHS = 1000. The default net reaches 100% in about a hundred epochs; the rest of the budget drives the loss
-#   down so the printed probabilities are confidently close to 0 and 1, and it leaves room for slow seeds.
+#   near the start (all outputs about 0.5, tiny gradients) several times faster: sigmoid hidden units need a median
+#   of 273 epochs to reach 100% without momentum and 45 with it.
+# - EPOCHS = 500. The slowest of 5000 seeds reached 100% at epoch 117 (sigmoid; tanh 22, relu 25): 500 leaves a
+#   wide margin, and the extra epochs drive the loss down so the printed probabilities are close to 0 and 1.
 # - Initialisation (see init_params): weights ~ N(0, gain^2 / fan_in), small random hidden biases.
-HIDDEN = 8            # number of hidden units H (>= 1)
+HIDDEN = 16           # number of hidden units H (>= 1)
 ACTIVATION = "tanh"   # hidden nonlinearity: "sigmoid", "tanh" or "relu"
 LR = 0.5              # learning rate (step size) of SGD
 MOMENTUM = 0.9        # SGD momentum in [0, 1); 0 gives plain gradient descent
-EPOCHS = 1000         # training steps (one step = one pass over the 4 examples = one epoch)
+EPOCHS = 500          # training steps (one step = one pass over the 4 examples = one epoch)
 SEED = 0              # random seed of the initialisation (the only randomness in this script)
 SEEDS = 1             # > 1: instead of the lesson, train this many seeds (SEED, SEED+1, ...) and report robustness
-NEURON_EPOCHS = 1000  # training steps for the single logistic neuron of section 2
-NEURON_LR = 0.5       # its learning rate
+NEURON_LR = 0.5       # learning rate of the single logistic neuron of section 2 (it trains for --epochs too)
 GRAD_CHECK_EPS = 1e-3 # step h of the (fourth-order) central finite differences, float64
-GRAD_CHECK_TOL = 1e-7 # the gradient check passes when the largest relative error is below this
+GRAD_CHECK_TOL = 1e-6 # the gradient check passes when the largest relative error is below this (why: section 4)
 
 ACTIVATION_NAMES = ("sigmoid", "tanh", "relu")
 
@@ -205,7 +208,7 @@ def bce_with_logits_backward(z, y):
 # ----------------------------------------------------------------------------------------------------------------
 # 2. A single neuron (logistic regression) trained on XOR
 # ----------------------------------------------------------------------------------------------------------------
-def train_neuron(X, y, epochs=NEURON_EPOCHS, lr=NEURON_LR, seed=SEED):
+def train_neuron(X, y, epochs=EPOCHS, lr=NEURON_LR, seed=SEED):
     """Gradient descent on one logistic unit p = sigmoid(X @ w + b). Returns a dict with its history.
 
     What happens on XOR: the loss is convex in (w, b) and its minimum is at w = 0, b = 0, where p = 0.5 for every
@@ -337,7 +340,10 @@ def backward(params, cache, y):
 # is still a central difference (symmetric around theta), and now a larger h = 1e-3 is safe: truncation is about
 # h^4 = 1e-12 times a small constant, rounding about 1e-16 / h = 1e-13. Analytic and numerical gradients then agree to about 1e-10 relative,
 # while a wrong backward line (a missing transpose, a forgotten factor) gives errors near 1: the check separates
-# right from wrong by many orders of magnitude.
+# right from wrong by many orders of magnitude. The only entries that do worse are those whose gradient is itself
+# tiny: finite differences resolve a gradient to about 1e-13 absolute, so an entry of size 1e-7 is only checked to
+# about 1e-6 relative (with the default seed the worst entry is about 5e-10; over 500 seeds the worst is 7e-7).
+# Hence the tolerance GRAD_CHECK_TOL = 1e-6; it is the yardstick that is blunt there, not the gradient.
 #
 # One trap: ReLU has a kink at z = 0. A difference whose two points straddle the kink measures the average of two
 # different slopes, not the derivative, and the check fails although backward() is right. Moving any first-layer
@@ -465,8 +471,7 @@ def save_plots(out_dir, params, activation, history, neuron):
         # write to a temporary file, then rename: an interrupted run never leaves half a PNG
         path = out_dir / name
         tmp = path.with_suffix(".png.tmp")
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=100, format="png")   # fixed margins (set below): tight_layout would double the time
         plt.close(fig)
         os.replace(tmp, path)
         written.append(path)
@@ -476,7 +481,8 @@ def save_plots(out_dir, params, activation, history, neuron):
     gx, gy = np.meshgrid(np.linspace(lo, hi, n), np.linspace(lo, hi, n))  # (n, n) each; row 0 is x2 = lo
     grid = np.stack([gx.ravel(), gy.ravel()], axis=1)                     # (n*n, 2)
     probs = forward(params, grid, activation)[0].reshape(n, n)            # (n, n)
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    fig, ax = plt.subplots(figsize=(5.4, 4.4))
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.11, top=0.93)
     image = ax.imshow(probs, extent=(lo, hi, lo, hi), origin="lower", cmap="RdBu_r", vmin=0, vmax=1, alpha=0.85)
     ax.contour(gx, gy, probs, levels=[0.5], colors="k", linewidths=2)     # the decision boundary p = 0.5
     fig.colorbar(image, ax=ax, label="MLP: P(y = 1)")
@@ -493,6 +499,7 @@ def save_plots(out_dir, params, activation, history, neuron):
 
     # --- loss curves: the MLP goes to ~0, the single neuron gets stuck at log(2) ---
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.91)
     ax.plot(history["losses"], label=f"MLP ({activation})")
     ax.plot(neuron["losses"], label="single neuron")
     ax.axhline(np.log(2.0), color="gray", ls=":", label="log 2 (always say 0.5)")
@@ -589,9 +596,9 @@ def main(argv=None):
     print("  The 1s lie on one diagonal of the square, the 0s on the other: no straight line separates them.")
 
     print("\n== 2. A single neuron p = sigmoid(w1*x1 + w2*x2 + b) ==")
-    neuron = train_neuron(X, y, seed=args.seed)
+    neuron = train_neuron(X, y, epochs=args.epochs, seed=args.seed)
     best = neuron["best"]
-    print(f"  after {NEURON_EPOCHS} epochs: loss {neuron['loss']:.4f} (log 2 = {np.log(2):.4f}), "
+    print(f"  after {args.epochs} epochs: loss {neuron['loss']:.4f} (log 2 = {np.log(2):.4f}), "
           f"p = {neuron['p'].round(4)}, accuracy {neuron['acc']:.0%}")
     print("  the loss is lowest at w = 0, b = 0: the neuron learns to answer 0.5 for every input, so its final")
     print("  'answers' are coin flips decided by rounding; the line it drew on the way there is more telling:")
