@@ -103,8 +103,8 @@ Y_XOR = np.array([[0.0], [1.0], [1.0], [0.0]])  # (N, 1): a column, so it lines 
 #
 # Any THREE of the points can be separated (three points not on one line can be split any way you like), so the
 # best a line can do is 3 of 4: 75% accuracy. A hidden layer gets around this by bending the input space: each
-# hidden unit draws its own line, and the output unit combines the half-planes (e.g. "above line A AND below line B"
-# is the band between the diagonals that holds exactly the two 1s).
+# hidden unit draws its own line, and the output unit combines the half-planes (e.g. "above the line
+# x1 + x2 = 0.5 AND below the line x1 + x2 = 1.5" is a band that holds exactly the two 1s).
 
 
 def accuracy(p, y):
@@ -406,17 +406,24 @@ def train(params, X, y, activation=ACTIVATION, lr=LR, momentum=MOMENTUM, epochs=
     """Train in place. Returns the history: loss and accuracy per epoch, and the first epoch at 100% accuracy.
 
     log_every > 0 prints a line every that many epochs (epoch/total, loss, accuracy, elapsed time).
+    A learning rate that is far too large makes the weights overflow to inf/nan ("divergence"): training then
+    stops, and history["diverged"] holds the epoch (else None), so the caller can say "use a smaller --lr".
     """
     velocity = {name: np.zeros_like(value) for name, value in params.items()}
     losses, accs = [], []
     first_perfect = None                               # first epoch at which all 4 answers were right
+    diverged = None
     start = time.perf_counter()
     for epoch in range(epochs + 1):                    # epoch 0 is the untrained network
-        p, cache = forward(params, X, activation)      # forward pass on all 4 examples
-        loss = bce_with_logits(cache["z2"], y)
+        with np.errstate(over="ignore", invalid="ignore"):   # overflow is detected just below, not warned about
+            p, cache = forward(params, X, activation)  # forward pass on all 4 examples
+            loss = bce_with_logits(cache["z2"], y)
         acc = accuracy(p, y)
         losses.append(loss)
         accs.append(acc)
+        if not np.isfinite(loss):
+            diverged = epoch
+            break
         if acc == 1.0 and first_perfect is None:
             first_perfect = epoch
         if log_every and (epoch % log_every == 0 or epoch == epochs):
@@ -425,8 +432,9 @@ def train(params, X, y, activation=ACTIVATION, lr=LR, momentum=MOMENTUM, epochs=
         if epoch == epochs:
             break
         grads = backward(params, cache, y)             # backward pass: every dL/dparam
-        sgd_step(params, grads, velocity, lr, momentum)
-    return {"losses": losses, "accs": accs, "first_perfect": first_perfect}
+        with np.errstate(over="ignore", invalid="ignore"):
+            sgd_step(params, grads, velocity, lr, momentum)
+    return {"losses": losses, "accs": accs, "first_perfect": first_perfect, "diverged": diverged}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -480,11 +488,13 @@ def save_plots(out_dir, params, activation, history, neuron):
     lo, hi, n = -0.5, 1.5, 161
     gx, gy = np.meshgrid(np.linspace(lo, hi, n), np.linspace(lo, hi, n))  # (n, n) each; row 0 is x2 = lo
     grid = np.stack([gx.ravel(), gy.ravel()], axis=1)                     # (n*n, 2)
-    probs = forward(params, grid, activation)[0].reshape(n, n)            # (n, n)
+    with np.errstate(over="ignore", invalid="ignore"):                    # quiet if training diverged
+        probs = forward(params, grid, activation)[0].reshape(n, n)        # (n, n)
     fig, ax = plt.subplots(figsize=(5.4, 4.4))
     fig.subplots_adjust(left=0.12, right=0.98, bottom=0.11, top=0.93)
     image = ax.imshow(probs, extent=(lo, hi, lo, hi), origin="lower", cmap="RdBu_r", vmin=0, vmax=1, alpha=0.85)
-    ax.contour(gx, gy, probs, levels=[0.5], colors="k", linewidths=2)     # the decision boundary p = 0.5
+    if np.isfinite(probs).all() and probs.min() < 0.5 < probs.max():    # a boundary exists to be drawn
+        ax.contour(gx, gy, probs, levels=[0.5], colors="k", linewidths=2) # the decision boundary p = 0.5
     fig.colorbar(image, ax=ax, label="MLP: P(y = 1)")
     w, b = neuron["best"]["w"], neuron["best"]["b"]
     if abs(w[1]) > 1e-12:                              # draw the neuron's best line w1 x1 + w2 x2 + b = 0
@@ -523,7 +533,7 @@ def seed_study(args):
         seed = args.seed + i
         params = init_params(args.hidden, seed, args.activation)
         history = train(params, X_XOR, Y_XOR, args.activation, args.lr, args.momentum, args.epochs)
-        if history["accs"][-1] == 1.0:                 # success = 100% at the END of training
+        if history["accs"][-1] == 1.0 and history["diverged"] is None:   # success = 100% at the END of training
             successes += 1
             epochs_needed.append(history["first_perfect"])
         else:
@@ -624,7 +634,11 @@ def main(argv=None):
     print(f"\n== 5. Training: SGD, lr {args.lr}, momentum {args.momentum}, {args.epochs} epochs ==")
     history = train(params, X, y, args.activation, args.lr, args.momentum, args.epochs,
                     log_every=max(1, args.epochs // 10))
-    p, _ = forward(params, X, args.activation)
+    if history["diverged"] is not None:
+        print(f"  training DIVERGED at epoch {history['diverged']} (the loss became inf/nan): "
+              f"the steps are too large, try a smaller --lr than {args.lr}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        p, _ = forward(params, X, args.activation)
     print("\n  x1 x2 | y | P(y=1)  prediction")
     for (x1, x2), label, prob in zip(X, y.ravel(), p.ravel()):
         mark = "ok" if (prob > 0.5) == (label > 0.5) else "WRONG"
@@ -635,9 +649,12 @@ def main(argv=None):
     print(f"  accuracy {acc:.0%} ({reached}), final loss {history['losses'][-1]:.5f}")
 
     print("\n== 6. Decision boundary ('#' = predicts 1, '.' = predicts 0, digits = the 4 data points) ==")
-    print(ascii_boundary(lambda pts: forward(params, pts, args.activation)[0].ravel()))
+    with np.errstate(over="ignore", invalid="ignore"):                    # quiet if training diverged
+        print(ascii_boundary(lambda pts: forward(params, pts, args.activation)[0].ravel()))
     if not args.no_plots:
-        for path in save_plots(Path(args.out), params, args.activation, history, neuron):
+        with np.errstate(over="ignore", invalid="ignore"):                # absurd --lr values give absurd losses
+            written = save_plots(Path(args.out), params, args.activation, history, neuron)
+        for path in written:
             print(f"  wrote {path}")
 
     print(f"\nsummary: single neuron best {best['acc']:.0%} | MLP accuracy {acc:.0%} | "

@@ -125,6 +125,16 @@ def test_gradient_check_passes_and_catches_a_wrong_gradient(xor, activation):
     assert xor.relative_error(broken["W2"], numeric["W2"]).max() > 1e-3
 
 
+def test_divergence_is_detected_without_numpy_warnings(xor, recwarn):
+    params = xor.init_params(16, 0, "relu")
+    history = xor.train(params, xor.X_XOR, xor.Y_XOR, "relu", lr=1e300, momentum=0.9, epochs=50)
+    assert history["diverged"] is not None and history["diverged"] < 50
+    assert not np.isfinite(history["losses"][-1])
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    sane = xor.train(xor.init_params(4, 0, "relu"), xor.X_XOR, xor.Y_XOR, "relu", 0.5, 0.9, 50)
+    assert sane["diverged"] is None and len(sane["losses"]) == 51
+
+
 def torch_loss_and_grads(params, X, y, activation):
     """The same network and loss in PyTorch float64; autograd's gradients as NumPy arrays."""
     torch = pytest.importorskip("torch")
