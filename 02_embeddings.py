@@ -377,7 +377,7 @@ def bpe_train(text, vocab_size, log=None):
 def bpe_encode_chunk(model, chunk):
     """Token ids of one pre-split chunk. Apply the earliest-learned merge present, repeat until none applies.
     Results are cached per chunk: natural text repeats its words, so most chunks are looked up, not merged."""
-    # Why the ORDER matters: training made " t" (merge 1) and "he" (merge 2) before " the" = " t" + "he"
+    # Why the ORDER matters: the default run learns " t" (merge 1) and "he" (merge 2) before " the" = " t" + "he"
     # (merge 11). Applying merges in learned order rebuilds exactly the tokens training built; applying
     # " the" first is impossible, since its parts do not exist yet.
     ids = model["cache"].get(chunk)
@@ -730,7 +730,9 @@ def pair_similarity(unit, index, pairs, rng, n_random=2000):
     pairs = [(a, b) for a, b in pairs if a in index and b in index]
     if len(pairs) < 2:
         return None
-    cos = lambda a, b: float(unit[index[a]] @ unit[index[b]])  # noqa: E731
+    def cos(a, b):
+        return float(unit[index[a]] @ unit[index[b]])
+
     related = [cos(a, b) for a, b in pairs]
     shuffled = [cos(a, pairs[j][1]) for i, (a, _) in enumerate(pairs) for j in range(len(pairs)) if j != i]
     top = 1 + max(index[w] for pair in pairs for w in pair)        # index = frequency rank
@@ -867,7 +869,8 @@ def parse_args(argv=None):
     p.add_argument("--text", help="any UTF-8 text file instead of Shakespeare")
     p.add_argument("--max-chars", type=int, default=None, help="use only the first N characters of the text")
     p.add_argument("--encode-file", metavar="FILE",
-                   help="print the GPT-2 ids of FILE (our encoder) as a JSON list on stdout, nothing else")
+                   help="print the GPT-2 ids of FILE (our encoder) as a JSON list on stdout, nothing else; "
+                        "<|endoftext|> in the file is the special token 50256 (tiktoken: allowed_special='all')")
     p.add_argument("--bpe-vocab", type=int, default=BPE_VOCAB, help="BPE vocabulary size (>= 256)")
     p.add_argument("--bpe-chars", type=int, default=BPE_CHARS, help="characters of the text BPE trains on")
     p.add_argument("--word-min-freq", type=int, default=WORD_MIN_FREQ)
@@ -1060,7 +1063,7 @@ def run_embeddings(text, args, out_dir):
         print("related-pair check skipped: the chosen words are not in this text's vocabulary")
         return figures
     figures.update(related=sims["related_mean"], shuffled=sims["shuffled_mean"], random=sims["random_mean"])
-    print(f"related pairs chosen before training: " +
+    print("related pairs chosen before training: " +
           ", ".join(f"{a}/{b} {s:.2f}" for (a, b), s in zip(sims["pairs"], sims["related"])))
     print(f"  mean cosine: related {sims['related_mean']:.3f}; the same words re-paired {sims['shuffled_mean']:.3f}; "
           f"random pairs of the {sims['random_top']:,} most frequent words {sims['random_mean']:.3f}")
