@@ -38,6 +38,7 @@ SHARES = {"train": 0.70, "val": 0.15, "test": 0.15}
 SHINGLE = 8                                   # sentences sharing this many consecutive words are near-duplicates
 CODES = {"+": "positive", "-": "negative", "0": "neutral"}
 LABELS = ["negative", "neutral", "positive"]  # the order 05 uses for id2label
+MIN_WORDS, MAX_WORDS = 6, 50                  # the length range every sentence should fall in (the test allows 1% out)
 
 
 def fail(message, code=2):
@@ -227,15 +228,45 @@ def baseline(records):
 
 # ----------------------------------------------------------------------------------------------------------------
 # report
+# Rough markers of the hard cases written on purpose (a sentence may match several; only for the statistics).
+HARD_CASE_PATTERNS = {
+    "negation (not, no, no longer, never, without ...)": r"\b(not|no|never|neither|nor|without|no longer)\b|n't",
+    "contrast (but, although, despite, offset, yet ...)": r"\b(but|although|though|despite|yet|while|offset|whereas)\b",
+    "hedge (expects, may, could, likely, forecast ...)": r"\b(expects?|expected|may|might|could|likely|forecasts?|estimates?)\b",
+    "figures with no sentiment word (rose/fell or a (x) comparison only)": None,
+}
+SENTIMENT_WORDS = r"\b(good|bad|strong|weak|record|best|worst|boost\w*|hurt|hit|beat|miss\w*|success\w*|fail\w*|" \
+                  r"improv\w*|deteriorat\w*|disappoint\w*|warn\w*|surg\w*|plung\w*|soar\w*|slump\w*)\b"
+
+
+def hard_case_counts(records):
+    counts = {}
+    for name, pattern in HARD_CASE_PATTERNS.items():
+        if pattern is None:  # a number and a direction verb or a bracketed comparison, no evaluative word
+            hit = [r for r in records if r["label"] != "neutral" and re.search(r"\d", r["text"])
+                   and not re.search(SENTIMENT_WORDS, r["text"].lower())]
+        else:
+            hit = [r for r in records if re.search(pattern, r["text"].lower())]
+        counts[name] = len(hit)
+    return counts
+
+
 def report(records, groups, n_source):
     n = len(records)
     lengths = [len(r["text"].split()) for r in records]
     vocab = Counter(w for r in records for w in words(r["text"]))
     print(f"sentences: {n} (from {n_source} source lines after exact de-duplication)")
     print(f"distinct words (lower-cased \\w+ tokens): {len(vocab)}")
-    print(f"mean length: {np.mean(lengths):.1f} words (min {min(lengths)}, max {max(lengths)})")
+    print(f"mean length: {np.mean(lengths):.1f} words (min {min(lengths)}, max {max(lengths)}); "
+          f"<= 12 words: {np.mean(np.array(lengths) <= 12):.1%}, >= 25 words: {np.mean(np.array(lengths) >= 25):.1%}")
+    odd = [r["text"] for r, k in zip(records, lengths) if not MIN_WORDS <= k <= MAX_WORDS]
+    if odd:
+        print(f"warning: {len(odd)} sentences outside {MIN_WORDS}..{MAX_WORDS} words, e.g. {odd[:3]}")
     print(f"near-duplicate groups with 2+ sentences: {sum(len(g) > 1 for g in groups)} "
           f"(largest {max(len(g) for g in groups)})")
+    print("hard-case markers (a sentence can count in several):")
+    for name, k in hard_case_counts(records).items():
+        print(f"  {name}: {k} ({100 * k / n:.1f}%)")
     print("\n| split | sentences | share | negative | neutral | positive |")
     print("|---|---:|---:|---:|---:|---:|")
     for s in list(SHARES) + ["all"]:
