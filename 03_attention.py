@@ -63,6 +63,8 @@ BLOCK = 128                          # part 6: tile size of the tiled attention 
 LENGTHS = (4, 8, 16, 32, 64, 128)    # part 7: sequence lengths of the long-range experiment
 STEPS, BATCH, LR = 500, 64, 3e-3     # part 7: the SAME training budget for both models at every length
 VOCAB, WIDTH = 16, 32                # part 7: token values 0..15 (chance = 1/16), model width 32 for both models
+POSITIONS = 129                      # part 7: rows of the attention model's position table (T <= 128 plus "?");
+                                     #   fixed, so its parameter count (9,488 vs the LSTM's 9,520) never depends on T
 EVAL_SEQUENCES = 2000                # part 7: fresh test sequences per (model, length)
 THREADS = 1                          # torch CPU threads: tiny tensors gain nothing from more (and lose under load)
 OUT_DIR = Path("out") / "03_attention"  # pictures; relative to where you run the script
@@ -633,7 +635,7 @@ def part6_tiled(timing_lengths, block, seed):
 #     7 3 12 0 5 ... 9 ?   ->  7
 # Both models read the sequence and predict from their state at "?". Nothing in between matters, so the answer is
 # always T steps back: the distance is the whole point. Chance is 1/16 = 6.25%.
-# Fairness: same width (32), about the same number of parameters (9,488 vs 9,520 with the default lengths), the same
+# Fairness: same width (32), about the same number of parameters (9,488 vs 9,520 for T <= 128), the same
 # data (same seed), the same optimizer, learning rate, batch and number of steps, trained from scratch at each length.
 # The LSTM needs no position table: it reads left to right, so order is built in.
 QUERY_TOKEN = VOCAB  # id 16 is the "?"
@@ -745,7 +747,8 @@ def long_range_experiment(lengths, steps, batch, seed, device, forget_bias=None,
     done_cost = 0
     for length in lengths:
         row = dict(length=length)
-        for name, build in (("attention", lambda: TinyAttentionNet(max_len=max(lengths) + 1)),
+        max_len = max(POSITIONS, max(lengths) + 1)  # grows only for lengths beyond 128
+        for name, build in (("attention", lambda: TinyAttentionNet(max_len=max_len)),
                             ("lstm", lambda: TinyLSTMNet(forget_bias=forget_bias))):
             torch.manual_seed(seed)
             model = build()
