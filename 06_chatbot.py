@@ -389,11 +389,13 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None):
 # value, group "k" (when present) becomes part of the key. The sentence template turns the fact into plain English
 # for the system prompt, which even a 135M model reads better than "key: value". Many-valued keys keep a list.
 # Deliberately simple (regular expressions, not a model): predictable, testable, and fast.
-_VALUE = r"(?P<v>[^.,;!?\n]+?)"                                 # the value: up to the end of the clause...
-_END = r"(?=\s+(?:and|but|so|because|though)\b|\s*[.,;!?\n]|\s*$)"  # ...or a joining word
+_VALUE = r"(?P<v>[^.,;!?\n<>\"()]+?)"                         # the value: up to the end of the clause...
+_END = r"(?=\s+(?:and|but|so|because|though)\b|\s*[.,;!?\n<>\"()]|\s*$)"  # ...or a joining word
+_NAME = r"(?P<v>[^\W\d_][\w'-]*(?: (?!(?:i|and|but|so)\b)[^\W\d_][\w'-]*){0,2})"  # a name: 1-3 words of letters
+_NAME_END = r"(?=\s+(?:and|but|so|because|though)\b|\s*[^\w\s'-]|\s*$)"
 MEMORY_RULES = [
-    ("name", r"\bmy name is " + _VALUE + _END, "The user's name is {v}."),
-    ("name", r"\b(?:call me|i am called|i'm called) " + _VALUE + _END, "The user's name is {v}."),
+    ("name", r"\bmy name is " + _NAME + _NAME_END, "The user's name is {v}."),
+    ("name", r"\b(?:call me|i am called|i'm called) " + _NAME + _NAME_END, "The user's name is {v}."),
     ("age", r"\bi(?: am|'m) (?P<v>\d{1,3}) years? old\b", "The user is {v} years old."),
     ("home", r"\bi(?: now)? live in " + _VALUE + _END, "The user lives in {v}."),
     ("home", r"\bi(?: am|'m) living in " + _VALUE + _END, "The user lives in {v}."),
@@ -426,7 +428,8 @@ def extract_facts(text):
                 if not value or value.lower().startswith(("not ", "a bit", "sure", "sorry")) or len(value) > 60:
                     continue
                 # Third person for the system prompt: "I like my dog" -> "The user likes their dog".
-                value = " ".join(_PRONOUNS.get(word.lower(), word) for word in value.split())
+                if key != "name":
+                    value = " ".join(_PRONOUNS.get(word.lower(), word) for word in value.split())
                 k = match.groupdict().get("k")
                 k = k.lower() if k else None
                 facts.append((key.format(k=k), value, template.format(k=k, v=value)))
@@ -1456,6 +1459,7 @@ def check_completion(status, body, stream):
         chunks = [json.loads(b[len("data: "):]) for b in blocks[:-2]]
         assert all(b.startswith("data: ") for b in blocks[:-2]) and chunks
         assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+        chunks = [c for c in chunks if c["choices"]]      # a final usage-only chunk has no choices
         assert chunks[0]["choices"][0]["delta"].get("role") == "assistant"
         assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
         return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks), None
