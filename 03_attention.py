@@ -25,11 +25,11 @@ and this script takes that line apart:
 
 Run it:
     python 03_attention.py                      # everything, about a minute on a laptop CPU
-    python 03_attention.py --sentence "my dog chased the red ball"   # part 1 on your own words
+    python 03_attention.py --sentence "my dog chased the red ball"   # parts 1 and 4 on your own words
     python 03_attention.py --steps 100 --lengths 8,16 --timing-lengths 64,128 --no-plots   # seconds (tests)
 
 Flags that matter: --sentence, --d-model/--heads (multi-head demo), --lengths/--steps/--batch (the long-range
-experiment), --lstm-forget-bias (try 1.0), --timing-lengths/--block (part 6), --out DIR, --no-plots, --seed.
+experiment), --lstm-forget-bias (try 2), --timing-lengths/--block (part 6), --out DIR, --no-plots, --seed.
 """
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -52,17 +52,17 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------------------------------------------
 # Config: every knob with its default. Flags (see parse_args) override the ones a learner may want to change.
 # ----------------------------------------------------------------------------------------------------------------
-SENTENCE = "the cat sat on the mat"  # part 1: short enough that the weight table fits on a screen
-BY_HAND_DIM = 4                      # part 1: embedding width d_model = d_k = d_v (tiny, so you can read every number)
-D_MODEL, N_HEADS = 8, 2              # part 4/5: multi-head demo width and number of heads (head size 4)
+SENTENCE = "the cat sat on the mat"  # parts 1, 4: short enough that the weight table fits on a screen
+BY_HAND_DIM = 4                      # part 1: d_model = d_k = d_v = 4, so you can read (and redo) every number
+D_MODEL, N_HEADS = 8, 2              # parts 4, 5: multi-head demo width and number of heads (head size 4)
 SCALING_DIMS = (2, 8, 32, 128, 512, 2048)  # part 2: the widths d_k we try
 SCALING_KEYS, SCALING_TRIALS = 16, 400     # part 2: keys per query, random trials per width
-TIMING_LENGTHS = (256, 512, 1024, 2048, 4096)  # part 6: sequence lengths for the timing table
-TIMING_HEAD_DIM = 64                 # part 6: head size (GPT-2 uses 64)
-BLOCK = 128                          # part 6: tile size of the tiled attention (FlashAttention picks it to fit SRAM)
+TIMING_LENGTHS = (256, 512, 1024, 2048, 4096)  # part 6: sequence lengths for the memory and timing table
+TIMING_HEAD_DIM = 64                 # part 6: head size (GPT-2's)
+BLOCK = 128                          # part 6: tile size (FlashAttention picks it so a tile fits in on-chip SRAM)
 LENGTHS = (4, 8, 16, 32, 64, 128)    # part 7: sequence lengths of the long-range experiment
 STEPS, BATCH, LR = 500, 64, 3e-3     # part 7: the SAME training budget for both models at every length
-VOCAB, WIDTH = 16, 32                # part 7: token values 0..15 (chance = 1/16), model width 32 for both models
+VOCAB, WIDTH = 16, 32                # part 7: token values 0..15 (chance = 1/16), width 32 for both models
 POSITIONS = 129                      # part 7: rows of the attention model's position table (T <= 128 plus "?");
                                      #   fixed, so its parameter count (9,488 vs the LSTM's 9,520) never depends on T
 EVAL_SEQUENCES = 2000                # part 7: fresh test sequences per (model, length)
@@ -76,6 +76,10 @@ def fail(message, code=2):
     sys.exit(code)
 
 
+def banner(title):
+    print("\n" + "=" * 100 + f"\n{title}\n" + "=" * 100)
+
+
 # ================================================================================================================
 # The core: softmax and scaled dot-product attention, in NumPy
 # ================================================================================================================
@@ -86,8 +90,7 @@ def softmax(scores, axis=-1):
     exp(x_i - c) / sum_j exp(x_j - c) = exp(-c) exp(x_i) / (exp(-c) sum_j exp(x_j)). After the shift the largest
     exponent is exp(0) = 1, so nothing overflows. Masked entries are -inf and become exp(-inf) = 0 exactly.
     """
-    shifted = scores - scores.max(axis=axis, keepdims=True)
-    exps = np.exp(shifted)
+    exps = np.exp(scores - scores.max(axis=axis, keepdims=True))
     return exps / exps.sum(axis=axis, keepdims=True)
 
 
@@ -100,25 +103,31 @@ def causal_mask(t_q, t_k):
 
 
 def check_attention_shapes(q, k, v, mask=None):
-    """Raise a ValueError that names the expected shapes when q, k, v (and mask) do not fit together."""
+    """Raise a ValueError that names the expected shapes when q, k, v (and mask) do not fit together.
+
+    Without this, a wrong shape surfaces three calls later as NumPy's "matmul: mismatch in its core dimension",
+    which says nothing about queries and keys. Checking at the door costs a few lines and saves an afternoon.
+    """
     expected = "expected q (..., T_q, d_k), k (..., T_k, d_k), v (..., T_k, d_v), mask broadcastable to (..., T_q, T_k)"
-    got = f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-    if mask is not None:
-        got += f", mask {tuple(np.shape(mask))}"
+    got = f"got q {q.shape}, k {k.shape}, v {v.shape}" + ("" if mask is None else f", mask {np.shape(mask)}")
+    problem = None
     if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
-        raise ValueError(f"attention: q, k and v need at least 2 dims (time, features); {expected}; {got}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"attention: q and k must have the same feature size d_k (their dot product); {expected}; {got}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"attention: k and v must have the same length T_k (one value per key); {expected}; {got}")
-    try:  # leading (batch, head) dims must broadcast, like NumPy's matmul
-        batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-        if mask is not None:
-            np.broadcast_shapes(np.shape(mask), batch + (q.shape[-2], k.shape[-2]))
-    except ValueError:
-        raise ValueError(f"attention: leading (batch/head) dims or the mask do not broadcast; {expected}; {got}") from None
-    if mask is not None and np.asarray(mask).dtype != bool:
-        raise ValueError(f"attention: mask must be boolean (True = may attend); got dtype {np.asarray(mask).dtype}")
+        problem = "q, k and v need at least 2 dims (time, features)"
+    elif q.shape[-1] != k.shape[-1]:
+        problem = "q and k must have the same feature size d_k (they are dotted together)"
+    elif k.shape[-2] != v.shape[-2]:
+        problem = "k and v must have the same length T_k (one value per key)"
+    else:
+        try:  # leading (batch, head) dims must broadcast, as in NumPy's matmul
+            lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+            if mask is not None:
+                np.broadcast_shapes(np.shape(mask), lead + (q.shape[-2], k.shape[-2]))
+        except ValueError:
+            problem = "leading (batch/head) dims or the mask do not broadcast"
+    if problem is None and mask is not None and np.asarray(mask).dtype != bool:
+        problem = f"mask must be boolean (True = may attend), not {np.asarray(mask).dtype}"
+    if problem:
+        raise ValueError(f"attention: {problem}; {expected}; {got}")
 
 
 def attention(q, k, v, mask=None, causal=False):
@@ -132,18 +141,18 @@ def attention(q, k, v, mask=None, causal=False):
     output (..., T_q, d_v), weights (..., T_q, T_k): every row of weights sums to 1.
     """
     check_attention_shapes(q, k, v, mask)
-    d_k = q.shape[-1]
-    # scores[i, j] = q_i . k_j : how well query i matches key j. math.sqrt (a Python float) keeps float32 float32.
-    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(d_k)  # (..., T_q, T_k)
+    # scores[i, j] = q_i . k_j: large when query i and key j point the same way. Divided by sqrt(d_k) (part 2).
+    # math.sqrt returns a Python float, which NumPy treats as "weak": float32 inputs stay float32.
+    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # (..., T_q, T_k)
     allowed = None if mask is None else np.asarray(mask)
     if causal:
         tri = causal_mask(q.shape[-2], k.shape[-2])
         allowed = tri if allowed is None else (allowed & tri)
     if allowed is not None:
+        # A row with no allowed key would be softmax of all -inf = 0/0 = NaN: refuse it with a clear message.
         if not np.broadcast_to(allowed, scores.shape).any(axis=-1).all():
             raise ValueError("attention: the mask leaves some query with no key at all; every row needs one True")
-        # A forbidden score becomes -inf, so its weight exp(-inf) = 0: not small, exactly zero.
-        scores = np.where(allowed, scores, -np.inf)
+        scores = np.where(allowed, scores, -np.inf)  # forbidden -> -inf -> weight exp(-inf) = 0, exactly
     weights = softmax(scores, axis=-1)  # (..., T_q, T_k), rows sum to 1
     return weights @ v, weights         # (..., T_q, d_v): each output is a weighted average of the values
 
@@ -161,11 +170,11 @@ def check_heads(d_model, n_heads):
 def init_multi_head(d_model, rng, dtype=np.float64):
     """The four projections of one attention block: W_q, W_k, W_v, W_o (each d_model x d_model) and their biases.
 
-    Multiplying on the right (x @ W) maps a row vector x of width d_model to width d_model. Scale 1/sqrt(d_model)
-    keeps outputs about as large as inputs. Biases are random too (not zero) so that the proof in part 5 checks them.
+    We multiply on the right (x @ W) so a row vector x of width d_model stays a row. The 1/sqrt(d_model) scale keeps
+    outputs about as large as inputs. Biases are random (not zero) so that the proof in part 5 checks them too.
     """
     params = {}
-    for name in ("q", "k", "v", "o"):
+    for name in "qkvo":
         params["W_" + name] = (rng.standard_normal((d_model, d_model)) / math.sqrt(d_model)).astype(dtype)
         params["b_" + name] = (0.1 * rng.standard_normal(d_model)).astype(dtype)
     return params
@@ -175,38 +184,40 @@ def multi_head_attention(x, params, n_heads, key_padding=None, causal=False):
     """Self-attention with n_heads heads. Returns (output, weights).
 
     x (B, T, C) with C = d_model; key_padding (B, T) boolean, True = a real token, False = padding nobody may
-    look at; output (B, T, C); weights (B, n_heads, T, T). Each head attends in its own C/n_heads-wide subspace,
-    so one head can track "who is the subject" while another tracks "which word came just before".
+    look at; output (B, T, C); weights (B, n_heads, T, T).
+    Why heads: one softmax gives each query ONE weighted average. With h heads, each in its own C/h-wide subspace,
+    a position can gather h different things at once ("who is the subject", "what came just before", ...), for
+    the same number of parameters as one full-width head.
     """
     if x.ndim != 3:
-        raise ValueError(f"multi-head attention: expected x of shape (B, T, d_model); got {tuple(x.shape)}")
+        raise ValueError(f"multi-head attention: expected x of shape (B, T, d_model); got {x.shape}")
     batch, t, c = x.shape
     check_heads(c, n_heads)
     if params["W_q"].shape != (c, c):
-        raise ValueError(f"multi-head attention: x has d_model {c} but W_q is {params['W_q'].shape}; expected ({c}, {c})")
-    head = c // n_heads
-    # 1. Project: the same x is read three ways.
-    q = x @ params["W_q"] + params["b_q"]  # (B, T, C)
-    k = x @ params["W_k"] + params["b_k"]  # (B, T, C)
-    v = x @ params["W_v"] + params["b_v"]  # (B, T, C)
-    # 2. Split the width into heads: (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs). No numbers change, only the view.
+        raise ValueError(f"multi-head attention: x has d_model {c} but W_q is {params['W_q'].shape}; "
+                         f"expected ({c}, {c})")
+    # 1. Project: the same x is read three ways (one matmul each for all heads together).
+    q, k, v = (x @ params["W_" + n] + params["b_" + n] for n in "qkv")  # (B, T, C) each
+    # 2. Split the width into heads: (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs). No number changes, only the view:
+    #    columns 0..hs-1 belong to head 0, the next hs to head 1, and so on.
     def split(z):
-        return z.reshape(batch, t, n_heads, head).transpose(0, 2, 1, 3)
+        return z.reshape(batch, t, n_heads, c // n_heads).transpose(0, 2, 1, 3)
     mask = None
     if key_padding is not None:
         if np.shape(key_padding) != (batch, t):
-            raise ValueError(f"multi-head attention: key_padding must be (B, T) = {(batch, t)}; got {np.shape(key_padding)}")
+            raise ValueError(f"multi-head attention: key_padding must be (B, T) = {(batch, t)}; "
+                             f"got {np.shape(key_padding)}")
         mask = np.asarray(key_padding, dtype=bool)[:, None, None, :]  # (B, 1, 1, T): same for every head and query
-    # 3. Attend, every head at once (the head axis is just another batch axis).
+    # 3. Attend, all heads at once: the head axis is just one more batch axis for attention().
     out, weights = attention(split(q), split(k), split(v), mask=mask, causal=causal)  # (B, nh, T, hs), (B, nh, T, T)
-    # 4. Concatenate the heads back: (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C).
+    # 4. Concatenate the heads: (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C), the exact inverse of split().
     out = out.transpose(0, 2, 1, 3).reshape(batch, t, c)
-    # 5. Output projection: lets the heads' findings mix into one vector per position.
+    # 5. Output projection: the heads' findings sit in separate columns; W_o mixes them into one vector.
     return out @ params["W_o"] + params["b_o"], weights  # (B, T, C)
 
 
 def multi_head_param_count(d_model):
-    """4 weight matrices (d_model^2 each) + 4 biases (d_model each): the number of heads does not change it."""
+    """4 weight matrices (d_model^2 each) + 4 biases (d_model each); the number of heads does not change it."""
     return 4 * d_model * d_model + 4 * d_model
 
 
@@ -226,39 +237,38 @@ def tiled_attention(q, k, v, block=BLOCK, causal=False):
     When a new block raises the maximum from m to m_new, everything accumulated so far was computed with the old
     shift; multiplying by exp(m - m_new) converts it: exp(s - m) * exp(m - m_new) = exp(s - m_new). At the end,
     output = acc / l, which is exactly sum_j softmax(s)_j v_j. Memory: O(T * d) for m, l, acc and the output, plus
-    one (block, block) tile, instead of the O(T^2) score matrix. (On a GPU this also saves the slow memory traffic;
-    in NumPy we only show the memory side and pay for it in Python loop overhead.)
+    one (block, block) tile, instead of the O(T^2) score matrix. (On a GPU the bigger win is speed: the tiles stay
+    in fast on-chip memory instead of a T x T matrix going to and from slow GPU memory.)
     """
     check_attention_shapes(q, k, v)
     if block < 1:
         raise ValueError(f"tiled attention: block must be >= 1; got {block}")
-    t_q, t_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
-    scale = 1.0 / math.sqrt(d)
-    lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    t_q, t_k = q.shape[-2], k.shape[-2]
+    lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])  # batch/head dims
     out = np.empty(lead + (t_q, v.shape[-1]), dtype=np.result_type(q, k, v))
-    for i0 in range(0, t_q, block):
+    for i0 in range(0, t_q, block):                           # one tile of queries at a time
         i1 = min(i0 + block, t_q)
-        q_tile = q[..., i0:i1, :] * scale                     # (..., bq, d)
-        m = np.full(lead + (i1 - i0,), -np.inf, dtype=out.dtype)  # (..., bq) running max
-        l = np.zeros(lead + (i1 - i0,), dtype=out.dtype)          # (..., bq) running denominator
+        q_tile = q[..., i0:i1, :] / math.sqrt(q.shape[-1])    # (..., bq, d)
+        m = np.full(lead + (i1 - i0,), -np.inf, dtype=out.dtype)        # (..., bq)      running max
+        l = np.zeros(lead + (i1 - i0,), dtype=out.dtype)                # (..., bq)      running denominator
         acc = np.zeros(lead + (i1 - i0, v.shape[-1]), dtype=out.dtype)  # (..., bq, d_v) running numerator
-        for j0 in range(0, t_k, block):
+        for j0 in range(0, t_k, block):                       # stream the keys past it
             if causal and j0 > i1 - 1:
-                break  # every key in this block and later is in the future of every query in the tile: skip them
+                break  # this key block (and every later one) is in the future of every query in the tile: skip
             j1 = min(j0 + block, t_k)
-            s = q_tile @ np.swapaxes(k[..., j0:j1, :], -1, -2)    # (..., bq, bk) one tile of scores
-            if causal and j1 - 1 > i0:  # a tile that crosses the diagonal: mask key j > query i inside it.
-                # Built from the tile's own index ranges, (bq, bk), never from a T x T mask. Block 0 always leaves
-                # key 0 visible, so after the first tile m is finite and exp(m - m_new) never sees -inf - -inf.
-                allowed = np.arange(i0, i1)[:, None] >= np.arange(j0, j1)[None, :]
-                s = np.where(allowed, s, -np.inf)
-            m_new = np.maximum(m, s.max(axis=-1))                 # (..., bq)
-            p = np.exp(s - m_new[..., None])                      # (..., bq, bk) unnormalised weights
-            rescale = np.exp(m - m_new)                           # (..., bq) converts old sums to the new shift
+            s = q_tile @ np.swapaxes(k[..., j0:j1, :], -1, -2)  # (..., bq, bk) one tile of scores
+            if causal and j1 - 1 > i0:
+                # The tile crosses the diagonal: mask key j > query i, built from the tile's own index ranges
+                # (bq x bk, never T x T). Key block 0 is visible to every query, so after it m is finite and
+                # exp(m - m_new) never meets -inf - (-inf) = NaN.
+                s = np.where(np.arange(i0, i1)[:, None] >= np.arange(j0, j1)[None, :], s, -np.inf)
+            m_new = np.maximum(m, s.max(axis=-1))              # (..., bq)
+            p = np.exp(s - m_new[..., None])                   # (..., bq, bk) weights, not yet normalised
+            rescale = np.exp(m - m_new)                        # (..., bq) moves old sums to the new shift
             l = l * rescale + p.sum(axis=-1)
             acc = acc * rescale[..., None] + p @ v[..., j0:j1, :]  # (..., bq, d_v)
             m = m_new
-        out[..., i0:i1, :] = acc / l[..., None]               # divide once, at the end
+        out[..., i0:i1, :] = acc / l[..., None]              # normalise once, at the end
     return out
 
 
@@ -274,70 +284,66 @@ def peak_bytes(fn, *args, **kwargs):
 
 
 def best_time(fn, repeats=3):
-    """Fastest of a few runs, in milliseconds: the minimum is the least disturbed by other programs."""
-    best = float("inf")
+    """Fastest of a few runs, in milliseconds: the minimum is the run least disturbed by other programs."""
+    times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - start)
-    return 1000 * best
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
 
 
 # ================================================================================================================
-# Printing helpers
+# Printing and picture helpers
 # ================================================================================================================
 def print_matrix(title, matrix, row_labels, col_labels, fmt="{:7.2f}"):
     """A labelled table: rows and columns named (by words, dims...) so you can read it like a spreadsheet."""
     width = max(len(fmt.format(0.0)), max(len(str(c)) for c in col_labels) + 1)
-    left = max(len(str(r)) for r in row_labels) + 2
-    print(f"  {title}")
-    print(" " * left + "".join(str(c).rjust(width) for c in col_labels))
+    left = max(len(str(r)) for r in row_labels) + 1
+    print(f"  {title}\n" + " " * (left + 1) + "".join(str(c).rjust(width) for c in col_labels))
     for label, row in zip(row_labels, matrix):
-        print(str(label).rjust(left - 1) + " " + "".join(fmt.format(x).rjust(width) for x in row))
-
-
-SHADES = " .:-=+*#%@"  # light -> dark, for text heatmaps
+        print(str(label).rjust(left) + " " + "".join(fmt.format(x).rjust(width) for x in row))
 
 
 def print_text_heatmap(title, matrix, row_labels, col_labels):
     """The text fallback for a heatmap: one character per cell, darker = larger weight (0..1)."""
-    print(f"  {title}   (shades: ' '=0 ... '@'=1)")
-    left = max(len(str(r)) for r in row_labels) + 2
-    print(" " * left + " ".join(str(c)[:1] for c in col_labels))
+    shades = " .:-=+*#%@"  # 10 levels, light to dark
+    left = max(len(str(r)) for r in row_labels) + 1
+    print(f"  {title}   (shades: ' '=0 ... '@'=1)\n" + " " * (left + 1) + " ".join(str(c)[:1] for c in col_labels))
     for label, row in zip(row_labels, matrix):
-        cells = [SHADES[min(len(SHADES) - 1, int(round(float(x) * (len(SHADES) - 1))))] for x in row]
-        print(str(label).rjust(left - 1) + " " + " ".join(cells))
+        print(str(label).rjust(left) + " " + " ".join(shades[min(9, int(round(float(x) * 9)))] for x in row))
 
 
 def get_pyplot():
     """matplotlib.pyplot with the file-only Agg backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
-        matplotlib.use("Agg")
+        matplotlib.use("Agg")  # no window: works on servers, in CI and over ssh
         import matplotlib.pyplot as plt
         return plt
     except ImportError:
         return None
 
 
-def save_figure(fig, path):
+def save_figure(plt, fig, path):
     """Write the PNG to a temporary name, then rename: an interrupted run never leaves half a picture."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
     os.replace(tmp, path)
     print(f"  saved {path}")
+    return path
 
 
 def heatmap(ax, matrix, row_labels, col_labels, title):
-    """One labelled attention heatmap on a matplotlib axis, with the weights written in the cells if few."""
+    """One labelled attention heatmap on a matplotlib axis, with the weights written in the cells."""
     ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right")
     ax.set_yticks(range(len(row_labels)), row_labels)
-    ax.set_xlabel("key (looked at)")
-    ax.set_ylabel("query (looking)")
+    ax.set(xlabel="key (looked at)", ylabel="query (looking)")
     ax.set_title(title, fontsize=10)
-    if matrix.size <= 100:
+    if matrix.size <= 144:  # numbers only while they still fit in the cells
         for (i, j), w in np.ndenumerate(matrix):
             ax.text(j, i, f"{w:.2f}", ha="center", va="center", fontsize=7, color="white" if w < 0.6 else "black")
 
@@ -348,51 +354,53 @@ def heatmap(ax, matrix, row_labels, col_labels, title):
 def word_vector(word, dim):
     """A made-up but reproducible embedding: the same word always gets the same vector (seeded by its CRC32).
 
-    Stage 02 learns real embeddings; here any fixed vectors do, because we only follow the arithmetic.
+    Stage 02 learns real embeddings; here any fixed vectors do, because we only follow the arithmetic. Rounded to
+    2 decimals so the printed tables show exactly the numbers used.
     """
-    rng = np.random.default_rng(zlib.crc32(word.encode("utf-8")))
-    return np.round(rng.standard_normal(dim), 2)
+    return np.round(np.random.default_rng(zlib.crc32(word.encode("utf-8"))).standard_normal(dim), 2)
 
 
 def part1_by_hand(sentence, seed):
-    print("\n" + "=" * 100 + "\nPart 1. Attention by hand: softmax(Q K^T / sqrt(d_k)) V\n" + "=" * 100)
-    words = sentence.split()
-    dim = BY_HAND_DIM
-    x = np.stack([word_vector(w, dim) for w in words])  # (T, d_model): one row per word
+    banner("Part 1. Attention by hand: softmax(Q K^T / sqrt(d_k)) V")
+    words, dim = sentence.split(), BY_HAND_DIM
     dims = [f"d{i}" for i in range(dim)]
-    print(f"Sentence: {sentence!r}: T = {len(words)} tokens, each a {dim}-number vector (d_model = {dim}).")
+    x = np.stack([word_vector(w, dim) for w in words])  # (T, d_model): one row per word
+    print(f"Sentence {sentence!r}: T = {len(words)} tokens, each a vector of d_model = {dim} numbers.")
     print_matrix("X, the embeddings (T, d_model)", x, words, dims)
-    # Three learned matrices read the same embedding three ways. Random here; training (stage 04) tunes them.
+    # Three matrices read the same embedding three ways. Random here; training (stage 04) is what tunes them so
+    # that, say, a verb's query matches its subject's key.
     rng = np.random.default_rng(seed)
     w_q, w_k, w_v = (np.round(rng.standard_normal((dim, dim)) / math.sqrt(dim), 2) for _ in range(3))
-    q, k, v = x @ w_q, x @ w_k, x @ w_v  # (T, d_k) each: Q = X W_q, K = X W_k, V = X W_v
+    q, k, v = x @ w_q, x @ w_k, x @ w_v  # (T, d_k) each
     print("\nQ = X W_q (what each word looks for), K = X W_k (what each word offers), V = X W_v (what it hands over):")
-    print_matrix("Q (T, d_k)", q, words, dims)
-    print_matrix("K (T, d_k)", k, words, dims)
-    print_matrix("V (T, d_v)", v, words, dims)
-    scores = q @ k.T  # (T, T): scores[i, j] = q_i . k_j
-    print("\nScores = Q K^T: row i = how strongly word i's query matches every word's key.")
+    for name, m in (("Q (T, d_k)", q), ("K (T, d_k)", k), ("V (T, d_v)", v)):
+        print_matrix(name, m, words, dims)
+    # Every query against every key: one matrix product gives all T x T dot products at once.
+    scores = q @ k.T  # (T_q, T_k)
+    print("\nScores = Q K^T: row i = how strongly word i's query matches each word's key.")
     print_matrix("Q K^T (T_q, T_k)", scores, words, words)
     scaled = scores / math.sqrt(dim)
     print(f"\nScaled by 1/sqrt(d_k) = 1/sqrt({dim}) = {1 / math.sqrt(dim):.3f} (part 2 shows why).")
     print_matrix("Q K^T / sqrt(d_k)", scaled, words, words)
+    # Softmax per row: exp makes every score positive, dividing by the row sum makes the row a distribution.
     weights = softmax(scaled)
-    print("\nSoftmax along each row turns scores into weights: positive, and each row sums to 1.")
+    print("\nSoftmax along each row turns scores into weights: positive, and every row sums to 1.")
     print_matrix("attention weights (rows: who is looking; columns: at whom)", weights, words, words, fmt="{:7.3f}")
-    print(f"  row sums: {np.round(weights.sum(axis=1), 12).tolist()}")
-    print("  (Untrained, random W_q and W_k give a fairly even spread; training sharpens the rows that matter.)")
-    out = weights @ v  # (T, d_v): each row a weighted average of V's rows
-    print("\nOutput = weights @ V: each word's new vector is a weighted average of all words' values.")
+    print(f"  row sums: {np.round(weights.sum(axis=1), 12).tolist()}  (untrained weights spread evenly; training"
+          " sharpens them)")
+    # Output row i = sum_j weights[i, j] * V[j]: a blend of the values, mostly of the words i attends to.
+    out = weights @ v  # (T, d_v)
+    print("\nOutput = weights @ V: each word's new vector is a weighted average of all the words' values.")
     print_matrix("output (T, d_v)", out, words, dims)
-    # Same words, same rows: attention alone has no idea of order. Stage 04 adds position embeddings for that.
-    repeated = sorted({w for w in words if words.count(w) > 1})
+    # Identical words get identical rows: nothing above depends on WHERE a word is. Attention is blind to order
+    # until positions are added to the embeddings (part 7's model and stage 04 do that).
+    repeated = [w for w in dict.fromkeys(words) if words.count(w) > 1]
     if repeated:
         i, j = [n for n, w in enumerate(words) if w == repeated[0]][:2]
-        print(f"\nNote: {repeated[0]!r} at positions {i} and {j} gets identical rows (max diff "
-              f"{np.abs(out[i] - out[j]).max():.1e}): attention by itself ignores word order. Stage 04 adds positions.")
-    # Same result from the reusable function used everywhere below:
-    same = np.abs(attention(q, k, v)[0] - out).max()
-    print(f"attention(Q, K, V) from the function gives the same output: max abs diff {same:.1e}")
+        print(f"\nNote: {repeated[0]!r} at positions {i} and {j} gets identical outputs (max diff "
+              f"{np.abs(out[i] - out[j]).max():.1e}): attention alone ignores word order; positions fix that.")
+    print(f"attention(Q, K, V), the function used from here on, gives the same output: max abs diff "
+          f"{np.abs(attention(q, k, v)[0] - out).max():.1e}")
     return words, weights
 
 
@@ -400,17 +408,17 @@ def part1_by_hand(sentence, seed):
 # Part 2: why divide by sqrt(d_k)
 # ================================================================================================================
 def entropy_bits(weights):
-    """H(w) = -sum_j w_j log2 w_j: log2(T) bits for a uniform spread, 0 when one key takes all the weight."""
+    """H(w) = -sum_j w_j log2 w_j: log2(T) bits for an even spread, 0 when one key takes all the weight."""
     return -(weights * np.log2(np.clip(weights, 1e-300, None))).sum(axis=-1)
 
 
 def scaling_experiment(dims=SCALING_DIMS, n_keys=SCALING_KEYS, trials=SCALING_TRIALS, seed=0):
     """For each d_k: random q, k with unit-variance entries; softmax with and without the 1/sqrt(d_k) scale.
 
-    q . k = sum of d_k products, each with mean 0 and variance 1, so its variance is d_k and its spread sqrt(d_k).
-    Unscaled, the scores spread wider and wider as d_k grows, softmax puts almost all weight on the top score and its
-    gradient (w_i (1 - w_i)) vanishes: the model stops learning where to look. Dividing by sqrt(d_k) resets the
-    spread to about 1 at every width.
+    q . k is a sum of d_k products, each with mean 0 and variance 1, so its variance is d_k: its typical size
+    grows like sqrt(d_k). Unscaled, wide models get huge score gaps, softmax puts nearly all weight on the top
+    score, and its gradient (dw_i/ds_i = w_i (1 - w_i)) goes to 0: the model stops learning where to look.
+    Dividing by sqrt(d_k) brings the spread back to about 1 at every width.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -426,16 +434,17 @@ def scaling_experiment(dims=SCALING_DIMS, n_keys=SCALING_KEYS, trials=SCALING_TR
 
 
 def part2_scaling(seed):
-    print("\n" + "=" * 100 + "\nPart 2. Why divide by sqrt(d_k)?\n" + "=" * 100)
+    banner("Part 2. Why divide by sqrt(d_k)?")
     rows = scaling_experiment(seed=seed)
     print(f"{SCALING_KEYS} keys per query, {SCALING_TRIALS} random trials per width, entries ~ N(0, 1). "
-          f"Uniform attention: max weight {1 / SCALING_KEYS:.3f}, entropy {math.log2(SCALING_KEYS):.1f} bits.")
-    print(f"  {'d_k':>5} {'std(q.k)':>9} | {'unscaled: max w':>15} {'entropy':>8} | {'scaled: max w':>13} {'entropy':>8}")
+          f"An even spread: max weight {1 / SCALING_KEYS:.3f}, entropy {math.log2(SCALING_KEYS):.1f} bits.")
+    print(f"  {'d_k':>5} {'std(q.k)':>9} | {'unscaled: max w':>15} {'entropy':>8} | "
+          f"{'scaled: max w':>13} {'entropy':>8}")
     for r in rows:
         print(f"  {r['d_k']:>5} {r['score_std']:>9.2f} | {r['raw_max']:>15.3f} {r['raw_entropy']:>8.2f} | "
               f"{r['scaled_max']:>13.3f} {r['scaled_entropy']:>8.2f}")
-    print("Reading: the spread of q.k grows like sqrt(d_k). Unscaled, the softmax saturates (max weight -> 1, entropy\n"
-          "-> 0 bits: one key takes everything, gradients vanish). Scaled, the weights look the same at every width.")
+    print("Reading: std(q.k) grows like sqrt(d_k). Unscaled, the softmax saturates (max weight -> 1, entropy -> 0\n"
+          "bits: one key takes everything, gradients vanish). Scaled, the weights look alike at every width.")
     return rows
 
 
@@ -443,39 +452,41 @@ def part2_scaling(seed):
 # Part 3: masks, and a proof of causality
 # ================================================================================================================
 def part3_masks(seed):
-    print("\n" + "=" * 100 + "\nPart 3. Masks: causal (no peeking ahead) and padding (ignore filler)\n" + "=" * 100)
+    banner("Part 3. Masks: causal (no peeking ahead) and padding (ignore filler)")
     rng = np.random.default_rng(seed)
-    t, d = 6, 4
-    print("Causal mask for T = 6 (1 = may look, 0 = forbidden): a language model predicts token t+1 from tokens 0..t,")
-    print("so position t must never see t+1.. or training would be cheating.")
+    t, d, cut = 6, 4, 3
+    # A language model learns to predict token t+1 from tokens 0..t. If position t could see t+1, training would
+    # just copy the answer and the model would learn nothing usable for generation, where the future is unknown.
+    print(f"Causal mask for T = {t} (1 = may look, 0 = forbidden): position t sees tokens 0..t only.")
     for row in causal_mask(t, t).astype(int):
         print("   ", " ".join(map(str, row)))
-    # Proof of causality: change the future, check the past did not move AT ALL (bitwise equal, not just close).
     x = rng.standard_normal((t, d))
-    q_w, k_w, v_w = (rng.standard_normal((d, d)) for _ in range(3))
+    w_q, w_k, w_v = (rng.standard_normal((d, d)) for _ in range(3))
+
     def outputs(seq, causal):
-        return attention(seq @ q_w, seq @ k_w, seq @ v_w, causal=causal)[0]
-    cut = 3
+        return attention(seq @ w_q, seq @ w_k, seq @ w_v, causal=causal)[0]
+
+    # Proof of causality: change the future, check the past did not move AT ALL (bitwise, not "close").
+    # Why it is exact: a masked score is replaced by -inf, exp(-inf) is exactly 0.0, and 0.0 * v adds exactly
+    # nothing to a sum, whatever the future value v is. No rounding is involved.
     changed = x.copy()
-    changed[cut:] = rng.standard_normal((t - cut, d)) * 10  # new, very different "future tokens" at positions 3..5
+    changed[cut:] = 10 * rng.standard_normal((t - cut, d))  # very different "future tokens"
     before, after = outputs(x, True), outputs(changed, True)
     exact = bool(np.array_equal(before[:cut], after[:cut]))
-    print(f"\nProof: replace tokens {cut}..{t - 1} with new random ones and recompute.")
-    print(f"  causal:     outputs 0..{cut - 1} bitwise identical: {exact} (max abs diff "
-          f"{np.abs(before[:cut] - after[:cut]).max():.1e}); outputs {cut}..{t - 1} changed by up to "
-          f"{np.abs(before[cut:] - after[cut:]).max():.2f}")
     leak = np.abs(outputs(x, False)[:cut] - outputs(changed, False)[:cut]).max()
-    print(f"  no mask:    outputs 0..{cut - 1} change by up to {leak:.2f}: without the mask the past sees the future")
-    print("  Why exactly equal: a masked score is set to -inf, its weight is exp(-inf) = 0.0 exactly, and 0.0 * v\n"
-          "  contributes exactly nothing, whatever the future value v is.")
-    # Padding: a batch of two sentences of different lengths is padded to the same T; pad keys must get weight 0.
+    print(f"\nProof: replace tokens {cut}..{t - 1} with new random ones and recompute.\n"
+          f"  causal:  outputs 0..{cut - 1} bitwise identical: {exact} (max abs diff "
+          f"{np.abs(before[:cut] - after[:cut]).max():.1e}); outputs {cut}..{t - 1} moved by up to "
+          f"{np.abs(before[cut:] - after[cut:]).max():.2f}\n"
+          f"  no mask: outputs 0..{cut - 1} move by up to {leak:.2f}: without the mask the past sees the future")
+    # Padding: sentences of different lengths are padded to one T so they fit in one array (one batch); the pad
+    # positions are filler and must receive no attention, or the filler would leak into real tokens' outputs.
     lengths = np.array([6, 4])
     key_padding = np.arange(t)[None, :] < lengths[:, None]  # (B, T): True = real token
     xb = rng.standard_normal((2, t, d))
-    _, w = attention(xb @ q_w, xb @ k_w, xb @ v_w, mask=key_padding[:, None, :], causal=True)
-    print(f"\nPadding mask: sentence 2 has {lengths[1]} real tokens + {t - lengths[1]} pads; "
-          f"weight given to pad keys: {w[1][:, lengths[1]:].sum():.1f}; rows still sum to 1: "
-          f"{bool(np.allclose(w.sum(-1), 1))}")
+    _, w = attention(xb @ w_q, xb @ w_k, xb @ w_v, mask=key_padding[:, None, :], causal=True)  # (B, T, T)
+    print(f"\nPadding: sentence 2 has {lengths[1]} real tokens + {t - lengths[1]} pads; weight on pad keys: "
+          f"{w[1][:, lengths[1]:].sum():.1f}; rows still sum to 1: {bool(np.allclose(w.sum(-1), 1))}")
     print_matrix("sentence 2, causal + padding weights", w[1], [f"q{i}" for i in range(t)],
                  [f"k{j}" if j < lengths[1] else "pad" for j in range(t)], fmt="{:6.2f}")
     return exact, w[1]
@@ -485,61 +496,64 @@ def part3_masks(seed):
 # Part 4: multi-head attention
 # ================================================================================================================
 def part4_multi_head(words, d_model, n_heads, seed):
-    print("\n" + "=" * 100 + f"\nPart 4. Multi-head attention: {n_heads} heads of size {d_model // n_heads}\n" + "=" * 100)
-    rng = np.random.default_rng(seed)
+    banner(f"Part 4. Multi-head attention: {n_heads} heads of size {d_model // n_heads}")
     x = np.stack([word_vector(w, d_model) for w in words])[None]  # (1, T, C): a batch of one sentence
-    params = init_multi_head(d_model, rng)
+    params = init_multi_head(d_model, np.random.default_rng(seed))
     out, weights = multi_head_attention(x, params, n_heads, causal=True)
-    print(f"x {x.shape} -> Q, K, V {x.shape} -> split {(1, n_heads, len(words), d_model // n_heads)} -> attend per "
-          f"head -> concat {x.shape} -> W_o -> output {out.shape}")
-    for h in range(n_heads):
+    print(f"x {x.shape} -> Q, K, V {x.shape} -> split {(1, n_heads, len(words), d_model // n_heads)} -> attend "
+          f"per head -> concat {x.shape} -> W_o -> output {out.shape}")
+    for h in range(n_heads):  # same words, different subspaces: each head looks at the sentence differently
         print_matrix(f"head {h} causal weights", weights[0, h], words, words, fmt="{:6.2f}")
     count = multi_head_param_count(d_model)
     torch_count = sum(p.numel() for p in nn.MultiheadAttention(d_model, n_heads).parameters())
     print(f"Parameters: 4 d_model^2 + 4 d_model = 4*{d_model}^2 + 4*{d_model} = {count} "
-          f"(torch.nn.MultiheadAttention({d_model}, {n_heads}) has {torch_count}). More heads = same parameters,\n"
-          f"cut into more, narrower subspaces. GPT-2 small: d_model 768, 12 heads -> {multi_head_param_count(768):,} "
-          f"per attention block.")
+          f"(torch.nn.MultiheadAttention({d_model}, {n_heads}): {torch_count}). More heads = the same parameters,\n"
+          f"cut into narrower subspaces. GPT-2 small (d_model 768, 12 heads): {multi_head_param_count(768):,} "
+          "per block.")
     return weights[0], count == torch_count
 
 
 # ================================================================================================================
 # Part 5: proof against PyTorch
 # ================================================================================================================
-TOLERANCE = {np.float32: 1e-6, np.float64: 1e-12}  # the figures to reach
+TOLERANCE = {np.float32: 1e-6, np.float64: 1e-12}  # the figures to reach: rounding noise, nothing more
 
 
 def compare_with_sdpa(dtype, seed=0):
-    """Our attention vs F.scaled_dot_product_attention on (B, nh, T, hs) inputs: {case: max abs diff}."""
+    """Our attention vs F.scaled_dot_product_attention on (B, nh, T, hs) inputs: {case: max abs diff}.
+
+    SDPA is what real models call (nn.MultiheadAttention and Hugging Face models use it, and on a GPU it picks a
+    FlashAttention kernel). If ours matches it to rounding, everything this script explains is what they compute.
+    Sentence 2 has 4 real tokens and 3 pads, so the padding mask really removes keys.
+    """
     rng = np.random.default_rng(seed)
-    batch, heads, t, hs = 2, 3, 7, 8
-    q, k, v = (rng.standard_normal((batch, heads, t, hs)).astype(dtype) for _ in range(3))
-    lengths = np.array([7, 4])
-    pad = (np.arange(t)[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, T) True = real key
+    t = 7
+    q, k, v = (rng.standard_normal((2, 3, t, 8)).astype(dtype) for _ in range(3))  # (B, nh, T, hs)
+    pad = (np.arange(t)[None, :] < np.array([7, 4])[:, None])[:, None, None, :]  # (B, 1, 1, T), True = real key
     tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
     sdpa = F.scaled_dot_product_attention
-    results = {}
-    ours = attention(q, k, v)[0]
-    results["SDPA, no mask"] = np.abs(ours - sdpa(tq, tk, tv).numpy()).max()
-    ours = attention(q, k, v, causal=True)[0]
-    results["SDPA, is_causal=True"] = np.abs(ours - sdpa(tq, tk, tv, is_causal=True).numpy()).max()
-    ours = attention(q, k, v, mask=pad)[0]
-    results["SDPA, padding mask"] = np.abs(ours - sdpa(tq, tk, tv, attn_mask=torch.from_numpy(pad)).numpy()).max()
-    # torch refuses attn_mask together with is_causal=True, so combine the two masks by hand for torch.
-    both = torch.from_numpy(pad & causal_mask(t, t))
-    ours = attention(q, k, v, mask=pad, causal=True)[0]
-    results["SDPA, causal + padding"] = np.abs(ours - sdpa(tq, tk, tv, attn_mask=both).numpy()).max()
-    return results
+    # torch refuses attn_mask together with is_causal=True, so for that case we combine the masks ourselves.
+    cases = {"SDPA, no mask": (dict(), dict()),
+             "SDPA, is_causal=True": (dict(causal=True), dict(is_causal=True)),
+             "SDPA, padding mask": (dict(mask=pad), dict(attn_mask=torch.from_numpy(pad))),
+             "SDPA, causal + padding": (dict(mask=pad, causal=True),
+                                        dict(attn_mask=torch.from_numpy(pad & causal_mask(t, t))))}
+    return {name: np.abs(attention(q, k, v, **ours)[0] - sdpa(tq, tk, tv, **theirs).numpy()).max()
+            for name, (ours, theirs) in cases.items()}
 
 
 def compare_with_torch_mha(dtype, d_model=D_MODEL, n_heads=N_HEADS, seed=0):
-    """Our multi_head_attention vs torch.nn.MultiheadAttention with the same weights: outputs and per-head weights."""
+    """Our multi_head_attention vs torch.nn.MultiheadAttention with the same weights: outputs and per-head weights.
+
+    Equal outputs with copied weights prove more than "similar": the projections, the head split (which columns
+    go to which head), the masks, the concatenation and the output projection all match torch's layout exactly.
+    """
     rng = np.random.default_rng(seed)
-    batch, t = 2, 6
-    x = rng.standard_normal((batch, t, d_model)).astype(dtype)
+    t = 6
+    x = rng.standard_normal((2, t, d_model)).astype(dtype)
     params = init_multi_head(d_model, rng, dtype)
-    key_padding = np.arange(t)[None, :] < np.array([6, 3])[:, None]  # (B, T) True = real token
-    mha = nn.MultiheadAttention(d_model, n_heads, bias=True, batch_first=True)
+    real = np.arange(t)[None, :] < np.array([6, 3])[:, None]  # (B, T) True = real token
+    mha = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
     mha = mha.to(torch.float64 if dtype == np.float64 else torch.float32).eval()
     with torch.no_grad():
         # torch's Linear computes x W^T + b, we compute x W + b: copy the transposes. in_proj stacks [W_q; W_k; W_v].
@@ -547,14 +561,13 @@ def compare_with_torch_mha(dtype, d_model=D_MODEL, n_heads=N_HEADS, seed=0):
         mha.in_proj_bias.copy_(torch.from_numpy(np.concatenate([params[f"b_{n}"] for n in "qkv"])))
         mha.out_proj.weight.copy_(torch.from_numpy(params["W_o"].T.copy()))
         mha.out_proj.bias.copy_(torch.from_numpy(params["b_o"]))
-    tx = torch.from_numpy(x)
     results = {}
     for causal in (False, True):
-        ours, our_w = multi_head_attention(x, params, n_heads, key_padding=key_padding, causal=causal)
+        ours, our_w = multi_head_attention(x, params, n_heads, key_padding=real, causal=causal)
         # Careful: nn.MultiheadAttention's boolean masks mean the OPPOSITE of SDPA's: True = NOT allowed.
-        attn_mask = torch.from_numpy(~causal_mask(t, t)) if causal else None
         with torch.no_grad():
-            theirs, their_w = mha(tx, tx, tx, key_padding_mask=torch.from_numpy(~key_padding), attn_mask=attn_mask,
+            theirs, their_w = mha(*[torch.from_numpy(x)] * 3, key_padding_mask=torch.from_numpy(~real),
+                                  attn_mask=torch.from_numpy(~causal_mask(t, t)) if causal else None,
                                   need_weights=True, average_attn_weights=False)
         name = "nn.MultiheadAttention" + (", causal" if causal else "") + " + padding"
         results[name + ": output"] = np.abs(ours - theirs.numpy()).max()
@@ -563,17 +576,19 @@ def compare_with_torch_mha(dtype, d_model=D_MODEL, n_heads=N_HEADS, seed=0):
 
 
 def part5_proof(d_model, n_heads, seed):
-    print("\n" + "=" * 100 + "\nPart 5. Proof: our NumPy attention == PyTorch's\n" + "=" * 100)
+    banner("Part 5. Proof: our NumPy attention == PyTorch's")
     all_ok = True
-    print(f"  {'comparison':<58} {'dtype':>8} {'max abs diff':>13} {'limit':>7}  ok")
+    print(f"  {'comparison':<50} {'dtype':>8} {'max abs diff':>13} {'limit':>7}  ok")
     for dtype in (np.float32, np.float64):
-        results = compare_with_sdpa(dtype, seed)
-        results.update(compare_with_torch_mha(dtype, d_model, n_heads, seed))
+        results = {**compare_with_sdpa(dtype, seed), **compare_with_torch_mha(dtype, d_model, n_heads, seed)}
         for name, diff in results.items():
             ok = bool(diff <= TOLERANCE[dtype])
             all_ok &= ok
-            print(f"  {name:<58} {np.dtype(dtype).name:>8} {diff:>13.2e} {TOLERANCE[dtype]:>7.0e}  {'yes' if ok else 'NO'}")
-    print("Differences are rounding only (different summation order): ~1e-7 is float32's precision, ~1e-16 float64's.")
+            print(f"  {name:<50} {np.dtype(dtype).name:>8} {diff:>13.2e} {TOLERANCE[dtype]:>7.0e}  "
+                  f"{'yes' if ok else 'NO'}")
+    # Not zero because floating-point addition is not associative: torch sums in a different order (and may fuse
+    # steps), so the last bits differ. ~1e-7 is float32's relative precision, ~1e-16 float64's.
+    print("The differences are rounding only: ~1e-7 is float32's precision, ~1e-16 float64's.")
     return all_ok
 
 
@@ -581,7 +596,7 @@ def part5_proof(d_model, n_heads, seed):
 # Part 6: tiled attention (FlashAttention's idea): equality, memory, time
 # ================================================================================================================
 def part6_tiled(timing_lengths, block, seed):
-    print("\n" + "=" * 100 + f"\nPart 6. Tiled attention with an online softmax (block {block})\n" + "=" * 100)
+    banner(f"Part 6. Tiled attention with an online softmax (block {block})")
     rng = np.random.default_rng(seed)
     worst = 0.0
     for t, causal in ((300, False), (300, True), (257, True)):  # lengths that are not multiples of the block, too
@@ -593,48 +608,45 @@ def part6_tiled(timing_lengths, block, seed):
     ok = worst <= 1e-10
     print(f"Tiled equals naive to {worst:.1e} (figure to reach: <= 1e-10): {'yes' if ok else 'NO'}")
 
-    print(f"\nPeak memory NumPy allocates (tracemalloc), float32, head size {TIMING_HEAD_DIM}, causal, inputs excluded:")
-    print(f"  {'T':>6} {'naive':>10} {'tiled':>10}   naive holds T x T scores; tiled holds one {block}x{block} tile")
-    memory = []
+    # Memory (tracemalloc: every NumPy buffer allocated during the call, inputs excluded) and time (best of 3),
+    # float32, one head of size 64, causal: the setting of a GPT layer.
+    print(f"\nfloat32, causal, head size {TIMING_HEAD_DIM}, torch threads {torch.get_num_threads()}. "
+          f"Naive holds T x T scores; tiled one {block} x {block} tile.")
+    print(f"  {'T':>6} | {'peak MB naive':>13} {'tiled':>7} | {'ms naive':>9} {'tiled':>8} {'torch SDPA':>11}")
+    rows = []
     for t in timing_lengths:
         q, k, v = (rng.standard_normal((t, TIMING_HEAD_DIM)).astype(np.float32) for _ in range(3))
-        naive_peak = peak_bytes(attention, q, k, v, causal=True)
-        tiled_peak = peak_bytes(tiled_attention, q, k, v, block=block, causal=True)
-        memory.append((t, naive_peak, tiled_peak))
-        print(f"  {t:>6} {naive_peak / 2**20:>8.2f}MB {tiled_peak / 2**20:>8.2f}MB")
-    if len(memory) >= 2:
-        (t0, n0, s0), (t1, n1, s1) = memory[0], memory[-1]
-        print(f"  T x{t1 / t0:.0f}: naive memory x{n1 / n0:.0f} (~T^2), tiled x{s1 / s0:.1f} (~T: the output itself)")
-
-    print(f"\nTime (ms, best of 3, float32, causal, head size {TIMING_HEAD_DIM}; torch threads "
-          f"{torch.get_num_threads()}):")
-    print(f"  {'T':>6} {'naive NumPy':>12} {'tiled NumPy':>12} {'torch SDPA':>11}")
-    timing = []
-    for t in timing_lengths:
-        q, k, v = (rng.standard_normal((1, t, TIMING_HEAD_DIM)).astype(np.float32) for _ in range(3))
-        tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
-        row = (t, best_time(lambda: attention(q, k, v, causal=True)),
-               best_time(lambda: tiled_attention(q, k, v, block=block, causal=True)),
-               best_time(lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)))
-        timing.append(row)
-        print(f"  {row[0]:>6} {row[1]:>12.1f} {row[2]:>12.1f} {row[3]:>11.1f}")
-    t, naive_ms, tiled_ms, torch_ms = timing[-1]
-    print(f"Reading: at T={t} tiled takes {tiled_ms / naive_ms:.2f}x the naive time and torch SDPA {torch_ms / naive_ms:.2f}x."
-          f" The tiled loop skips\n"
-          "tiles that lie wholly in the future (causal: about half the work) and works on cache-sized pieces, but pays\n"
-          "Python overhead per tile; which wins depends on T, the block size and the BLAS threads (on a busy machine\n"
-          "multi-threaded BLAS stalls on small tiles: OPENBLAS_NUM_THREADS=1 steadies it). Its guaranteed gain is memory.\n"
-          "torch's SDPA is one fused C++ call; on a GPU it dispatches to FlashAttention, this same algorithm in CUDA.")
-    return ok, worst, memory, timing
+        tq, tk, tv = (torch.from_numpy(a)[None] for a in (q, k, v))
+        row = dict(t=t, naive_mb=peak_bytes(attention, q, k, v, causal=True) / 2**20,
+                   tiled_mb=peak_bytes(tiled_attention, q, k, v, block=block, causal=True) / 2**20,
+                   naive_ms=best_time(lambda: attention(q, k, v, causal=True)),
+                   tiled_ms=best_time(lambda: tiled_attention(q, k, v, block=block, causal=True)),
+                   torch_ms=best_time(lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)))
+        rows.append(row)
+        print(f"  {t:>6} | {row['naive_mb']:>13.2f} {row['tiled_mb']:>7.2f} | {row['naive_ms']:>9.1f} "
+              f"{row['tiled_ms']:>8.1f} {row['torch_ms']:>11.1f}")
+    first, last = rows[0], rows[-1]
+    if len(rows) > 1:
+        print(f"T x{last['t'] / first['t']:.0f}: naive memory x{last['naive_mb'] / first['naive_mb']:.0f} (~T^2), "
+              f"tiled x{last['tiled_mb'] / first['tiled_mb']:.1f} (~T: the output, plus one fixed-size tile).")
+    # Which is faster is an empirical question here, so the sentence is computed, not written in advance.
+    # The tiled loop skips tiles wholly in the future (causal: about half the work) and works on cache-sized
+    # pieces, but pays Python overhead per tile; multi-threaded BLAS also stalls on small tiles when the machine
+    # is busy (OPENBLAS_NUM_THREADS=1 steadies it). torch's SDPA is one fused C++ call; on a GPU it dispatches to
+    # FlashAttention, this same algorithm written in CUDA.
+    print(f"At T={last['t']}: tiled takes {last['tiled_ms'] / last['naive_ms']:.2f}x the naive time, torch SDPA "
+          f"{last['torch_ms'] / last['naive_ms']:.2f}x. The tiled version's guaranteed gain is memory; its speed\n"
+          "depends on T, the block size and BLAS threads. On a GPU, SDPA runs FlashAttention: this algorithm in CUDA.")
+    return ok, worst, rows
 
 
 # ================================================================================================================
 # Part 7: attention vs an LSTM on a long-range task (torch)
 # ================================================================================================================
-# The task: a sequence of T random tokens (values 0..15) followed by a "?" token; the answer is the FIRST token.
+# The task: T random tokens (values 0..15) followed by a "?" token; the answer is the FIRST token.
 #     7 3 12 0 5 ... 9 ?   ->  7
-# Both models read the sequence and predict from their state at "?". Nothing in between matters, so the answer is
-# always T steps back: the distance is the whole point. Chance is 1/16 = 6.25%.
+# Both models read the sequence and answer from their state at "?". Nothing in between matters, so the evidence
+# is always T steps back: the distance is the whole point. Chance is 1/16 = 6.25%.
 # Fairness: same width (32), about the same number of parameters (9,488 vs 9,520 for T <= 128), the same
 # data (same seed), the same optimizer, learning rate, batch and number of steps, trained from scratch at each length.
 # The LSTM needs no position table: it reads left to right, so order is built in.
@@ -642,7 +654,11 @@ QUERY_TOKEN = VOCAB  # id 16 is the "?"
 
 
 def first_token_batch(batch, length, generator):
-    """tokens (B, T+1): T random values then the query token; answers (B,): the first value of each row."""
+    """tokens (B, T+1): T random values then the query token; answers (B,): the first value of each row.
+
+    Fresh random sequences every call (from the given generator, so runs are reproducible): there are 16^T
+    possible sequences, far too many to memorise, so a model can only succeed by learning the rule.
+    """
     values = torch.randint(0, VOCAB, (batch, length), generator=generator)
     tokens = torch.cat([values, torch.full((batch, 1), QUERY_TOKEN)], dim=1)
     return tokens, values[:, 0]
@@ -650,6 +666,9 @@ def first_token_batch(batch, length, generator):
 
 class TinyAttentionNet(nn.Module):
     """embed + position -> one attention layer in which the last position ("?") asks -> 16-way classifier.
+
+    One layer suffices: "?"'s query only has to match the key of position 0 (its position vector), and the value
+    read there carries token 0. Whatever T is, the answer is one weighted sum away: no chain of steps in between.
 
     Positions: attention is blind to order (part 1), so each position p gets its own learned vector added to the
     token's embedding, from a table of max_len rows. (We first tried the original Transformer's fixed sin/cos code:
@@ -674,20 +693,32 @@ class TinyAttentionNet(nn.Module):
         x = e + self.position.weight[: e.shape[1]]      # (B, T, C) token + position
         q = self.query(x[:, -1:])                       # (B, 1, C): only "?" needs to ask
         k, v = self.key(x), self.value(x)               # (B, T, C)
-        weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(x.shape[-1]), dim=-1)  # (B, 1, T): the same formula
+        weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(x.shape[-1]), dim=-1)  # (B, 1, T): same formula
         h = x[:, -1] + self.proj((weights @ v)[:, 0])   # (B, C) residual: "?" plus what it read
         return self.head(h), weights[:, 0]
 
 
 class TinyLSTMNet(nn.Module):
-    """embed -> LSTM (hidden 32) -> 16-way classifier from the state after reading "?"."""
+    """embed -> LSTM (hidden 32) -> 16-way classifier from the state after reading "?".
+
+    An LSTM keeps a memory vector c and, at every step t, updates it with gates (sigmoids, each between 0 and 1):
+        f_t = sigmoid(W_f [x_t, h_{t-1}] + b_f)      forget gate: how much of the old memory to keep
+        i_t = sigmoid(W_i [x_t, h_{t-1}] + b_i)      input gate:  how much of the new candidate to write
+        c_t = f_t * c_{t-1} + i_t * tanh(W_g [x_t, h_{t-1}] + b_g)
+        h_t = o_t * tanh(c_t)                        o_t: an output gate; h_T is what the classifier reads
+    To keep token 0 until "?", it needs f_t ~ 1 and i_t ~ 0 for T steps. The gradient that teaches it so flows
+    back along the memory: d c_T / d c_0 = f_T * ... * f_1 (plus paths through h, which also shrink). With torch's
+    initialisation the biases are ~0, so f_t ~ sigmoid(0) = 0.5 and the product is ~0.5^T: 1e-3 at T=10,
+    3e-39 at T=128 (part 7 measures the real decay: about x0.6 per step). That is the "vanishing gradient";
+    --lstm-forget-bias sets b_f higher, so f_t starts nearer 1 and the signal fades more slowly.
+    """
 
     def __init__(self, width=WIDTH, forget_bias=None):
         super().__init__()
         self.embed = nn.Embedding(VOCAB + 1, width)
         self.lstm = nn.LSTM(width, width, batch_first=True)
         self.head = nn.Linear(width, VOCAB)
-        if forget_bias is not None:  # the gates are stacked [input, forget, cell, output] in torch's bias vectors
+        if forget_bias is not None:  # torch stacks the gates [input, forget, cell, output] in each bias vector
             with torch.no_grad():
                 for bias in (self.lstm.bias_ih_l0, self.lstm.bias_hh_l0):
                     bias[width:2 * width].fill_(forget_bias / 2)  # the two biases add up to forget_bias
@@ -700,10 +731,6 @@ class TinyLSTMNet(nn.Module):
         return self.head(states[:, -1]), None    # (B, 16)
 
 
-def param_count(model):
-    return sum(p.numel() for p in model.parameters())
-
-
 def gradient_to_first_token(build, length, seed):
     """|d loss / d embedding of token 0| at initialisation (float64, so tiny values do not round to 0).
 
@@ -713,113 +740,108 @@ def gradient_to_first_token(build, length, seed):
     torch.manual_seed(seed)
     model = build().double()  # a fresh, untrained model: the same initial weights as the one about to be trained
     tokens, answers = first_token_batch(256, length, torch.Generator().manual_seed(seed + 1))
+    # Detach the embeddings and ask autograd for their gradient directly: e.grad[:, 0] is the part of the signal
+    # that reaches the one token that matters. (float32 would round 1e-39 to 0; float64 goes down to ~1e-308.)
     e = model.embed(tokens).detach().requires_grad_(True)  # (B, T+1, C)
-    logits, _ = model.from_embeddings(e)
-    F.cross_entropy(logits, answers).backward()
+    F.cross_entropy(model.from_embeddings(e)[0], answers).backward()
     return e.grad[:, 0].norm(dim=-1).mean().item()
 
 
 def train_and_evaluate(model, length, steps, batch, seed, device):
-    """Adam on fresh random batches; then accuracy on EVAL_SEQUENCES new sequences. Returns (accuracy, weight@0, loss)."""
+    """Adam on fresh random batches, then accuracy on new sequences. Returns (accuracy, weight on token 0, loss)."""
     model.to(device).train()
     generator = torch.Generator().manual_seed(seed)  # the same data stream for both models
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    for _ in range(steps):
+    for _ in range(steps):  # every batch is new data: no epochs, nothing to memorise, only the rule to learn
         tokens, answers = first_token_batch(batch, length, generator)
-        logits, _ = model(tokens.to(device))
-        loss = F.cross_entropy(logits, answers.to(device))
+        # Cross-entropy = -log(probability given to the right token): 2.77 = log(16) when guessing, 0 when sure.
+        loss = F.cross_entropy(model(tokens.to(device))[0], answers.to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss.backward()   # autograd: d loss / d every parameter, through the attention or through all T LSTM steps
+        optimizer.step()  # Adam: a step per parameter scaled by its own gradient history
     model.eval()
+    # Test on sequences never seen in training (another seed): accuracy measures the rule, not memory of examples.
     tokens, answers = first_token_batch(EVAL_SEQUENCES, length, torch.Generator().manual_seed(seed + 12345))
     with torch.no_grad():
         logits, weights = model(tokens.to(device))
     accuracy = (logits.argmax(-1).cpu() == answers).float().mean().item()
-    weight_on_first = None if weights is None else weights[:, 0].mean().item()
-    return accuracy, weight_on_first, loss.item()
+    return accuracy, None if weights is None else weights[:, 0].mean().item(), loss.item()
 
 
 def long_range_experiment(lengths, steps, batch, seed, device, forget_bias=None, log=print):
     """Train both models at each length; return one row (dict) per length."""
-    rows, start = [], time.time()
-    total_cost = 2 * sum(lengths)  # a rough ETA: a run costs about T (the LSTM walks the sequence step by step)
-    done_cost = 0
+    # Each length trains both models from scratch, so a model cannot carry what it learned at T=8 over to T=128:
+    # every cell of the table is its own experiment with the same budget.
+    rows, start, done, total = [], time.time(), 0, 2 * sum(lengths)  # rough ETA: a run costs about T
+    max_len = max(POSITIONS, max(lengths) + 1)  # the position table grows only for lengths beyond 128
+    builders = {"attention": lambda: TinyAttentionNet(max_len=max_len),
+                "lstm": lambda: TinyLSTMNet(forget_bias=forget_bias)}
     for length in lengths:
         row = dict(length=length)
-        max_len = max(POSITIONS, max(lengths) + 1)  # grows only for lengths beyond 128
-        for name, build in (("attention", lambda: TinyAttentionNet(max_len=max_len)),
-                            ("lstm", lambda: TinyLSTMNet(forget_bias=forget_bias))):
+        for name, build in builders.items():
             torch.manual_seed(seed)
             model = build()
-            row[name + "_params"] = param_count(model)
+            row[name + "_params"] = sum(p.numel() for p in model.parameters())
             row[name + "_grad"] = gradient_to_first_token(build, length, seed)
-            t0 = time.time()
             row[name + "_acc"], weight, loss = train_and_evaluate(model, length, steps, batch, seed, device)
-            row[name + "_seconds"] = time.time() - t0
-            if weight is not None:
-                row["attention_weight_on_first"] = weight
-                row["attention_model"] = model
-            done_cost += length
+            if name == "attention":
+                row["attention_weight_on_first"], row["attention_model"] = weight, model
+            done += length
             elapsed = time.time() - start
-            eta = elapsed / done_cost * (total_cost - done_cost)
-            log(f"  T={length:<4} {name:<9} {steps} steps: final loss {loss:6.3f}  test accuracy {row[name + '_acc']:6.1%}"
-                f"   [{elapsed:5.1f}s elapsed, ETA {eta:4.0f}s]")
+            log(f"  T={length:<4} {name:<9} {steps} steps: final loss {loss:6.3f}  test accuracy "
+                f"{row[name + '_acc']:6.1%}   [{elapsed:5.1f}s elapsed, ETA {elapsed / done * (total - done):4.0f}s]")
         rows.append(row)
     return rows
 
 
 def part7_long_range(lengths, steps, batch, seed, device, forget_bias):
-    print("\n" + "=" * 100 + "\nPart 7. Attention vs LSTM: recall the FIRST token of a sequence of length T\n" + "=" * 100)
+    banner("Part 7. Attention vs LSTM: recall the FIRST token of a sequence of length T")
     print(f"Task: T random tokens (0..{VOCAB - 1}) then '?'; answer: the first token. Chance {1 / VOCAB:.2%}. "
           f"Budget per model and length: {steps} steps x batch {batch}, Adam lr {LR}; device {device}.")
     rows = long_range_experiment(lengths, steps, batch, seed, device, forget_bias)
-    print(f"\nParameters: attention {rows[0]['attention_params']:,}, LSTM {rows[0]['lstm_params']:,}."
-          f" Gradient = |d loss / d first token| at initialisation (before any training).")
+    print(f"\nParameters: attention {rows[0]['attention_params']:,}, LSTM {rows[0]['lstm_params']:,}. "
+          f"Gradient = |d loss / d first token| at initialisation (before any training).")
     print(f"  {'T':>5} {'attention acc':>14} {'LSTM acc':>9} {'chance':>7} | {'attn weight on 1st':>18} | "
           f"{'gradient: attention':>19} {'LSTM':>9}")
     for r in rows:
         print(f"  {r['length']:>5} {r['attention_acc']:>14.1%} {r['lstm_acc']:>9.1%} {1 / VOCAB:>7.1%} | "
               f"{r['attention_weight_on_first']:>18.2f} | {r['attention_grad']:>19.1e} {r['lstm_grad']:>9.1e}")
-    # How fast does the LSTM's signal fade per step? Fit log(grad) = a + T log(factor) over the measured lengths.
-    if len(rows) >= 2:
-        ts = np.array([r["length"] for r in rows], dtype=float)
-        factor = math.exp(np.polyfit(ts, np.log([max(r["lstm_grad"], 1e-300) for r in rows]), 1)[0])
-        print(f"LSTM gradient shrinks by about x{factor:.2f} per step of distance (fit over T); attention's only ~1/T.")
+    if len(rows) >= 2:  # fit log(grad) = a + T log(factor): how much of the signal survives one more step
+        slope = np.polyfit([r["length"] for r in rows], np.log([max(r["lstm_grad"], 1e-300) for r in rows]), 1)[0]
+        print(f"LSTM gradient shrinks by about x{math.exp(slope):.2f} per step of distance; attention's only ~1/T.")
     explain_long_range(rows)
     return rows
 
 
 def explain_long_range(rows):
-    """Say what THIS run's table shows (computed from the numbers, so it stays true when you change the flags)."""
+    """Say what THIS run's table shows: computed from the numbers, so it stays true when you change the flags.
+
+    The reason, in short: the LSTM must carry the token through T updates of its state. It can (its gated cell was
+    invented for exactly this), but it has to LEARN to, and the learning signal for that travels back through the
+    same T steps, multiplied at each by forget gates that start near 0.5 (the gradient column). Attention connects
+    "?" to position 0 directly, so its signal does not decay geometrically with distance.
+    """
     good, near_chance = 0.9, 2 / VOCAB
-    attention_good = [r["length"] for r in rows if r["attention_acc"] >= good]
     lstm_good = [r["length"] for r in rows if r["lstm_acc"] >= good]
     lstm_lost = [r["length"] for r in rows if r["lstm_acc"] <= near_chance]
     print("What it shows:")
-    if len(attention_good) == len(rows):
-        print("  - Attention is right at every length: the '?' position puts most of its weight on position 0\n"
-              "    (column 'attn weight on 1st') and reads the token there. Answer and evidence are one step apart,\n"
-              "    whatever T is.")
+    if all(r["attention_acc"] >= good for r in rows):
+        print("  - Attention is right at every length: '?' puts most of its weight on position 0 (column 'attn weight\n"
+              "    on 1st') and reads the token there. Answer and evidence are one step apart, whatever T is.")
     else:
-        print(f"  - Attention reached {good:.0%} only at T = {attention_good or 'none'}: this budget is too small for it;"
-              " try more --steps.")
-    if lstm_lost and lstm_good and max(lstm_good) < min(lstm_lost):
-        print(f"  - The LSTM solves T <= {max(lstm_good)} and is at chance from T = {min(lstm_lost)} on. It must carry\n"
-              "    the token through T updates of its state. It can (its gated cell was invented for exactly this), but\n"
-              "    it has to LEARN to, and the learning signal for that travels back through the same T steps,\n"
-              "    shrinking geometrically (gradient column): usable at short T, effectively zero at long T, so the same\n"
-              "    budget teaches it the short lengths only. A high initial forget-gate bias (--lstm-forget-bias 2)\n"
-              "    slows the decay and moves the cliff out; it does not remove it.")
-    elif not lstm_lost and len(lstm_good) == len(rows):
+        print(f"  - Attention stayed under {good:.0%} at some lengths: the budget is too small; try more --steps.")
+    if lstm_good and lstm_lost and max(lstm_good) < min(lstm_lost):
+        print(f"  - The LSTM solves T <= {max(lstm_good)} and is at chance from T = {min(lstm_lost)} on.\n"
+              "    Not because it cannot hold a token for long (its gated cell was invented for that), but because\n"
+              "    the signal that would TEACH it to shrinks geometrically with T (gradient column): usable at short\n"
+              "    T, effectively zero at long T. A high initial forget-gate bias (--lstm-forget-bias 2) slows the\n"
+              "    decay and moves the cliff out; it does not remove it.")
+    elif len(lstm_good) == len(rows):
         print("  - The LSTM did NOT fall here: at these lengths and this budget the signal through its forget gates\n"
               "    was still strong enough (gradient column). Longer sequences or fewer --steps show the cliff.")
-    elif not lstm_good:
-        print("  - The LSTM reached 90% at none of these lengths. The gradient column shows why: the signal that\n"
-              "    would teach it to keep the first token shrinks geometrically with distance. Try shorter --lengths.")
     else:
-        print("  - The LSTM's accuracy falls as T grows, though not as a clean cliff here. The gradient column shows\n"
-              "    why: the signal that would teach it to keep the first token shrinks geometrically with distance.")
+        print("  - The LSTM falls short at some lengths. The gradient column shows why: the signal that would teach\n"
+              "    it to keep the first token shrinks geometrically with distance.")
 
 
 # ================================================================================================================
@@ -827,81 +849,68 @@ def explain_long_range(rows):
 # ================================================================================================================
 def make_pictures(out_dir, words, by_hand_weights, padded_weights, head_weights, scaling_rows, long_rows):
     """PNGs under out_dir when matplotlib is installed; otherwise the text version of each heatmap."""
-    print("\n" + "=" * 100 + f"\nPart 8. Pictures -> {out_dir}/\n" + "=" * 100)
+    banner(f"Part 8. Pictures -> {out_dir}/")
     plt = get_pyplot()
-    causal_labels = [f"q{i}" for i in range(padded_weights.shape[0])]
+    t = padded_weights.shape[0]
+    q_labels = [f"q{i}" for i in range(t)]
+    k_labels = [f"k{j}" if padded_weights[:, j].any() else "pad" for j in range(t)]
     if plt is None:
         print("matplotlib is not installed (pip install matplotlib); text versions instead:")
         print_text_heatmap("part 1 weights", by_hand_weights, words, words)
-        print_text_heatmap("part 3 causal + padding weights", padded_weights, causal_labels, causal_labels)
+        print_text_heatmap("part 3 causal + padding weights", padded_weights, q_labels, k_labels)
         for h, w in enumerate(head_weights):
             print_text_heatmap(f"part 4 head {h}", w, words, words)
-        if long_rows:
-            print("  long-range accuracy (a = attention, L = LSTM), one row per length:")
-            for r in long_rows:
-                print(f"  T={r['length']:<4} a |{'#' * round(40 * r['attention_acc']):<40}|\n"
-                      f"         L |{'#' * round(40 * r['lstm_acc']):<40}|")
+        for r in long_rows:  # one bar per model: 40 characters = 100%
+            print(f"  T={r['length']:<4} attention |{'#' * round(40 * r['attention_acc']):<40}|\n"
+                  f"         LSTM      |{'#' * round(40 * r['lstm_acc']):<40}|")
         return []
     saved = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     heatmap(axes[0], by_hand_weights, words, words, "Part 1: softmax(QK^T/sqrt(d_k)), no mask")
-    pad_labels = [f"k{j}" if padded_weights[:, j].any() else "pad" for j in range(padded_weights.shape[1])]
-    heatmap(axes[1], padded_weights, causal_labels, pad_labels, "Part 3: causal + padding mask")
-    save_figure(fig, out_dir / "attention_weights.png")
-    saved.append(out_dir / "attention_weights.png")
-    plt.close(fig)
+    heatmap(axes[1], padded_weights, q_labels, k_labels, "Part 3: causal + padding mask")
+    saved.append(save_figure(plt, fig, out_dir / "attention_weights.png"))
 
     fig, axes = plt.subplots(1, len(head_weights), figsize=(5 * len(head_weights), 4.5), squeeze=False)
     for h, w in enumerate(head_weights):
         heatmap(axes[0, h], w, words, words, f"Part 4: head {h} (causal)")
-    save_figure(fig, out_dir / "multi_head.png")
-    saved.append(out_dir / "multi_head.png")
-    plt.close(fig)
+    saved.append(save_figure(plt, fig, out_dir / "multi_head.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     d = [r["d_k"] for r in scaling_rows]
-    axes[0].semilogx(d, [r["raw_max"] for r in scaling_rows], "o-", label="unscaled  QK^T")
-    axes[0].semilogx(d, [r["scaled_max"] for r in scaling_rows], "s-", label="scaled  QK^T/sqrt(d_k)")
-    axes[0].set(xlabel="d_k", ylabel="mean largest weight", title="Part 2: the softmax saturates without scaling")
-    axes[1].semilogx(d, [r["raw_entropy"] for r in scaling_rows], "o-", label="unscaled")
-    axes[1].semilogx(d, [r["scaled_entropy"] for r in scaling_rows], "s-", label="scaled")
-    axes[1].set(xlabel="d_k", ylabel="entropy of the weights (bits)", title=f"{SCALING_KEYS} keys: uniform = "
-                f"{math.log2(SCALING_KEYS):.0f} bits")
-    for ax in axes:
+    for ax, key, label in ((axes[0], "max", "mean largest weight"),
+                           (axes[1], "entropy", "entropy of the weights (bits)")):
+        ax.semilogx(d, [r["raw_" + key] for r in scaling_rows], "o-", label="unscaled  QK^T")
+        ax.semilogx(d, [r["scaled_" + key] for r in scaling_rows], "s-", label="scaled  QK^T/sqrt(d_k)")
+        ax.set(xlabel="d_k", ylabel=label)
         ax.legend()
         ax.grid(alpha=0.3)
-    save_figure(fig, out_dir / "scaling.png")
-    saved.append(out_dir / "scaling.png")
-    plt.close(fig)
+    axes[0].set_title("Part 2: without scaling the softmax saturates")
+    axes[1].set_title(f"{SCALING_KEYS} keys: an even spread = {math.log2(SCALING_KEYS):.0f} bits")
+    saved.append(save_figure(plt, fig, out_dir / "scaling.png"))
 
     if long_rows:
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
         ts = [r["length"] for r in long_rows]
-        axes[0].semilogx(ts, [100 * r["attention_acc"] for r in long_rows], "o-", base=2, label="attention")
-        axes[0].semilogx(ts, [100 * r["lstm_acc"] for r in long_rows], "s-", base=2, label="LSTM")
+        for name, marker in (("attention", "o-"), ("lstm", "s-")):
+            label = "LSTM" if name == "lstm" else name
+            axes[0].plot(ts, [100 * r[name + "_acc"] for r in long_rows], marker, label=label)
+            axes[1].plot(ts, [r[name + "_grad"] for r in long_rows], marker, label=label)
         axes[0].axhline(100 / VOCAB, color="gray", ls="--", label="chance")
-        axes[0].set(xlabel="sequence length T", ylabel="test accuracy (%)", ylim=(0, 105),
-                    title="Part 7: recall the first token (same budget)")
-        axes[1].plot(ts, [r["attention_grad"] for r in long_rows], "o-", label="attention")
-        axes[1].plot(ts, [r["lstm_grad"] for r in long_rows], "s-", label="LSTM")
-        axes[1].set_xscale("log", base=2)
-        axes[1].set_yscale("log")
-        axes[1].set(xlabel="sequence length T", ylabel="|d loss / d first token| at init",
-                    title="why: the learning signal over distance T")
+        axes[0].set(ylabel="test accuracy (%)", ylim=(0, 105), title="Part 7: recall the first token (same budget)")
+        axes[1].set(ylabel="|d loss / d first token| at init", yscale="log", title="why: the learning signal over T")
         for ax in axes[:2]:
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("sequence length T")
             ax.legend()
             ax.grid(alpha=0.3)
         # What the trained attention model looks at, for one test sequence of the longest length.
-        model, length = long_rows[-1]["attention_model"], long_rows[-1]["length"]
-        tokens, _ = first_token_batch(1, length, torch.Generator().manual_seed(7))
+        model, length = long_rows[-1]["attention_model"].cpu(), long_rows[-1]["length"]
         with torch.no_grad():
-            _, w = model.cpu()(tokens)
+            _, w = model(first_token_batch(1, length, torch.Generator().manual_seed(7))[0])
         axes[2].bar(range(length + 1), w[0].numpy())
         axes[2].set(xlabel="position looked at", ylabel="attention weight of '?'",
                     title=f"trained attention model, T={length}: it looks at position 0")
-        save_figure(fig, out_dir / "long_range.png")
-        saved.append(out_dir / "long_range.png")
-        plt.close(fig)
+        saved.append(save_figure(plt, fig, out_dir / "long_range.png"))
     return saved
 
 
@@ -909,20 +918,21 @@ def make_pictures(out_dir, words, by_hand_weights, padded_weights, head_weights,
 # Command line
 # ================================================================================================================
 def parse_int_list(text, flag):
+    """'8,16,32' -> [8, 16, 32], or a one-line error naming the flag."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        fail(f"{flag} expects comma-separated integers like 8,16,32; got {text!r}")
-    if not values:
-        fail(f"{flag} is empty; give comma-separated integers like 8,16,32")
+        values = []
+    if not values or min(values) < 1:
+        fail(f"{flag} expects comma-separated positive integers like 8,16,32; got {text!r}")
     return values
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Attention step by step, proven against PyTorch.")
-    parser.add_argument("--sentence", default=SENTENCE, help="part 1-4: the words to attend over")
-    parser.add_argument("--d-model", type=int, default=D_MODEL, help="part 4-5: width of the multi-head demo")
-    parser.add_argument("--heads", type=int, default=N_HEADS, help="part 4-5: number of heads (must divide --d-model)")
+    parser.add_argument("--sentence", default=SENTENCE, help="parts 1 and 4: the words to attend over")
+    parser.add_argument("--d-model", type=int, default=D_MODEL, help="parts 4-5: width of the multi-head demo")
+    parser.add_argument("--heads", type=int, default=N_HEADS, help="parts 4-5: number of heads (must divide --d-model)")
     parser.add_argument("--timing-lengths", default=",".join(map(str, TIMING_LENGTHS)), help="part 6: T values")
     parser.add_argument("--block", type=int, default=BLOCK, help="part 6: tile size of the tiled attention")
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="part 7: T values (comma list)")
@@ -930,11 +940,12 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=BATCH, help="part 7: sequences per training step")
     parser.add_argument("--lstm-forget-bias", type=float, default=None,
                         help="part 7: initial forget-gate bias of the LSTM (default: torch's random init)")
-    parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads (parts 5-7)")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(OUT_DIR), help="folder for the PNGs")
     parser.add_argument("--no-plots", action="store_true", help="skip the pictures")
-    args, unknown = parser.parse_known_args(argv)  # tolerate notebook kernels' extra arguments (-f kernel.json)
+    # parse_known_args: a notebook kernel passes its own "-f kernel.json"; anything else unknown is a typo.
+    args, unknown = parser.parse_known_args(argv)
     if unknown and not all(u.startswith("-f") or u.endswith(".json") for u in unknown):
         fail(f"unknown argument(s) {' '.join(unknown)}; see --help")
     # Validate right away: one clear line per problem, exit code 2.
@@ -946,19 +957,16 @@ def parse_args(argv=None):
         fail(str(err))
     args.timing_lengths = parse_int_list(args.timing_lengths, "--timing-lengths")
     args.lengths = parse_int_list(args.lengths, "--lengths")
-    if min(args.timing_lengths) < 1 or min(args.lengths) < 1:
-        fail("sequence lengths must be >= 1")
     if max(args.lengths) > 4096:
-        fail(f"--lengths up to 4096 please (the LSTM is slow on long sequences); got {max(args.lengths)}")
-    for flag, value in (("--block", args.block), ("--steps", args.steps), ("--batch", args.batch),
-                        ("--threads", args.threads)):
-        if value < 1:
-            fail(f"{flag} must be >= 1; got {value}")
+        fail(f"--lengths up to 4096 please (the LSTM walks long sequences slowly); got {max(args.lengths)}")
+    for flag in ("block", "steps", "batch", "threads"):
+        if getattr(args, flag) < 1:
+            fail(f"--{flag} must be >= 1; got {getattr(args, flag)}")
     return args
 
 
 def pick_device():
-    """cuda > mps > cpu. Part 7 trains on it; parts 1-6 are NumPy or CPU comparisons by design."""
+    """cuda > mps > cpu. Part 7 trains on it; parts 1-6 are NumPy, or CPU comparisons by design."""
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -979,23 +987,23 @@ def main(argv=None):
     causal_exact, padded_weights = part3_masks(args.seed)
     head_weights, count_ok = part4_multi_head(words, args.d_model, args.heads, args.seed)
     torch_ok = part5_proof(args.d_model, args.heads, args.seed)
-    tiled_ok, tiled_diff, _, _ = part6_tiled(args.timing_lengths, args.block, args.seed)
-    device = pick_device()
-    long_rows = part7_long_range(args.lengths, args.steps, args.batch, args.seed, device, args.lstm_forget_bias)
+    tiled_ok, tiled_diff, _ = part6_tiled(args.timing_lengths, args.block, args.seed)
+    long_rows = part7_long_range(args.lengths, args.steps, args.batch, args.seed, pick_device(), args.lstm_forget_bias)
     if not args.no_plots:
         make_pictures(Path(args.out), words, by_hand_weights, padded_weights, head_weights, scaling_rows, long_rows)
 
-    beats_chance = all(r["attention_acc"] > 2 / VOCAB for r in long_rows)
-    checks = [("causal outputs unchanged by future tokens (bitwise)", causal_exact),
+    # Proofs must hold whatever the flags; the experiment's outcome depends on the budget, so it is reported only.
+    proofs = [("causal outputs unchanged by future tokens (bitwise)", causal_exact),
               ("parameter count == torch.nn.MultiheadAttention's", count_ok),
               ("attention == torch SDPA / nn.MultiheadAttention (1e-6 f32, 1e-12 f64)", torch_ok),
-              (f"tiled online-softmax == naive (max diff {tiled_diff:.1e} <= 1e-10)", tiled_ok),
-              ("attention model beats chance at every length", beats_chance)]
-    print("\n" + "=" * 100 + "\nSummary\n" + "=" * 100)
-    for name, ok in checks:
+              (f"tiled online-softmax == naive (max diff {tiled_diff:.1e} <= 1e-10)", tiled_ok)]
+    banner("Summary")
+    for name, ok in proofs:
         print(f"  [{'ok' if ok else 'FAILED'}] {name}")
+    print("  long-range accuracy (attention / LSTM): " + ", ".join(
+        f"T={r['length']}: {r['attention_acc']:.0%} / {r['lstm_acc']:.0%}" for r in long_rows))
     print(f"Done in {time.time() - start:.1f}s.")
-    if not all(ok for _, ok in checks):
+    if not all(ok for _, ok in proofs):
         fail("some checks failed (see [FAILED] above)", code=1)
 
 
