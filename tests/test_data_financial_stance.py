@@ -117,3 +117,17 @@ def test_variety_of_openings(rows):
     pairs = Counter(" ".join(w[:2]) for w in openings if len(w) >= 2)
     pair, count = pairs.most_common(1)[0]
     assert count <= 0.10 * len(rows), f"{count} sentences ({count / len(rows):.0%}) start with {pair!r}"
+
+
+def test_csv_is_what_the_source_batches_build():
+    # The CSV is generated: data/make_financial_stance.py turns the hand-written batches in
+    # data/financial_stance_src/ into it deterministically. An edit made to the CSV alone would be lost on the next
+    # build, so the two must agree (fix: edit the batch file, then run the builder).
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_financial_stance", DATA / "make_financial_stance.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)  # importing does no work: main() is guarded
+    records, _ = builder.build(builder.read_batches(builder.SRC_DIR))
+    expected = builder.to_csv_text(records)
+    assert CSV_PATH.read_text(encoding="utf-8") == expected, (
+        "data/financial_stance.csv differs from a fresh build; run: python data/make_financial_stance.py")
