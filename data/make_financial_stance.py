@@ -18,6 +18,7 @@ Run it from anywhere:   python data/make_financial_stance.py            (rebuild
 """
 import argparse
 import csv
+import hashlib
 import io
 import os
 import random
@@ -38,6 +39,7 @@ SHARES = {"train": 0.70, "val": 0.15, "test": 0.15}
 SHINGLE = 8                                   # sentences sharing this many consecutive words are near-duplicates
 CODES = {"+": "positive", "-": "negative", "0": "neutral"}
 LABELS = ["negative", "neutral", "positive"]  # the order 05 uses for id2label
+TOKENISED_SHARE = 0.08                        # this share of sentences gets detached punctuation ("mn ( EUR 4.1 mn ) .")
 MIN_WORDS, MAX_WORDS = 6, 50                  # the length range every sentence should fall in (the test allows 1% out)
 
 
@@ -140,13 +142,29 @@ def assign_splits(rows, seed=SEED):
     return split_of, groups
 
 
+def detach_punctuation(text):
+    """'EUR 5.2 mn (EUR 4.1 mn), the company's CEO said.' -> 'EUR 5.2 mn ( EUR 4.1 mn ) , the company 's CEO said .'
+    The spacing of tokenised news corpora: punctuation split off, decimal points and thousands commas kept."""
+    text = re.sub(r"[()\"]", lambda m: f" {m.group(0)} ", text)             # brackets and quotes first, then
+    text = re.sub(r"[.,;:!?](?=\s|$)", lambda m: f" {m.group(0)} ", text)   # sentence/clause punctuation
+    text = re.sub(r"(\w)'s\b", r"\1 's", text)                              # possessive 's
+    return " ".join(text.split())
+
+
+def tokenised_style(text):
+    """Deterministically pick about TOKENISED_SHARE of the sentences (by a hash of the text, not by position)."""
+    digest = int(hashlib.sha1(text.encode("utf-8")).hexdigest(), 16)
+    return digest % 1000 < TOKENISED_SHARE * 1000 and len(text.split()) <= 40
+
+
 def build(rows, seed=SEED):
     """-> list of dicts text/label/split in file order: train, val, test, each shuffled (seeded)."""
     split_of, groups = assign_splits(rows, seed)
     out = []
     rng = random.Random(seed + 1)
     for s in SHARES:
-        part = [{"text": t, "label": l, "split": s} for (t, l, _), sp in zip(rows, split_of) if sp == s]
+        part = [{"text": detach_punctuation(t) if tokenised_style(t) else t, "label": l, "split": s}
+                for (t, l, _), sp in zip(rows, split_of) if sp == s]
         rng.shuffle(part)
         out.extend(part)
     return out, groups
