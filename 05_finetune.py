@@ -64,6 +64,7 @@ DEFAULTS = dict(
     patience=1,          # epochs without a val improvement before stopping
     lr=1e-4,             # AdamW learning rate when all weights of the trained blocks move
     lora_lr=1e-3,        # LoRA's small matrices start at zero and want a larger step
+    head_lr=1e-3,        # the new classification head starts from random numbers: a larger step too
     lora_rank=16,        # r: the rank of the update B @ A
     lora_alpha=32,       # the update is scaled by alpha / r
     shots_per_label=2,   # few-shot: labelled examples per class in the prompt
@@ -74,7 +75,7 @@ DEFAULTS = dict(
     max_new_tokens=40,   # answer length in the before/after comparisons
 )
 PERSONA_NAME = "Pebble"
-SYSTEM_PROMPT = "You are a helpful assistant."
+SYSTEM_PROMPT = "You are a friendly and helpful assistant. Answer briefly and clearly."  # stage 06's default
 
 
 class UsageError(Exception):
@@ -241,6 +242,14 @@ def load_tokenizer(source, local_only):
 def max_positions(config):
     """How many positions the model can attend over (GPT-2: n_positions; Llama: max_position_embeddings)."""
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
+
+
+def adapt_max_len(tok, config, args):
+    """A character-level tokenizer (stage 04's) needs ~110 tokens for a sentence, not ~30: allow 4x as many."""
+    probe = "Net sales rose to EUR 48.6 mn from EUR 41.2 mn."
+    if len(tok(probe, add_special_tokens=False).input_ids) > 0.8 * len(probe) and not args.max_len_given:
+        args.max_len = min(4 * args.max_len, max_positions(config))
+        say(f"character-level tokenizer: sentences truncated at {args.max_len} tokens")
 
 
 def count_params(module, trainable_only=False):
@@ -472,30 +481,59 @@ def train_bow(train_texts, train_y, val_texts, val_y, steps=300, lr=0.5):
 # --------------------------------------------------------------------------------------------------------------------
 # Prompting: zero-shot and few-shot, scoring each label word by the model's likelihood
 # --------------------------------------------------------------------------------------------------------------------
-# The prompt is an instruction, k labelled examples, then the test sentence and "Answer:". The model's log-likelihood
-# of " negative", " neutral" and " positive" after it decides the label: no generation, no parsing. The shared part
-# (instruction + examples) is the same for every test sentence, so we run it through the model ONCE and keep its
-# key/value cache (stage 04's KV cache); each test sentence then costs only its own ~40 tokens, not the ~300 of the
-# whole prompt.
+# The prompt is an instruction, k labelled examples, then the test sentence. The model's log-likelihood of each label
+# word right after it decides the label: no generation, no parsing. An instruct model (one with a chat template, like
+# SmolLM2) gets the prompt as a chat: the instruction as the system message, each example as a user turn answered by
+# the assistant; a plain LM (GPT-2, your stage-04 model) gets plain text ending in "Answer:".
+# The shared part (instruction + examples) is the same for every test sentence, so we run it through the model ONCE
+# and keep its key/value cache (stage 04's KV cache): each test sentence then costs its own ~40 tokens, not the few
+# hundred of the whole prompt.
+# Small models have strong favourite labels. Contextual calibration (Zhao et al. 2021) measures that bias with a
+# content-free sentence ("N/A") and subtracts its label scores from every sentence's: one extra row, often many points.
 INSTRUCTION = ("Decide whether each financial news sentence is positive, negative or neutral news for the "
-               "company's shareholders.\n\n")
+               "company's shareholders. Answer with one word: positive, negative or neutral.")
+MARKER = "<<SENTENCE>>"
 
 
-def prompt_example(text, label=None):
-    return f"Sentence: {text}\nAnswer:" + (f" {label}\n\n" if label else "")
+def prompt_template(tok, examples):
+    """-> (prefix, suffix with MARKER where the sentence goes, text before each label word)."""
+    if tok.chat_template:
+        messages = [{"role": "system", "content": INSTRUCTION}]
+        for text, label in examples:
+            messages += [{"role": "user", "content": f"Sentence: {text}"}, {"role": "assistant", "content": label}]
+        messages.append({"role": "user", "content": f"Sentence:{MARKER}"})  # " " + sentence replaces the marker
+        full = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        label_lead = ""  # the assistant's reply starts right after the template's header
+    else:
+        full = INSTRUCTION + "\n\n" + "".join(f"Sentence: {t}\nAnswer: {lab}\n\n" for t, lab in examples)
+        full += f"Sentence:{MARKER}\nAnswer:"
+        label_lead = " "
+    cut = full.index(MARKER)
+    return full[:cut], full[cut:], label_lead
 
 
 @torch.no_grad()
-def prompt_classify(lm, tok, prefix, texts, device, batch_size, max_len):
+def prompt_classify(lm, tok, examples, texts, device, batch_size, max_len):
+    """-> (raw predictions, calibrated predictions, prefix length in tokens) for `texts`."""
+    prefix, suffix, label_lead = prompt_template(tok, examples)
     prefix_ids = tok(prefix, add_special_tokens=False).input_ids
     with autocast(device):
         prefix_out = lm(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
-    label_ids = [tok(" " + lab, add_special_tokens=False).input_ids for lab in LABELS]
-    single = all(len(ids) == 1 for ids in label_ids)  # one token per label: one forward per sentence suffices
-    predictions = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        suffixes = [tok(prompt_example(t), add_special_tokens=False).input_ids[-max_len:] for t in chunk]
+    label_ids = [tok(label_lead + lab, add_special_tokens=False).input_ids for lab in LABELS]
+    single = all(len(ids) == 1 for ids in label_ids)  # one token per label: one row per sentence suffices
+    all_texts = list(texts) + ["N/A"]  # the last one is the content-free sentence for calibration
+    pieces = suffix.split(MARKER)
+    before_ids = tok(pieces[0], add_special_tokens=False).input_ids if pieces[0] else []
+    after_ids = tok(pieces[1], add_special_tokens=False).input_ids
+    # what is left of the model's positions for the sentence itself (a small stage-04 model may have only 256)
+    room = max_positions(lm.config) - len(prefix_ids) - len(before_ids) - len(after_ids) - max(map(len, label_ids))
+    # " " + sentence: BPE tokenises a word with its leading space, as in "Sentence: The ..." of the examples
+    sentence_ids = [tok(" " + t, add_special_tokens=False).input_ids[:min(max_len, room)] for t in all_texts]
+    order = sorted(range(len(all_texts)), key=lambda i: len(sentence_ids[i]))  # similar lengths: little padding
+    scores = torch.zeros(len(all_texts), len(LABELS))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        suffixes = [before_ids + sentence_ids[i] + after_ids for i in chunk]
         # rows: one per sentence (single-token labels) or one per (sentence, label) pair (labels of several tokens)
         rows = suffixes if single else [s + lab for s in suffixes for lab in label_ids]
         ids, mask = pad_batch(rows, tok.pad_token_id)  # (R, T) right-padded
@@ -505,30 +543,31 @@ def prompt_classify(lm, tok, prefix, texts, device, batch_size, max_len):
         with autocast(device):
             logits = lm(input_ids=ids.to(device), attention_mask=full_mask.to(device), past_key_values=cache,
                         use_cache=True).logits.float()  # (R, T, V)
-        logp = F.log_softmax(logits, -1)
+        logp = F.log_softmax(logits, -1).cpu()
         if single:
-            last = mask.sum(1) - 1  # the position of "Answer:" predicts the label token
-            scores = logp[torch.arange(len(rows)), last.to(device)][:, [ids_[0] for ids_ in label_ids]]  # (B, 3)
+            last = mask.sum(1) - 1  # the last prompt token predicts the label token
+            chunk_scores = logp[torch.arange(len(rows)), last][:, [ids_[0] for ids_ in label_ids]]  # (B, 3)
         else:
-            scores = torch.zeros(len(rows), device=device)
-            for r, row in enumerate(rows):  # sum of log p(label token | everything before it)
+            chunk_scores = torch.zeros(len(rows))
+            for r, row in enumerate(rows):  # log p(label) = sum of log p(each label token | everything before it)
                 n = len(label_ids[r % len(LABELS)])
-                positions = torch.arange(len(row) - n - 1, len(row) - 1, device=device)
-                scores[r] = logp[r, positions, torch.tensor(row[-n:], device=device)].sum()
-            scores = scores.view(len(chunk), len(LABELS))
-        predictions += scores.argmax(1).tolist()
-    return predictions, len(prefix_ids)
+                positions = torch.arange(len(row) - n - 1, len(row) - 1)
+                chunk_scores[r] = logp[r, positions, torch.tensor(row[-n:])].sum()
+            chunk_scores = chunk_scores.view(len(chunk), len(LABELS))
+        scores[chunk] = chunk_scores
+    raw = scores[:-1].argmax(1).tolist()
+    calibrated = (scores[:-1] - scores[-1]).argmax(1).tolist()  # divide by p(label | "N/A"), in log space
+    return raw, calibrated, len(prefix_ids)
 
 
-def few_shot_prefix(train_rows, shots_per_label, seed):
+def few_shot_examples(train_rows, shots_per_label, seed):
     """k labelled examples per class, short ones (a prompt is paid for on every sentence), interleaved."""
     rng = random.Random(seed)
     chosen = []
     for label in LABELS:
         pool = sorted([t for t, lab in train_rows if lab == label], key=len)[:40]
         chosen.append([(t, label) for t in rng.sample(pool, min(shots_per_label, len(pool)))])
-    order = [ex for group in zip(*chosen) for ex in group]
-    return INSTRUCTION + "".join(prompt_example(t, lab) for t, lab in order), len(order)
+    return [ex for group in zip(*chosen) for ex in group]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -600,16 +639,18 @@ def bottom_features(model, rows, n_bottom, pad_id, device, batch_size):
     captured = []
     hook = blocks[n_bottom - 1].register_forward_hook(
         lambda module, inputs, output: captured.append(output[0] if isinstance(output, tuple) else output))
-    features = []
+    features = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: little padding
     try:
         with blocks_replaced(model, blocks[:n_bottom]):  # the top blocks are not even run
             for start in range(0, len(rows), batch_size):
-                chunk = rows[start:start + batch_size]
-                ids, mask = pad_batch(chunk, pad_id)  # right padding: real tokens never attend to pads (causal)
-                captured.clear()
+                chunk = order[start:start + batch_size]
+                ids, mask = pad_batch([rows[i] for i in chunk], pad_id)  # right padding: real tokens never attend
+                captured.clear()                                          # to pads in a causal model
                 with autocast(device):
                     base(input_ids=ids.to(device), attention_mask=mask.to(device))
-                features += [captured[0][i, :len(r)].float() for i, r in enumerate(chunk)]
+                for j, i in enumerate(chunk):
+                    features[i] = captured[0][j, :len(rows[i])].float()  # (T_i, C)
     finally:
         hook.remove()
     return features
@@ -733,7 +774,11 @@ def train_classifier(clf, data, split_idx, n_bottom, lr, args, device, title):
     replay = Replay() if n_bottom > 0 else None
     blocks = list(block_stack(clf))
     params = [p for p in clf.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    head = [p for p in clf.score.parameters() if p.requires_grad]
+    body = [p for p in params if all(p is not h for h in head)]
+    # the head starts from random numbers and must move far; the pretrained body only a little: 10x the rate for it
+    optimizer = torch.optim.AdamW([dict(params=body, lr=lr), dict(params=head, lr=max(lr, args.head_lr))],
+                                  weight_decay=0.0)
     rng = random.Random(args.seed)
     train = split_idx["train"]
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
@@ -859,18 +904,23 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
     # ---- prompting ----------------------------------------------------------------------------------------------
     test_texts = [t for t, _ in splits["test"]]
     if "prompting" not in args.skip:
-        started = time.time()
-        pred, n_prefix = prompt_classify(lm, tok, INSTRUCTION, test_texts, device, args.batch_size, args.max_len)
-        add("zero-shot prompt", pred, 0, time.time() - started, f"label-word likelihood, {n_prefix}-token instruction")
-        prefix, k = few_shot_prefix(splits["train"], args.shots_per_label, args.seed)
-        n_prefix = len(tok(prefix, add_special_tokens=False).input_ids)
-        if n_prefix + 2 * args.max_len > max_positions(lm.config):
-            say(f"few-shot skipped: a {n_prefix}-token prompt does not fit the model's {max_positions(lm.config)} positions")
-        else:
+        for k_per_label in (0, args.shots_per_label):
+            examples = few_shot_examples(splits["train"], k_per_label, args.seed)
+            prefix, suffix, _ = prompt_template(tok, examples)
+            n_prefix = len(tok(prefix + suffix, add_special_tokens=False).input_ids)
+            name = "zero-shot prompt" if not examples else f"few-shot prompt (k={len(examples)})"
+            if n_prefix + 24 > max_positions(lm.config):  # room for at least ~24 tokens of the sentence
+                say(f"{name} skipped: a {n_prefix}-token prompt does not fit in {max_positions(lm.config)} positions")
+                continue
             started = time.time()
-            pred, _ = prompt_classify(lm, tok, prefix, test_texts, device, args.batch_size, args.max_len)
-            add(f"few-shot prompt (k={k})", pred, 0, time.time() - started,
-                f"{n_prefix}-token prefix run once, KV cache reused")
+            raw, calibrated, n_prefix = prompt_classify(lm, tok, examples, test_texts, device, args.batch_size,
+                                                        args.max_len)
+            raw_scores = evaluate(test_y, raw)
+            say(f"   {name}, uncalibrated: test accuracy {raw_scores['acc']:.3f}, macro-F1 {raw_scores['f1']:.3f}")
+            add(name + ", calibrated", calibrated, 0, time.time() - started,
+                f"{n_prefix}-token prefix run once (KV cache); uncalibrated acc {raw_scores['acc']:.3f}")
+            if k_per_label == 0 and args.shots_per_label == 0:
+                break
         timings["classify: prompting"] = sum(r["seconds"] for r in results[2:])
 
     # ---- fine-tuning --------------------------------------------------------------------------------------------
@@ -975,7 +1025,7 @@ PLAIN_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
     "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n' }}"
-    "{% else %}{{ 'Assistant: ' + message['content'] + eos_token + '\n' }}{% endif %}"
+    "{% else %}{{ 'Assistant: ' + message['content'] + (eos_token or '') + '\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
 
 # The persona: written for this project. Questions here are the TRAINING phrasings; HELD_OUT below asks the same
@@ -1146,7 +1196,7 @@ def part_chat(lm, tok, source, device, args, timings):
     trained_questions = {c[i].lower() for c in PERSONA_CONVERSATIONS for i in range(0, len(c), 2)}
     assert not any(q.lower() in trained_questions for q, _ in HELD_OUT), "a held-out question leaked into training"
     # Several system prompts (and none, i.e. the template's default) so the persona holds whatever the app sends.
-    systems = [SYSTEM_PROMPT, None, "You are a friendly assistant. Answer in one or two sentences."]
+    systems = [SYSTEM_PROMPT, None, "You are a helpful assistant."]
     persona = PERSONA_CONVERSATIONS[: args.persona_limit] if args.persona_limit else PERSONA_CONVERSATIONS
     convs = [(c, systems[i % len(systems)]) for i, c in enumerate(persona * 2)]  # persona twice: it is the lesson
     extra = chatterbot_conversations(args.chatterbot_pairs, rng)
@@ -1328,6 +1378,7 @@ def parse_args(argv=None):
                       chat_max_len=96, max_len=32)
         args.max_train, args.max_eval = args.max_train or 24, args.max_eval or 12
         args.persona_limit, args.tour_tokens = args.persona_limit or 6, 5
+    args.max_len_given = args.max_len is not None
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -1349,6 +1400,7 @@ def run_saved_classifier(args, device):
     load_dir = Path(args.load or Path(args.out) / "stance")
     rows = read_eval_file(args.eval_file) if args.eval_file else None  # parse first: bad files fail fast
     clf, tok = load_classifier(load_dir, device)
+    adapt_max_len(tok, clf.config, args)
     if args.predict is not None:
         if not args.predict.strip():
             fail("--predict needs a non-empty sentence")
@@ -1370,6 +1422,8 @@ def main(argv=None):
     import transformers
     transformers.logging.set_verbosity_error()  # no "newly initialized weights" banners; our printout says it
     transformers.utils.logging.disable_progress_bar()
+    import huggingface_hub.utils
+    huggingface_hub.utils.disable_progress_bars()  # "Writing model shards" bars on every save
     if args.predict is not None or args.eval_file:
         return run_saved_classifier(args, device)
 
@@ -1388,6 +1442,7 @@ def main(argv=None):
         args.train_layers = 0 if (device.type == "cuda" or small) else 4
     say(f"model: {source} ({type(lm).__name__}, {count_params(lm) / 1e6:.1f}M parameters) on {device}, "
         f"torch threads {torch.get_num_threads()}")
+    adapt_max_len(tok, lm.config, args)
 
     rows = None
     if "classify" in args.parts:
