@@ -6,12 +6,11 @@ memory, KV-cache reuse, streaming, HTTP) does not care whether the words make se
 strings), a scripted stand-in model emits a fixed token sequence.
 """
 import json
-import os
 import shutil
 import socket
 import string
 import subprocess
-import tempfile
+import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +21,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import assert_one_line_error, load_script, run_script
+import conftest
+from conftest import assert_one_line_error, load_script, run_script, script_path
 
 bot = load_script("06")
 
@@ -175,7 +175,8 @@ def test_memory_store_replaces_single_facts_and_caps_lists():
         bot.remember(memory, f"I like {food}.")
     assert len(memory["likes"]) == bot.MAX_FACTS_PER_KEY and memory["likes"][-1] == "The user likes salad."
     system = bot.system_with_memory("PERSONA", memory)
-    assert system.startswith("PERSONA\n\n") and "Robert" in system and "salad" in system and "pizza" not in system
+    assert system.startswith("PERSONA\n\nRemember these facts about the user: The user's name is Robert.")
+    assert "Robert" in system and "salad" in system and "pizza" not in system
     assert bot.system_with_memory("PERSONA", {}) == "PERSONA"
 
 
@@ -312,6 +313,29 @@ def test_plain_template_stop_string_is_never_shown(tiny_dirs):
         assert stats["finish_reason"] == "stop"
         assert not any("\nU" in piece and expected == "Fine." for piece in pieces)
     assert bot.held_back("abc\nUs", ["\nUser:"]) == 3 and bot.held_back("abc", ["\nUser:"]) == 0
+
+
+def test_fifo_lock_serves_waiters_in_arrival_order():
+    lock, order = bot.FifoLock(), []
+    lock.__enter__()
+
+    def waiter(i):
+        with lock:
+            order.append(i)
+
+    threads = []
+    for i in range(6):
+        threads.append(threading.Thread(target=waiter, args=(i,)))
+        threads[-1].start()
+        for _ in range(400):                    # wait until this waiter is queued before starting the next
+            if lock.waiting == i + 2:
+                break
+            time.sleep(0.005)
+    assert lock.waiting == 7 and order == []
+    lock.__exit__()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert order == [0, 1, 2, 3, 4, 5] and lock.waiting == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -639,3 +663,24 @@ def test_bench_and_loadtest_flags_run(tiny_dirs):
                       timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "6 of 6 requests, 6 valid, 0 failed" in proc.stdout and "p99" in proc.stdout
+
+
+def test_serve_flag_prints_its_address_and_answers(tiny_dirs):
+    proc = subprocess.Popen([sys.executable, str(script_path("06")), "--serve", "--port", "0", "--threads", "1",
+                             "--model", str(tiny_dirs["chat"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=conftest.test_env())
+    try:
+        url = None
+        for _ in range(50):                     # the address line comes after the model loads
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("serving "):
+                url = line.split(" on ")[1].split()[0].rstrip("/")
+                break
+        assert url and url.startswith("http://127.0.0.1:"), "no 'serving ... on http://127.0.0.1:PORT/' line"
+        status, _, body = http("GET", url + "/v1/models")
+        assert status == 200 and json.loads(body)["data"][0]["id"] == str(tiny_dirs["chat"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
