@@ -101,8 +101,8 @@ CPU_DEFAULTS = dict(
     eval_interval=250, eval_iters=16, log_interval=50, compile=False,
 )
 GPU_DEFAULTS = dict(
-    n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
-    batch_size=64, grad_accum=1, lr=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=2500, max_minutes=0.0,
+    n_layer=6, n_head=6, n_embd=384, block_size=512, dropout=0.25,
+    batch_size=64, grad_accum=1, lr=1.5e-3, min_lr=1e-4, warmup_iters=100, max_iters=2000, max_minutes=0.0,
     eval_interval=100, eval_iters=25, log_interval=100, compile=False,
 )
 # Knobs that do not depend on the device.
@@ -157,6 +157,8 @@ def build_parser():
                         "fp32 on CPU/MPS")
     g.add_argument("--compile", dest="compile", action="store_true", default=None, help="use torch.compile")
     g.add_argument("--no-compile", dest="compile", action="store_false", help="do not use torch.compile")
+    g.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"], default="default",
+                   help="torch.compile mode; reduce-overhead adds CUDA graphs (fewer kernel launches)")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="continue training from CKPT (default: <out>/ckpt.pt)")
     g.add_argument("--interrupt-at", type=int, default=None,
@@ -426,7 +428,10 @@ def get_batch(ids, batch_size, block_size, generator):
     live on the GPU, and one indexing operation then cuts all B windows there.
     """
     starts = torch.randint(len(ids) - block_size - 1, (batch_size, 1), generator=generator)  # (B, 1)
-    positions = (starts + torch.arange(block_size)).to(ids.device)                          # (B, T)
+    if ids.device.type == "cuda":
+        # page-locked memory + non_blocking: the copy does not make the CPU wait for the GPU to finish its queue
+        starts = starts.pin_memory().to(ids.device, non_blocking=True)
+    positions = starts + torch.arange(block_size, device=ids.device)                         # (B, T)
     return ids[positions], ids[positions + 1]                                                # (B, T), (B, T)
 
 
@@ -1084,7 +1089,7 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
     model = raw_model
     if s["compile"]:
         try:
-            compiled = torch.compile(raw_model)
+            compiled = torch.compile(raw_model, mode=None if args.compile_mode == "default" else args.compile_mode)
             with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
                 x, y = eval_batches["train"][0]
                 with autocast:
@@ -1117,6 +1122,7 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                 "step": step, "best_val": best_val, "elapsed": elapsed_before + (time.time() - loop_start),
                 "history": history, "rng": rng_states(data_generator)}
 
+    log(f"train: starting the loop {time.time() - _PROCESS_START:.1f} s after the process started")
     loop_start = time.time()
     window_start, window_steps = time.time(), 0
     pending = []  # (step, loss tensor): read to Python floats only at log time, so the GPU never waits for us
@@ -1137,13 +1143,13 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                 losses = evaluate(raw_model, eval_batches, autocast)
                 since_start = time.time() - _PROCESS_START
                 history["evals"].append([step, losses["train"], losses["val"], since_start])
-                for mark in (1.60, 1.50, 1.47):
+                for mark in (1.60, 1.50, 1.47, 1.45):
                     if losses["val"] <= mark and mark not in reached:
                         reached[mark] = (step, since_start)
                 marks = "".join(f"  [val <= {m} at step {st}, {t:.1f} s since start]"
                                 for m, (st, t) in reached.items() if st == step)
                 log(f"eval step {step:6d}: train {losses['train']:.4f}  val {losses['val']:.4f}  "
-                    f"({format_time(since_start)} since start){marks}")
+                    f"({since_start:.1f} s since start){marks}")
                 if losses["val"] < best_val:
                     best_val = losses["val"]
                     if step > 0:
@@ -1361,7 +1367,8 @@ def run(args):
         raise UserError("the data has characters the checkpoint's vocabulary lacks; resume with the same --data")
     train_ids, val_ids = prepare_data(text, tokenizer, s["block_size"])
     log(f"data: {data_name}: {len(train_ids) + len(val_ids):,} tokens ({tokenizer.kind} tokenizer, vocabulary "
-        f"{tokenizer.vocab_size:,}); train {len(train_ids):,} / val {len(val_ids):,}")
+        f"{tokenizer.vocab_size:,}); train {len(train_ids):,} / val {len(val_ids):,} "
+        f"({time.time() - _PROCESS_START:.1f} s since start)")
 
     model_is_new = not args.init_from and not resume_ckpt
     if model_is_new:
@@ -1383,6 +1390,11 @@ def run(args):
 
     # ---- self-checks before training ----
     probe = torch.stack([val_ids[:min(cfg.block_size, s["block_size"]) + 1]])
+    if master and hf_model is not None:  # on the CPU in fp32 (GPUs may use TF32 matmuls, ~1e-3 off)
+        diff = logit_parity(model, hf_model, probe[:, :-1][:, :64])
+        log(f"check: our logits vs Hugging Face GPT2LMHeadModel on the same weights: max |diff| {diff:.2e} (fp32)")
+    model.to(device)
+    probe = probe.to(device)
     if master:
         attention_self_check(model, probe, log)
         if model_is_new:
@@ -1390,9 +1402,6 @@ def run(args):
                 _, loss0 = model(probe[:, :-1], probe[:, 1:])
             log(f"check: loss at initialisation {loss0.item():.3f} vs ln(vocabulary) = "
                 f"{math.log(cfg.vocab_size):.3f} (a fresh model guesses uniformly)")
-        if hf_model is not None:
-            diff = logit_parity(model, hf_model, probe[:, :-1][:, :64])
-            log(f"check: our logits vs Hugging Face GPT2LMHeadModel on the same weights: max |diff| {diff:.2e} (fp32)")
 
     # ---- train ----
     try:
