@@ -357,7 +357,7 @@ def turn_starts(messages):
     return starts if starts and starts[0] == 0 else [0] + starts  # leading assistant messages form their own turn
 
 
-def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None):
+def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, note=None):
     """Fit [system] + history[start:] into `budget` tokens by dropping the oldest whole turns.
 
     history: user/assistant messages, the newest (usually the user's new message) last. The system message is never
@@ -365,9 +365,15 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None):
     dropping is needed, turns are dropped until the prompt fills at most `target` tokens (default: the budget);
     a `target` below the budget leaves room for the next turns so the prompt prefix (and its KV cache) stays the same
     for a while. If even the newest turn alone is too long, its user text is cut from the front (keeping the end, where
-    the question usually is), so the function never fails and never exceeds the budget."""
+    the question usually is), so the function never fails and never exceeds the budget. `note`: a system message
+    to place just before the newest message (the long-term memory, MEMORY_MODES), counted in the budget too."""
     system = [{"role": "system", "content": system_text}] if system_text is not None else []
-    ids = render_ids(tokenizer, system + history[start:])
+
+    def build(window):   # system + window, with the note slipped in before the window's last message
+        extra = [{"role": "system", "content": note}] if note and window else []
+        return render_ids(tokenizer, system + window[:-1] + extra + window[-1:])
+
+    ids = build(history[start:])
     if len(ids) <= budget:
         return ids, start
     target = min(target or budget, budget)
@@ -377,7 +383,7 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None):
     low, high, best = 0, len(starts) - 1, None
     while low <= high:
         middle = (low + high) // 2
-        candidate = render_ids(tokenizer, system + history[starts[middle]:])
+        candidate = build(history[starts[middle]:])
         if len(candidate) <= target:
             best, high = (candidate, starts[middle]), middle - 1
         else:
@@ -395,7 +401,7 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None):
         keep = (low + high) // 2
         if users:
             users[0]["content"] = text[len(text) - keep:]
-        candidate = render_ids(tokenizer, system + turn)
+        candidate = build(turn)
         if len(candidate) <= budget:
             best, low = candidate, keep + 1
         else:
@@ -479,14 +485,20 @@ def memory_sentences(memory):
     return [sentence for key in memory for sentence in memory[key]]
 
 
-def system_with_memory(system_prompt, memory):
-    """The system message the model sees: the persona, then what it knows about the user."""
+def memory_note(memory):
+    """The memory as text for the model, or None when it is empty."""
     facts = memory_sentences(memory)
-    if not facts:
-        return system_prompt
     # Of five phrasings tried on SmolLM2-135M (a list under a heading, the user's own words quoted, ...), this plain
     # paragraph gave the most right answers to "What is my name?"-style questions (11 of 20 against 7-9).
-    return system_prompt + "\n\nRemember these facts about the user: " + " ".join(facts)
+    return "Remember these facts about the user: " + " ".join(facts) if facts else None
+
+
+# Where the memory goes (--memory-at). "system": appended to the system prompt at the top, the classic place.
+# "end" (default): a short system message placed right before the user's newest message. A 135M model attends
+# mostly to recent tokens: after 6 turns of small talk it answered 9 of 12 "What is my name?"-style questions with
+# the note at the end, 1 of 8 with the facts at the top (--memory-eval measures both). The price: the note moves
+# every turn, so the KV cache can be reused only up to the previous note (~100 tokens re-read per turn).
+MEMORY_MODES = ("end", "system", "off")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -502,15 +514,15 @@ class Sampling:
     seed: int = None
 
 
-def sample_next(logits, sampling, generator, reply_ids):
+def sample_next(logits, sampling, generator, penalized):
     """logits (V,) for the next position -> one token id.
 
-    repetition penalty (CTRL paper): for tokens already in the reply, logit/p if positive, logit*p if negative;
+    repetition penalty (CTRL paper): for the `penalized` token ids, logit/p if positive, logit*p if negative;
     temperature T: softmax(logits / T), T -> 0 is greedy; top-k keeps the k largest logits; top-p (nucleus) keeps the
     smallest set of tokens whose probabilities sum to >= p. Both filters run on the top-k slice, already sorted."""
     logits = logits.float()
-    if sampling.repetition_penalty != 1.0 and reply_ids:
-        seen = torch.tensor(sorted(set(reply_ids)), device=logits.device)
+    if sampling.repetition_penalty != 1.0 and penalized:
+        seen = torch.tensor(sorted(penalized), device=logits.device)
         scores = logits[seen]
         logits[seen] = torch.where(scores > 0, scores / sampling.repetition_penalty,
                                    scores * sampling.repetition_penalty)
@@ -547,13 +559,16 @@ def forward(engine, ids):
 
 
 @torch.inference_mode()
-def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0):
+def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=()):
     """Yield the reply as text pieces, token by token. The caller holds engine.lock for the whole iteration.
 
     KV cache reuse: the cache holds the tokens of the previous prompt + reply. The new prompt usually starts with
     exactly those tokens (the same conversation, one turn longer), so we keep the common prefix, crop the rest, and
     prefill only the new tokens. After trimming or a changed system prompt the common prefix is short and we pay a
     full prefill. At least one token is always fed, because its logits give the first reply token.
+    `said`: token ids of the assistant's earlier replies. Small models like to copy their previous answer word for
+    word (one bad reply then repeats for the rest of the chat), so the repetition penalty covers those tokens as well
+    as the reply so far; NOT the system prompt or the user's words, which an answer may need to quote (a name).
     On return `stats` holds ttft (s), tokens, tokens_per_s (decode speed after the first token), reused (prompt tokens
     taken from the cache), prompt_tokens and finish_reason ("stop" or "length")."""
     stats = {} if stats is None else stats
@@ -577,12 +592,13 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     stop_strings = list(stop_strings) + engine.stop_strings
     stats.update(reused=common, prompt_tokens=len(prompt_ids), tokens=0, finish_reason="length", text="")
     reply_ids, text, shown = [], "", 0    # tokens so far, the reply text, how many of its characters were yielded
+    penalized = set(said)                  # the repetition penalty's targets: earlier replies + this one so far
     window = [0, 0]                        # incremental decoding: [context start, read position] in reply_ids
     first_at = None
     try:
         logits = forward(engine, prompt_ids[common:])       # prefill: the whole new part of the prompt at once
         while len(reply_ids) < sampling.max_new_tokens:
-            token = sample_next(logits, sampling, generator, reply_ids)
+            token = sample_next(logits, sampling, generator, penalized)
             if first_at is None:
                 first_at = time.perf_counter()
                 stats["ttft"] = first_at - started
@@ -590,6 +606,7 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
                 stats["finish_reason"] = "stop"
                 break
             reply_ids.append(token)
+            penalized.add(token)
             stats["tokens"] = len(reply_ids)
             # Streaming text. Tokens are not characters: a token can be half of a multi-byte character (decoded as
             # U+FFFD), and some tokenizers drop a leading space when a piece is decoded alone. So decode a short
@@ -636,7 +653,7 @@ class Conversation:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     messages: list = field(default_factory=list)   # every user/assistant message ({"role", "content"}), oldest first
     memory: dict = field(default_factory=dict)     # long-term memory: {key: [sentence, ...]}
-    use_memory: bool = True                        # False: no extraction, no injection (for the memory evaluation)
+    memory_mode: str = "end"                       # where the memory goes: MEMORY_MODES ("off": not extracted)
     start: int = 0                                 # index of the oldest message still inside the prompt window
 
 
@@ -647,24 +664,33 @@ def budget_of(engine, sampling):
 
 def prepare_prompt(engine, conversation, sampling):
     """The conversation -> prompt token ids that fit the budget; moves conversation.start past dropped turns."""
-    system = (system_with_memory(conversation.system_prompt, conversation.memory) if conversation.use_memory
-              else conversation.system_prompt)
+    note = memory_note(conversation.memory) if conversation.memory_mode != "off" else None
+    system = conversation.system_prompt
+    if note and conversation.memory_mode == "system":
+        system, note = system + "\n\n" + note, None
     budget = budget_of(engine, sampling)
     ids, conversation.start = fit_prompt(engine.tokenizer, system, conversation.messages, budget,
-                                         start=conversation.start, target=int(budget * TRIM_TO))
+                                         start=conversation.start, target=int(budget * TRIM_TO), note=note)
     return ids
+
+
+def said_ids(tokenizer, messages):
+    """The token ids of the assistant's replies among `messages` (for the repetition penalty)."""
+    return {token for m in messages if m["role"] == "assistant"
+            for token in tokenizer.encode(m["content"], add_special_tokens=False)}
 
 
 def chat_turn(engine, conversation, user_text, sampling, stats=None):
     """Add the user's message, generate the reply (yielding text pieces), store the reply. Hold engine.lock."""
     user_text = clean_text(user_text, engine.tokenizer)
-    if conversation.use_memory:
+    if conversation.memory_mode != "off":
         remember(conversation.memory, user_text)      # before generating: the reply may already use the new fact
     conversation.messages.append({"role": "user", "content": user_text})
     stats = {} if stats is None else stats
     try:
         prompt_ids = prepare_prompt(engine, conversation, sampling)
-        yield from generate(engine, prompt_ids, sampling, stats)
+        said = said_ids(engine.tokenizer, conversation.messages[conversation.start:])
+        yield from generate(engine, prompt_ids, sampling, stats, said=said)
     finally:  # even when interrupted, keep what was said so the history stays user/assistant/user/assistant
         conversation.messages.append({"role": "assistant", "content": stats.get("text", "").strip()})
 
@@ -743,7 +769,7 @@ def run_command(line, conversation, engine, sampling, folder):
         return HELP, None, False
     if command == "/reset":
         return "conversation and memory cleared", Conversation(system_prompt=conversation.system_prompt,
-                                                               use_memory=conversation.use_memory), False
+                                                               memory_mode=conversation.memory_mode), False
     if command == "/history":
         if not conversation.messages:
             return "(no messages yet)", None, False
@@ -753,8 +779,8 @@ def run_command(line, conversation, engine, sampling, folder):
         return "\n".join(lines) + note, None, False
     if command == "/memory":
         facts = memory_sentences(conversation.memory)
-        if not conversation.use_memory:
-            return "long-term memory is off (--no-memory)", None, False
+        if conversation.memory_mode == "off":
+            return "long-term memory is off (--memory-at off)", None, False
         return ("\n".join("- " + f for f in facts) if facts else "(nothing yet: tell me about yourself)"), None, False
     if command == "/system":
         if not argument:
@@ -774,7 +800,7 @@ def run_command(line, conversation, engine, sampling, folder):
         if not argument:
             raise UsageError("usage: /load NAME")
         loaded = load_conversation(folder, argument)
-        loaded.use_memory = conversation.use_memory
+        loaded.memory_mode = conversation.memory_mode
         return f"loaded {len(loaded.messages)} messages", loaded, False
     raise UsageError(f"unknown command {command}: try /help")
 
@@ -1066,12 +1092,12 @@ def parse_chat_request(body, engine, defaults):
 
 
 def make_server(engine, sampling, host="127.0.0.1", port=PORT, folder="out/06_chatbot",
-                system_prompt=DEFAULT_SYSTEM_PROMPT, use_memory=True, verbose=False):
+                system_prompt=DEFAULT_SYSTEM_PROMPT, memory_mode="end", verbose=False):
     """A ThreadingHTTPServer (one thread per connection) sharing one engine. port=0 picks a free port."""
     server = ThreadingHTTPServer((host, port), ChatHandler)
     server.daemon_threads = True          # Ctrl-C does not wait for open connections
     server.engine, server.sampling, server.folder = engine, sampling, folder
-    server.system_prompt, server.use_memory, server.verbose = system_prompt, use_memory, verbose
+    server.system_prompt, server.memory_mode, server.verbose = system_prompt, memory_mode, verbose
     server.sessions, server.sessions_lock = OrderedDict(), threading.Lock()
     server.loopback = host in ("127.0.0.1", "localhost", "::1")
     return server
@@ -1248,7 +1274,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         server, engine = self.server, self.server.engine
         with server.sessions_lock:   # find or create this browser's conversation; forget the least recently used
             conversation = server.sessions.pop(session_id, None) or Conversation(
-                system_prompt=server.system_prompt, use_memory=server.use_memory)
+                system_prompt=server.system_prompt, memory_mode=server.memory_mode)
             server.sessions[session_id] = conversation
             while len(server.sessions) > MAX_SESSIONS:
                 server.sessions.popitem(last=False)
@@ -1295,12 +1321,14 @@ class ChatHandler(BaseHTTPRequestHandler):
         chunk = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": engine.model_id}
         with engine.lock:
             try:  # fit the conversation into the budget (dropping its oldest turns) BEFORE any byte of the reply
-                prompt_ids, _ = fit_prompt(engine.tokenizer, system, history, engine.context - sampling.max_new_tokens)
+                prompt_ids, start = fit_prompt(engine.tokenizer, system, history,
+                                               engine.context - sampling.max_new_tokens)
             except UsageError as error:
                 raise BadRequest(str(error), "messages") from None
             if stream:
                 self.start_events()
-            pieces = generate(engine, prompt_ids, sampling, stats, stop_strings=stop)
+            pieces = generate(engine, prompt_ids, sampling, stats, stop_strings=stop,
+                              said=said_ids(engine.tokenizer, history[start:]))
             try:
                 if stream:
                     self.send_event({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
@@ -1333,7 +1361,7 @@ class ChatHandler(BaseHTTPRequestHandler):
 
 def serve(engine, sampling, args, conversation):
     server = make_server(engine, sampling, args.host, args.port, args.out, conversation.system_prompt,
-                         conversation.use_memory, verbose=True)
+                         conversation.memory_mode, verbose=True)
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {engine.model_id} on http://{shown}:{port}/  (chat page; OpenAI API at /v1/chat/completions)",
@@ -1579,39 +1607,44 @@ SMALL_TALK = ["Can you tell me a fun fact about space?", "What is a good way to 
 
 
 def run_memory_eval(engine, sampling, personas=len(MEMORY_PERSONAS)):
-    """Score how often the bot answers with the right fact after 10-30 turns, with and without long-term memory."""
+    """How often the bot answers with the right fact after 10-30 turns: no memory, memory in the system prompt,
+    memory as a note at the end.
+
+    A controlled experiment: each persona's conversation (the user's scripted messages, the bot's own greedy replies)
+    is generated ONCE with the memory off, so no reply can carry a fact forward by itself; then every question is
+    asked on a copy of that conversation under each memory setting. Only where the facts are given changes."""
     greedy = Sampling(temperature=0, top_k=0, top_p=1.0, repetition_penalty=sampling.repetition_penalty,
                       max_new_tokens=sampling.max_new_tokens)
-    budget = budget_of(engine, greedy)
     print(f"memory evaluation: {personas} personas x 4 facts, context {engine.context} tokens (prompt budget "
-          f"{budget}), greedy replies of up to {greedy.max_new_tokens} tokens", flush=True)
-    scores = {}
-    for use_memory in (True, False):
-        correct, outside, started = 0, 0, time.perf_counter()
-        for p, (statements, questions, filler) in enumerate(MEMORY_PERSONAS[:personas]):
-            conversation = Conversation(use_memory=use_memory)
-            with engine.lock:
-                for text in statements + [SMALL_TALK[(p * 7 + i) % len(SMALL_TALK)] for i in range(filler)]:
-                    for _ in chat_turn(engine, conversation, text, greedy):
-                        pass
-                for question, expected in questions:
-                    # Each question on its own copy of the conversation, so one answer cannot leak into the next
-                    # (the shared prefix stays in the KV cache, so the copies cost only the question's tokens).
+          f"{budget_of(engine, greedy)}), greedy replies of up to {greedy.max_new_tokens} tokens", flush=True)
+    correct, outside, started = dict.fromkeys(MEMORY_MODES, 0), 0, time.perf_counter()
+    for p, (statements, questions, filler) in enumerate(MEMORY_PERSONAS[:personas]):
+        conversation = Conversation(memory_mode="off")
+        with engine.lock:
+            for text in statements + [SMALL_TALK[(p * 7 + i) % len(SMALL_TALK)] for i in range(filler)]:
+                for _ in chat_turn(engine, conversation, text, greedy):
+                    pass
+            for text in statements:                    # what the memory would hold had it been on
+                remember(conversation.memory, text)
+            for question, expected in questions:
+                for mode in MEMORY_MODES:
+                    # a copy per question and mode, so no answer leaks into another (the shared prefix stays in
+                    # the KV cache, so a copy costs little more than the question's tokens)
                     branch, stats = copy.deepcopy(conversation), {}
+                    branch.memory_mode = mode
                     for _ in chat_turn(engine, branch, question, greedy, stats):
                         pass
-                    # the two stating messages are history[0] and history[2]: are they still in the prompt?
-                    outside += branch.start > 2
                     hit = expected in stats["text"].lower()
-                    correct += hit
-                    print(f"  [{'memory' if use_memory else 'no memory'}] after {filler} turns: {question} -> "
-                          f"{stats['text'][:70]!r} {'OK' if hit else 'wrong'}", flush=True)
-        total = 4 * personas
-        scores[use_memory] = correct / total
-        print(f"{'WITH' if use_memory else 'WITHOUT'} long-term memory: {correct}/{total} facts recalled "
-              f"({100 * correct / total:.0f}%); statements outside the prompt window at question time: "
-              f"{outside}/{total}; {time.perf_counter() - started:.0f} s", flush=True)
-    return scores
+                    correct[mode] += hit
+                    outside += mode == "off" and branch.start > 2   # were the stating messages (0 and 2) dropped?
+                    print(f"  after {filler} turns, memory {mode:6s}: {question} -> {stats['text'][:60]!r} "
+                          f"{'OK' if hit else 'wrong'}", flush=True)
+    total = 4 * personas
+    print(f"statements outside the prompt window when asked: {outside}/{total}; {time.perf_counter() - started:.0f} s")
+    for mode, label in (("off", "no long-term memory"), ("system", "memory in the system prompt"),
+                        ("end", "memory as a note before the question")):
+        print(f"{label:38s}: {correct[mode]}/{total} facts recalled ({100 * correct[mode] / total:.0f}%)")
+    return {mode: correct[mode] / total for mode in MEMORY_MODES}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1632,7 +1665,9 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling (repeatable replies)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = its default)")
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of Linear layers (CPU)")
-    parser.add_argument("--no-memory", action="store_true", help="no long-term memory (facts are not extracted)")
+    parser.add_argument("--memory-at", choices=MEMORY_MODES, default="end",
+                        help="long-term memory: a note before your newest message (end), in the system prompt "
+                             "(system), or off")
     parser.add_argument("--serve", action="store_true", help="serve the chat page and the OpenAI API")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
     parser.add_argument("--port", type=int, default=PORT, help="port for --serve (0 = any free port)")
@@ -1698,7 +1733,7 @@ def main():
         sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             repetition_penalty=args.repetition_penalty, max_new_tokens=max_new, seed=args.seed)
         conversation = Conversation(system_prompt=clean_text(args.system, engine.tokenizer),
-                                    use_memory=not args.no_memory)
+                                    memory_mode=args.memory_at)
         if len(engine.tokenizer.encode(conversation.system_prompt)) > budget_of(engine, sampling) // 2:
             raise UsageError("--system is too long for the context: shorten it or raise --context")
         if args.bench:

@@ -131,22 +131,31 @@ def test_trimming_cuts_an_overlong_single_message_and_refuses_a_huge_system_prom
         bot.fit_prompt(tok, "s" * 500, [{"role": "user", "content": "hi"}], 150)
 
 
-def test_conversation_window_and_memory_survive_trimming(engine):
-    """The fact's turn falls out of the prompt window, but the memory keeps it in the system prompt."""
+@pytest.mark.parametrize("mode", bot.MEMORY_MODES)
+def test_conversation_window_and_memory_survive_trimming(engine, mode):
+    """The fact's turn falls out of the prompt window, but the memory keeps it in the prompt."""
     sampling = quick(max_new_tokens=8)
-    for use_memory in (True, False):
-        conversation = bot.Conversation(system_prompt="SYS", use_memory=use_memory)
-        with engine.lock:
-            collect(bot.chat_turn(engine, conversation, "Hello! My name is Zorblax and I live in Quito.", sampling))
-            for i in range(40):
-                collect(bot.chat_turn(engine, conversation, f"filler message number {i} about the weather", sampling))
-            ids = bot.prepare_prompt(engine, conversation, sampling)
-        assert len(ids) <= bot.budget_of(engine, sampling)
-        assert conversation.start > 2, "the stating turn should be outside the window by now"
-        assert len(conversation.messages) == 82, "history keeps every message even when the prompt does not"
-        text = rendered(engine, ids)
-        assert "Hello! My name is" not in text
-        assert ("Zorblax" in text and "Quito" in text) == use_memory
+    conversation = bot.Conversation(system_prompt="SYS", memory_mode=mode)
+    with engine.lock:
+        collect(bot.chat_turn(engine, conversation, "Hello! My name is Zorblax and I live in Quito.", sampling))
+        for i in range(40):
+            collect(bot.chat_turn(engine, conversation, f"filler message number {i} about the weather", sampling))
+        conversation.messages.append({"role": "user", "content": "What is my name?"})
+        ids = bot.prepare_prompt(engine, conversation, sampling)
+    assert len(ids) <= bot.budget_of(engine, sampling)
+    assert conversation.start > 2, "the stating turn should be outside the window by now"
+    assert len(conversation.messages) == 83, "history keeps every message even when the prompt does not"
+    text = rendered(engine, ids)
+    assert "Hello! My name is" not in text
+    note = "Remember these facts about the user: The user's name is Zorblax. The user lives in Quito."
+    if mode == "system":
+        assert text.startswith(f"<|im_start|>system\nSYS\n\n{note}<|im_end|>")
+    elif mode == "end":
+        assert text.startswith("<|im_start|>system\nSYS<|im_end|>")
+        assert text.endswith(f"<|im_start|>system\n{note}<|im_end|>\n<|im_start|>user\nWhat is my name?<|im_end|>\n"
+                             "<|im_start|>assistant\n")
+    else:
+        assert "Zorblax" not in text and conversation.memory == {}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -174,10 +183,10 @@ def test_memory_store_replaces_single_facts_and_caps_lists():
     for food in ["pizza", "sushi", "tacos", "curry", "pasta", "soup", "salad"]:
         bot.remember(memory, f"I like {food}.")
     assert len(memory["likes"]) == bot.MAX_FACTS_PER_KEY and memory["likes"][-1] == "The user likes salad."
-    system = bot.system_with_memory("PERSONA", memory)
-    assert system.startswith("PERSONA\n\nRemember these facts about the user: The user's name is Robert.")
-    assert "Robert" in system and "salad" in system and "pizza" not in system
-    assert bot.system_with_memory("PERSONA", {}) == "PERSONA"
+    note = bot.memory_note(memory)
+    assert note.startswith("Remember these facts about the user: The user's name is Robert. The user likes")
+    assert "salad" in note and "pizza" not in note
+    assert bot.memory_note({}) is None
 
 
 def test_clean_text_stops_forged_control_tokens(engine):
@@ -267,21 +276,21 @@ def test_greedy_loop_equals_hf_generate_and_cache_reuse_changes_nothing(engine):
 
 def test_sampling_filters():
     logits = torch.tensor([0.0, 5.0, 4.0, 1.0, -2.0])
-    assert bot.sample_next(logits.clone(), quick(temperature=0), None, []) == 1
+    assert bot.sample_next(logits.clone(), quick(temperature=0), None, set()) == 1
     g = torch.Generator().manual_seed(0)
-    assert {bot.sample_next(logits.clone(), quick(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0), g, [])
+    assert {bot.sample_next(logits.clone(), quick(temperature=1.0, top_k=1, top_p=1.0, repetition_penalty=1.0), g, set())
             for _ in range(50)} == {1}
-    seen = {bot.sample_next(logits.clone(), quick(temperature=1.0, top_k=2, top_p=1.0, repetition_penalty=1.0), g, [])
+    seen = {bot.sample_next(logits.clone(), quick(temperature=1.0, top_k=2, top_p=1.0, repetition_penalty=1.0), g, set())
             for _ in range(200)}
     assert seen == {1, 2}, "top-k 2 samples only the two best tokens, and both of them"
     # top-p 0.5: token 1 alone has p = 0.71 >= 0.5, so nothing else survives
-    assert {bot.sample_next(logits.clone(), quick(temperature=1.0, top_k=0, top_p=0.5, repetition_penalty=1.0), g, [])
+    assert {bot.sample_next(logits.clone(), quick(temperature=1.0, top_k=0, top_p=0.5, repetition_penalty=1.0), g, set())
             for _ in range(50)} == {1}
     # repetition penalty: token 1 already said, penalty 2 -> 2.5 < 4.0, so greedy picks token 2
-    assert bot.sample_next(logits.clone(), quick(temperature=0, repetition_penalty=2.0), None, [1]) == 2
+    assert bot.sample_next(logits.clone(), quick(temperature=0, repetition_penalty=2.0), None, {1}) == 2
     # a seed makes sampling repeatable
     draw = lambda: [bot.sample_next(logits.clone(), quick(temperature=2.0, top_k=0, top_p=1.0),  # noqa: E731
-                                    torch.Generator().manual_seed(7), []) for _ in range(5)]
+                                    torch.Generator().manual_seed(7), set()) for _ in range(5)]
     assert draw() == draw()
 
 
