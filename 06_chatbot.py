@@ -395,7 +395,8 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, no
     last = starts[-1] if starts else start
     turn = [dict(m) for m in history[last:]]
     users = [m for m in turn if m["role"] == "user"]
-    text = users[0]["content"] if users else ""
+    # (a token is rarely longer than 16 characters, so a longer tail can never fit: cut it first, cheaply)
+    text = users[0]["content"][-16 * budget:] if users else ""
     low, high, best = 0, len(text), None
     while low <= high:
         keep = (low + high) // 2
@@ -559,7 +560,7 @@ def forward(engine, ids):
 
 
 @torch.inference_mode()
-def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=()):
+def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=(), started=None):
     """Yield the reply as text pieces, token by token. The caller holds engine.lock for the whole iteration.
 
     KV cache reuse: the cache holds the tokens of the previous prompt + reply. The new prompt usually starts with
@@ -569,10 +570,11 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     `said`: token ids of the assistant's earlier replies. Small models like to copy their previous answer word for
     word (one bad reply then repeats for the rest of the chat), so the repetition penalty covers those tokens as well
     as the reply so far; NOT the system prompt or the user's words, which an answer may need to quote (a name).
-    On return `stats` holds ttft (s), tokens, tokens_per_s (decode speed after the first token), reused (prompt tokens
-    taken from the cache), prompt_tokens and finish_reason ("stop" or "length")."""
+    On return `stats` holds ttft (s, from `started`: when the user's message arrived), tokens, tokens_per_s (decode
+    speed after the first token), reused (prompt tokens taken from the cache), prompt_tokens, finish_reason ("stop"
+    or "length"), text and ids (the reply)."""
     stats = {} if stats is None else stats
-    started = time.perf_counter()
+    started = started or time.perf_counter()
     common = 0
     for a, b in zip(engine.cached_ids, prompt_ids):
         if a != b:
@@ -682,6 +684,7 @@ def said_ids(tokenizer, messages):
 
 def chat_turn(engine, conversation, user_text, sampling, stats=None):
     """Add the user's message, generate the reply (yielding text pieces), store the reply. Hold engine.lock."""
+    started = time.perf_counter()          # TTFT counts from here: trimming and rendering are part of the wait
     user_text = clean_text(user_text, engine.tokenizer)
     if conversation.memory_mode != "off":
         remember(conversation.memory, user_text)      # before generating: the reply may already use the new fact
@@ -690,7 +693,7 @@ def chat_turn(engine, conversation, user_text, sampling, stats=None):
     try:
         prompt_ids = prepare_prompt(engine, conversation, sampling)
         said = said_ids(engine.tokenizer, conversation.messages[conversation.start:])
-        yield from generate(engine, prompt_ids, sampling, stats, said=said)
+        yield from generate(engine, prompt_ids, sampling, stats, said=said, started=started)
     finally:  # even when interrupted, keep what was said so the history stays user/assistant/user/assistant
         conversation.messages.append({"role": "assistant", "content": stats.get("text", "").strip()})
 
@@ -1126,7 +1129,8 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def send_failure(self, status, message, param=None, kind="invalid_request_error"):
         """Errors in OpenAI's shape, so API clients raise their usual exceptions with our message."""
-        self.send_json(status, {"error": {"message": message, "type": kind, "param": param, "code": None}})
+        self.send_json(status, {"error": {"message": message, "type": kind, "param": param, "code": None}},
+                       [("Retry-After", "5")] if status == 503 else ())
 
     events_started = False
 
@@ -1284,6 +1288,9 @@ class ChatHandler(BaseHTTPRequestHandler):
             replaced = None
             with engine.lock:
                 try:
+                    if not server.loopback and message.split()[0].lower() in ("/save", "/load"):
+                        raise UsageError("/save and /load are off when the server is reachable from other computers"
+                                         " (the saved files would be shared by everyone)")
                     text, replaced, leave = run_command(message, conversation, engine, server.sampling, server.folder)
                     text = "(close the tab to leave)" if leave else text
                 except UsageError as error:
@@ -1320,6 +1327,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         reply_id, created, stats = "chatcmpl-" + secrets.token_hex(12), int(time.time()), {}
         chunk = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": engine.model_id}
         with engine.lock:
+            started = time.perf_counter()   # TTFT from here; the wait in the queue shows in the client's latency
             try:  # fit the conversation into the budget (dropping its oldest turns) BEFORE any byte of the reply
                 prompt_ids, start = fit_prompt(engine.tokenizer, system, history,
                                                engine.context - sampling.max_new_tokens)
@@ -1328,7 +1336,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             if stream:
                 self.start_events()
             pieces = generate(engine, prompt_ids, sampling, stats, stop_strings=stop,
-                              said=said_ids(engine.tokenizer, history[start:]))
+                              said=said_ids(engine.tokenizer, history[start:]), started=started)
             try:
                 if stream:
                     self.send_event({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
