@@ -412,7 +412,8 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, no
         else:
             high = keep - 1
     if best is None:
-        raise UsageError("the system prompt alone is longer than the token budget: shorten it or raise --context")
+        raise UsageError(f"even the system prompt and an empty message do not fit the token budget ({budget}): "
+                         "shorten the system prompt, lower --max-new-tokens or raise --context")
     return best, last
 
 
@@ -671,12 +672,19 @@ def budget_of(engine, sampling):
 def prepare_prompt(engine, conversation, sampling):
     """The conversation -> prompt token ids that fit the budget; moves conversation.start past dropped turns."""
     note = memory_note(conversation.memory) if conversation.memory_mode != "off" else None
-    system = conversation.system_prompt
-    if note and conversation.memory_mode == "system":
-        system, note = system + "\n\n" + note, None
+    system = conversation.system_prompt or None    # "" = no system message at all (tiny-context models)
     budget = budget_of(engine, sampling)
-    ids, conversation.start = fit_prompt(engine.tokenizer, system, conversation.messages, budget,
-                                         start=conversation.start, target=int(budget * TRIM_TO), note=note)
+    try:
+        with_memory = (system + "\n\n" + note if system else note, None) if conversation.memory_mode == "system" \
+            else (system, note)
+        ids, conversation.start = fit_prompt(engine.tokenizer, *with_memory[:1], conversation.messages, budget,
+                                             conversation.start, int(budget * TRIM_TO), with_memory[1])
+    except UsageError:
+        if not note:
+            raise
+        # the memory does not fit a tiny context beside the newest message: answer without it rather than fail
+        ids, conversation.start = fit_prompt(engine.tokenizer, system, conversation.messages, budget,
+                                             conversation.start, int(budget * TRIM_TO))
     return ids
 
 
@@ -851,6 +859,8 @@ def terminal_chat(engine, conversation, sampling, folder):
                     print(piece, end="", flush=True)
         except KeyboardInterrupt:  # Ctrl-C stops the reply, not the program
             print(" [stopped]", end="")
+        except UsageError as error:
+            print(f"error: {error}", end="")
         print(flush=True)
         if "ttft" in stats:
             print(stats_line(stats), flush=True)
@@ -1751,15 +1761,18 @@ def main():
         max_new = args.max_new_tokens
         if args.memory_eval and args.max_new_tokens == MAX_NEW_TOKENS:
             max_new = 48                      # short answers keep the evaluation to minutes
-        if max_new > engine.context // 2:     # leave at least half of the window to the conversation
-            max_new = engine.context // 2
-            print(f"note: --max-new-tokens lowered to {max_new} (half of the {engine.context}-token context)")
+        if max_new > engine.context // 2:     # a small window (stage 04's model): most of it for the conversation
+            max_new = max(engine.context // 4, 1)
+            print(f"note: --max-new-tokens lowered to {max_new} (a quarter of the {engine.context}-token context)")
         sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             repetition_penalty=args.repetition_penalty, max_new_tokens=max_new, seed=args.seed)
         conversation = Conversation(system_prompt=clean_text(args.system, engine.tokenizer),
                                     memory_mode=args.memory_at)
         if len(engine.tokenizer.encode(conversation.system_prompt)) > budget_of(engine, sampling) // 2:
-            raise UsageError("--system is too long for the context: shorten it or raise --context")
+            if args.system != DEFAULT_SYSTEM_PROMPT:
+                raise UsageError("--system is too long for the context: shorten it or raise --context")
+            conversation.system_prompt = ""   # a model with a tiny window (stage 04's) gets no system prompt
+            print(f"note: no system prompt (the model's window is only {engine.context} tokens)")
         if args.bench:
             run_bench(engine, sampling, startup)
         elif args.loadtest:
