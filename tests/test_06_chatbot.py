@@ -30,7 +30,7 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
           "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
-def build_tiny_model(folder, chat=True, seed=0):
+def build_tiny_model(folder, chat=True, seed=0, positions=1024):
     """A character-level tokenizer (every printable character one token, plus special tokens) and a random 2-layer
     Llama, saved as a Hugging Face folder. chat=False: no chat template, like stage 04's export."""
     from tokenizers import Tokenizer, decoders, models
@@ -47,7 +47,7 @@ def build_tiny_model(folder, chat=True, seed=0):
         tokenizer.chat_template = CHATML
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=0)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -67,7 +67,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny06")
-    return {"chat": build_tiny_model(root / "chat", chat=True), "plain": build_tiny_model(root / "plain", chat=False)}
+    return {"chat": build_tiny_model(root / "chat", chat=True), "plain": build_tiny_model(root / "plain", chat=False),
+            "small": build_tiny_model(root / "small", chat=False, positions=32)}   # like a tiny stage-04 export
 
 
 @pytest.fixture(scope="module")
@@ -662,6 +663,11 @@ def test_terminal_chat_streams_reports_speed_and_remembers(tiny_dirs, tmp_path):
     proc = run_script("06", "--model", tiny_dirs["plain"], "--max-new-tokens", "8", "--threads", 1, input="hello\n",
                       timeout=120)
     assert proc.returncode == 0 and "plain" in proc.stdout and "tokens/s" in proc.stdout
+    # a 32-token window: no room for the default system prompt or the memory, but every turn still gets an answer
+    proc = run_script("06", "--model", tiny_dirs["small"], "--threads", 1, timeout=120,
+                      input="Hello there, my name is Bob and I live in a very long street name.\n/memory\nhi\n")
+    assert proc.returncode == 0 and "no system prompt" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stdout.count("tokens/s") == 2 and "error" not in proc.stdout + proc.stderr
 
 
 def test_bench_and_loadtest_flags_run(tiny_dirs):
