@@ -510,6 +510,12 @@ MEMORY_MODES = ("end", "system", "off")
 # ----------------------------------------------------------------------------------------------------------------
 # Generation: prefill once, then one token at a time with the KV cache; sampling; streaming text
 # ----------------------------------------------------------------------------------------------------------------
+# A causal LM maps tokens (1, T) to next-token logits (1, T, V). Generating n tokens naively costs n forward passes
+# over an ever longer sequence: O(n * T) work per token. The KV cache keeps each layer's keys and values of the tokens
+# already seen, so a step feeds ONE new token (1, 1) and attends to the cached (1, heads, T, head_dim) tensors:
+#   prefill: forward(prompt)       -> cache holds T tokens, logits for the first reply token  (time to first token)
+#   decode:  forward(last token)   -> cache holds T+1 tokens, logits for the next one         (tokens per second)
+# On a CPU, decoding is limited by memory bandwidth: every step reads all 135M weights (540 MB in fp32) once.
 @dataclass
 class Sampling:
     temperature: float = TEMPERATURE
@@ -580,6 +586,7 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     or "length"), text and ids (the reply)."""
     stats = {} if stats is None else stats
     started = started or time.perf_counter()
+    # How many leading tokens does the new prompt share with what the cache holds?
     common = 0
     for a, b in zip(engine.cached_ids, prompt_ids):
         if a != b:
@@ -655,6 +662,9 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
 # ----------------------------------------------------------------------------------------------------------------
 # A conversation: messages, the window into them, long-term memory; one chat turn
 # ----------------------------------------------------------------------------------------------------------------
+# The conversation keeps EVERY message (for /history and /save); the prompt sees only a window: messages[start:]
+# plus the system prompt (and the memory note). `start` only moves forward, so between two trims the prompt grows
+# by appending, which is exactly what lets the KV cache of the previous turn be reused.
 @dataclass
 class Conversation:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -713,6 +723,9 @@ def chat_turn(engine, conversation, user_text, sampling, stats=None):
 # ----------------------------------------------------------------------------------------------------------------
 # Saving and loading conversations (JSON under out/06_chatbot/, names cannot escape that folder)
 # ----------------------------------------------------------------------------------------------------------------
+# A name typed by a user becomes a file path, the classic path-traversal hole ("/save ../../.bashrc"). Two fences:
+# a whitelist of characters (no dot, no slash: nothing can mean "parent" or "root"), then a check that the resolved
+# path's folder IS the save folder.
 SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -1415,6 +1428,13 @@ def serve(engine, sampling, args, conversation):
 # ----------------------------------------------------------------------------------------------------------------
 # Benchmarks: speed (--bench), many clients (--loadtest), memory past the context window (--memory-eval)
 # ----------------------------------------------------------------------------------------------------------------
+# Definitions used in every report:
+#   TTFT (time to first token) = from the user's message to the first reply token sampled: trimming, rendering, the
+#     prefill forward pass. What a user feels as "it is thinking".
+#   tokens/s = (reply tokens - 1) / (time from the first token to the last): the decode speed, one token per step.
+#   start-up = process start (before `import torch`) to ready for input; the first forward pass (warm-up) runs in the
+#     background after that and is reported separately.
+#   latency (load test) = request sent to response complete, as a client sees it, queueing included.
 # A scripted history of about 200 tokens (with the system prompt), so TTFT is measured on a realistic prompt.
 BENCH_HISTORY = [
     ("Hi! My name is Sam. I'm planning a weekend trip to the mountains. Any advice?",
@@ -1424,6 +1444,8 @@ BENCH_HISTORY = [
      "water filter."),
     ("How long does it take to walk ten kilometres on a mountain trail?",
      "Usually three to four hours, depending on the climb, the terrain and how often you stop."),
+    ("Is it safe to drink water from a mountain stream?",
+     "Not without treating it first: boil it, filter it or use purification tablets."),
 ]
 BENCH_QUESTION = "Great. Can you suggest a simple dinner I can cook on a camping stove?"
 
