@@ -1407,9 +1407,18 @@ class ChatHandler(BaseHTTPRequestHandler):
                                  "usage": usage, "timings": timings})
 
 
-def serve(engine, sampling, args, conversation):
-    server = make_server(engine, sampling, args.host, args.port, args.out, conversation.system_prompt,
-                         conversation.memory_mode, verbose=True)
+def open_server(args):
+    """Bind the port BEFORE loading the model, so a port in use fails in a second, not after the load."""
+    try:
+        return make_server(None, None, args.host, args.port, args.out, verbose=True)
+    except OSError as error:  # port in use, no permission, an address this machine does not have (IPv4 only)
+        raise UsageError(f"cannot listen on {args.host}:{args.port} ({error.strerror or error}): pick another "
+                         "--port or --host") from None
+
+
+def serve(server, engine, sampling, conversation):
+    server.engine, server.sampling = engine, sampling
+    server.system_prompt, server.memory_mode = conversation.system_prompt, conversation.memory_mode
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {engine.model_id} on http://{shown}:{port}/  (chat page; OpenAI API at /v1/chat/completions)",
@@ -1770,6 +1779,7 @@ def main():
     check_args(args)
     imports_done = time.perf_counter()
     try:
+        server = open_server(args) if args.serve else None   # (requests wait in the socket's backlog meanwhile)
         context = args.context or (512 if args.memory_eval else CONTEXT_CAP)
         engine = load_engine(args.model, context=context, threads=args.threads, int8=args.int8)
         ready = time.perf_counter()
@@ -1805,16 +1815,12 @@ def main():
             run_memory_eval(engine, sampling, args.personas)
         elif args.serve:
             print(f"ready in {startup['ready']:.1f} s", flush=True)
-            serve(engine, sampling, args, conversation)
+            serve(server, engine, sampling, conversation)
         else:
             print(f"ready in {startup['ready']:.1f} s", flush=True)
             terminal_chat(engine, conversation, sampling, args.out)
     except UsageError as error:
         fail(str(error))
-    except OSError as error:
-        if args.serve and getattr(error, "errno", None) in (98, 48, 10048, 13, 99):  # in use / forbidden / bad host
-            fail(f"cannot listen on {args.host}:{args.port} ({error.strerror}): pick another --port or --host")
-        raise
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)

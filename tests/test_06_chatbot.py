@@ -650,6 +650,11 @@ def test_missing_model_folder_and_bad_flags_fail_in_one_line(tmp_path):
     assert_one_line_error(proc, code=2, contains="cannot load model")
     proc = run_script("06", "--top-p", "0", timeout=60)
     assert_one_line_error(proc, code=2, contains="--top-p")
+    with socket.socket() as taken:                                     # a port in use: fails before loading
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = run_script("06", "--serve", "--port", taken.getsockname()[1], timeout=60)
+    assert_one_line_error(proc, code=2, contains="pick another --port")
 
 
 def test_terminal_chat_streams_reports_speed_and_remembers(tiny_dirs, tmp_path):
