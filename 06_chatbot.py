@@ -683,18 +683,18 @@ def prepare_prompt(engine, conversation, sampling):
     """The conversation -> prompt token ids that fit the budget; moves conversation.start past dropped turns."""
     note = memory_note(conversation.memory) if conversation.memory_mode != "off" else None
     system = conversation.system_prompt or None    # "" = no system message at all (tiny-context models)
+    if note and conversation.memory_mode == "system":
+        system, note = (system + "\n\n" + note if system else note), None
     budget = budget_of(engine, sampling)
+    window = dict(budget=budget, start=conversation.start, target=int(budget * TRIM_TO))
     try:
-        with_memory = (system + "\n\n" + note if system else note, None) if conversation.memory_mode == "system" \
-            else (system, note)
-        ids, conversation.start = fit_prompt(engine.tokenizer, *with_memory[:1], conversation.messages, budget,
-                                             conversation.start, int(budget * TRIM_TO), with_memory[1])
+        ids, conversation.start = fit_prompt(engine.tokenizer, system, conversation.messages, note=note, **window)
     except UsageError:
-        if not note:
+        if conversation.memory_mode == "off" or not conversation.memory:
             raise
         # the memory does not fit a tiny context beside the newest message: answer without it rather than fail
-        ids, conversation.start = fit_prompt(engine.tokenizer, system, conversation.messages, budget,
-                                             conversation.start, int(budget * TRIM_TO))
+        ids, conversation.start = fit_prompt(engine.tokenizer, conversation.system_prompt or None,
+                                             conversation.messages, **window)
     return ids
 
 
@@ -730,8 +730,8 @@ SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def save_path(folder, name):
-    """A save name -> folder/name.json. Only letters, digits, '_' and '-' (no '.', '/', '\\\\'), so '../x',
-    '/etc/passwd' or 'C:\\\\x' are refused; the resolved path is also checked to lie inside the folder."""
+    """A save name -> folder/name.json. Only letters, digits, '_' and '-' (no dot, slash or backslash), so
+    '../x', '/etc/passwd' or 'C:x' are refused; the resolved path is also checked to lie inside the folder."""
     name = name.strip()
     if name.endswith(".json"):
         name = name[:-5]
