@@ -512,16 +512,24 @@ def prompt_template(tok, examples):
     return full[:cut], full[cut:], label_lead
 
 
-@torch.no_grad()
 def prompt_classify(lm, tok, examples, texts, device, batch_size, max_len):
     """-> (raw predictions, calibrated predictions, prefix length in tokens) for `texts`."""
+    scores, n_prefix = label_scores(lm, tok, examples, list(texts) + ["N/A"], device, batch_size, max_len)
+    raw = scores[:-1].argmax(1).tolist()
+    calibrated = (scores[:-1] - scores[-1]).argmax(1).tolist()  # divide by p(label | "N/A"), in log space
+    return raw, calibrated, n_prefix
+
+
+@torch.no_grad()
+def label_scores(lm, tok, examples, all_texts, device, batch_size, max_len):
+    """-> (N, 3) log p(label word | prompt with that sentence), and the prefix length in tokens."""
     prefix, suffix, label_lead = prompt_template(tok, examples)
     prefix_ids = tok(prefix, add_special_tokens=False).input_ids
     with autocast(device):
         prefix_out = lm(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
     label_ids = [tok(label_lead + lab, add_special_tokens=False).input_ids for lab in LABELS]
+    output_layer = lm.get_output_embeddings()  # hidden state (C) -> a score per vocabulary token (V)
     single = all(len(ids) == 1 for ids in label_ids)  # one token per label: one row per sentence suffices
-    all_texts = list(texts) + ["N/A"]  # the last one is the content-free sentence for calibration
     pieces = suffix.split(MARKER)
     before_ids = tok(pieces[0], add_special_tokens=False).input_ids if pieces[0] else []
     after_ids = tok(pieces[1], add_special_tokens=False).input_ids
@@ -541,23 +549,23 @@ def prompt_classify(lm, tok, examples, texts, device, batch_size, max_len):
         cache.batch_repeat_interleave(len(rows))  # the prefix's keys/values, once per row
         full_mask = torch.cat([torch.ones(len(rows), len(prefix_ids), dtype=mask.dtype), mask], 1)
         with autocast(device):
-            logits = lm(input_ids=ids.to(device), attention_mask=full_mask.to(device), past_key_values=cache,
-                        use_cache=True).logits.float()  # (R, T, V)
-        logp = F.log_softmax(logits, -1).cpu()
-        if single:
-            last = mask.sum(1) - 1  # the last prompt token predicts the label token
-            chunk_scores = logp[torch.arange(len(rows)), last][:, [ids_[0] for ids_ in label_ids]]  # (B, 3)
-        else:
-            chunk_scores = torch.zeros(len(rows))
-            for r, row in enumerate(rows):  # log p(label) = sum of log p(each label token | everything before it)
-                n = len(label_ids[r % len(LABELS)])
-                positions = torch.arange(len(row) - n - 1, len(row) - 1)
-                chunk_scores[r] = logp[r, positions, torch.tensor(row[-n:])].sum()
-            chunk_scores = chunk_scores.view(len(chunk), len(LABELS))
+            hidden = lm.base_model(input_ids=ids.to(device), attention_mask=full_mask.to(device),
+                                   past_key_values=cache, use_cache=True).last_hidden_state  # (R, T, C)
+            # the output layer (C x V, V ~ 49k) costs as much as several blocks: run it only where a label is read
+            if single:
+                last = (mask.sum(1) - 1).to(device)  # the last prompt token predicts the label token
+                logp = F.log_softmax(output_layer(hidden[torch.arange(len(rows), device=device), last]).float(), -1)
+                chunk_scores = logp[:, [ids_[0] for ids_ in label_ids]].cpu()  # (B, 3)
+            else:
+                chunk_scores = torch.zeros(len(rows))
+                for r, row in enumerate(rows):  # log p(label) = sum of log p(each label token | everything before)
+                    n = len(label_ids[r % len(LABELS)])
+                    positions = torch.arange(len(row) - n - 1, len(row) - 1, device=device)
+                    logp = F.log_softmax(output_layer(hidden[r, positions]).float(), -1)  # (n, V)
+                    chunk_scores[r] = logp[torch.arange(n), torch.tensor(row[-n:])].sum().cpu()
+                chunk_scores = chunk_scores.view(len(chunk), len(LABELS))
         scores[chunk] = chunk_scores
-    raw = scores[:-1].argmax(1).tolist()
-    calibrated = (scores[:-1] - scores[-1]).argmax(1).tolist()  # divide by p(label | "N/A"), in log space
-    return raw, calibrated, len(prefix_ids)
+    return scores, len(prefix_ids)
 
 
 def few_shot_examples(train_rows, shots_per_label, seed):
@@ -1427,8 +1435,10 @@ def main(argv=None):
     if args.predict is not None or args.eval_file:
         return run_saved_classifier(args, device)
 
-    timings = {}
-    t0 = time.time()
+    # wall time, and CPU time of this process (all threads): on a busy shared machine the wall time grows but the CPU
+    # time does not, so CPU time / number of cores estimates the wall time on a quiet machine
+    timings, cpu = {}, {}
+    t0, c0 = time.time(), time.process_time()
     source, local_only = resolve_model(args.model)
     tok = load_tokenizer(source, local_only)
     from transformers import AutoModelForCausalLM
@@ -1436,7 +1446,7 @@ def main(argv=None):
         lm = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only).to(device).eval()
     except (OSError, ValueError) as e:
         fail(f"cannot load a causal LM from {source}: {str(e).splitlines()[0]}")
-    timings["load model"] = time.time() - t0
+    timings["load model"], cpu["load model"] = time.time() - t0, time.process_time() - c0
     if args.train_layers is None:  # CPU and a big model: train the top 4 blocks; GPU or a small model: everything
         small = count_params(lm) < 30_000_000
         args.train_layers = 0 if (device.type == "cuda" or small) else 4
@@ -1458,25 +1468,27 @@ def main(argv=None):
     results, train_info, chat_info = None, None, None
     if "tour" in args.parts:
         say("\n=== Part 1: a tour of a real LM ===")
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         tour(lm, tok, device, args)
-        timings["tour"] = time.time() - t0
+        timings["tour"], cpu["tour"] = time.time() - t0, time.process_time() - c0
     if "classify" in args.parts:
         say("\n=== Part 2: financial stance classification ===")
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         results, train_info = part_classify(lm, tok, source, local_only, rows, device, args, timings)
-        timings["classify (total)"] = time.time() - t0
+        timings["classify (total)"], cpu["classify (total)"] = time.time() - t0, time.process_time() - c0
     if "chat" in args.parts:
         say("\n=== Part 3: chat fine-tuning (SFT) ===")
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         chat_info = part_chat(lm, tok, source, device, args, timings)
-        timings["chat (total)"] = time.time() - t0
+        timings["chat (total)"], cpu["chat (total)"] = time.time() - t0, time.process_time() - c0
     if not args.no_plots:
         save_plots(args.out, results, train_info, chat_info)
-    say(f"\nmodel {source}; time per part:")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    say(f"\nmodel {source}; device {device}; load average now {load:.1f}; time per part:")
+    say(f"  {'':<34} {'wall':>8} {'CPU':>8}")
     for key, seconds in timings.items():
-        say(f"  {key:<34} {seconds:7.1f} s")
-    say(f"  {'whole run':<34} {time.time() - started_all:7.1f} s")
+        say(f"  {key:<34} {seconds:7.1f}s" + (f" {cpu[key]:7.1f}s" if key in cpu else ""))
+    say(f"  {'whole run':<34} {time.time() - started_all:7.1f}s {time.process_time():7.1f}s")
 
 
 if __name__ == "__main__":

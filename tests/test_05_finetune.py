@@ -151,6 +151,30 @@ def test_classification_training_lowers_loss(tmp_path, llama_dir, gpt2_dir, arch
     assert info["best_val_f1"] > 0.6
 
 
+# ---- prompting -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_prompt_scores_with_cached_prefix_equal_full_prompts(llama_dir, gpt2_dir, arch):
+    """The KV-cached prefix + batched suffixes give the same label log-likelihoods as scoring each whole prompt."""
+    from transformers import AutoModelForCausalLM
+    model_dir = llama_dir if arch == "llama" else gpt2_dir
+    lm = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = ft.load_tokenizer(model_dir, True)
+    examples = [("Sales rose.", "positive"), ("Costs fell sharply.", "positive"), ("It is in Oslo.", "neutral")]
+    texts = ["Profit fell", "A much longer sentence about the company", "N/A"]
+    scores, _ = ft.label_scores(lm, tok, examples, texts, torch.device("cpu"), batch_size=2, max_len=64)
+    prefix, suffix, lead = ft.prompt_template(tok, examples)
+    before, after = suffix.split(ft.MARKER)
+    for i, text in enumerate(texts):
+        context = (tok(prefix, add_special_tokens=False).input_ids + tok(before, add_special_tokens=False).input_ids
+                   + tok(" " + text, add_special_tokens=False).input_ids + tok(after, add_special_tokens=False).input_ids)
+        for j, label in enumerate(ft.LABELS):
+            label_ids = tok(lead + label, add_special_tokens=False).input_ids
+            with torch.no_grad():
+                logp = F.log_softmax(lm(input_ids=torch.tensor([context + label_ids])).logits[0], -1)
+            expected = sum(logp[len(context) - 1 + k, t].item() for k, t in enumerate(label_ids))
+            assert abs(scores[i, j].item() - expected) < 1e-4, (text, label)
+
+
 # ---- LoRA ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_lora_freezes_base_and_merges_exactly(llama_dir, gpt2_dir, arch):
