@@ -195,6 +195,19 @@ def resolve_model(name):
     return name  # a Hugging Face hub name such as HuggingFaceTB/SmolLM2-360M-Instruct
 
 
+def pick_threads():
+    """CPU threads for torch: all cores, or ONE when other programs already keep every core busy.
+
+    torch's OpenMP threads spin while they wait for each other: fastest on an idle machine, a disaster when they must
+    share cores with other busy programs. Measured here (2 cores, load average 6 from other jobs), decoding ran at
+    3 tokens/s with 2 threads and 12 with 1. --threads N overrides."""
+    cores = torch.get_num_threads()
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] >= (os.cpu_count() or 1) and cores > 1:
+        print(f"note: the CPU is busy (load average {os.getloadavg()[0]:.1f}); using 1 thread (--threads to choose)")
+        return 1
+    return cores
+
+
 def pick_device():
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -1781,7 +1794,8 @@ def main():
     try:
         server = open_server(args) if args.serve else None   # (requests wait in the socket's backlog meanwhile)
         context = args.context or (512 if args.memory_eval else CONTEXT_CAP)
-        engine = load_engine(args.model, context=context, threads=args.threads, int8=args.int8)
+        threads = args.threads or (pick_threads() if pick_device().type == "cpu" else 0)
+        engine = load_engine(args.model, context=context, threads=threads, int8=args.int8)
         ready = time.perf_counter()
         if args.serve or not (args.bench or args.loadtest or args.memory_eval):
             threading.Thread(target=warm_up, args=(engine,), daemon=True).start()   # while the user types
