@@ -1645,7 +1645,8 @@ def run_loadtest(engine, sampling, clients=10, requests_each=5, max_tokens=16):
           f"requests/s")
     print(f"non-empty replies: {sum(not r['empty'] for r in valid)} of {len(valid)} valid answers")
     print(f"latency (s): p50 {percentile(latencies, 50):.2f}, p90 {percentile(latencies, 90):.2f}, "
-          f"p99 {percentile(latencies, 99):.2f}, max {max(latencies):.2f} (includes waiting in the queue)")
+          f"p99 {percentile(latencies, 99):.2f}, max {max(latencies):.2f} (includes waiting in the queue: one model "
+          f"answers one request at a time, {wall / max(len(results), 1):.2f} s each on average)")
     for r in results:
         if r["problem"]:
             print(f"  failed: {r['problem']}")
