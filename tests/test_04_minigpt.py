@@ -23,6 +23,15 @@ TINY = ["--threads", "1", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "
         "--eval-iters", "2", "--max-minutes", "0", "--warmup-iters", "2", "--lr", "1e-2", "--no-plots", "--num-tokens", "20", "--check-tokens", "0"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process tests run tiny models: one thread is as fast, and immune to waiting on a busy second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_model(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=0):
     torch.manual_seed(seed)
     config = m.ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
