@@ -546,14 +546,16 @@ def sample_next(logits, sampling, generator, penalized):
     repetition penalty (CTRL paper): for the `penalized` token ids, logit/p if positive, logit*p if negative;
     temperature T: softmax(logits / T), T -> 0 is greedy; top-k keeps the k largest logits; top-p (nucleus) keeps the
     smallest set of tokens whose probabilities sum to >= p. Both filters run on the top-k slice, already sorted."""
-    logits = logits.float()
+    logits = logits.float()                                              # (V,)
     if sampling.repetition_penalty != 1.0 and penalized:
+        # dividing a positive logit (or multiplying a negative one) by p > 1 always makes the token less likely
         seen = torch.tensor(sorted(penalized), device=logits.device)
         scores = logits[seen]
         logits[seen] = torch.where(scores > 0, scores / sampling.repetition_penalty,
                                    scores * sampling.repetition_penalty)
     if sampling.temperature <= 0:
         return int(logits.argmax())
+    # top-k first: sorting all 49k logits per token is wasted work when only the best 50 can be drawn
     k = sampling.top_k if 0 < sampling.top_k < logits.numel() else logits.numel()
     values, indices = torch.topk(logits / sampling.temperature, k)       # (k,) sorted, largest first
     probs = torch.softmax(values, dim=-1)
@@ -562,12 +564,15 @@ def sample_next(logits, sampling, generator, penalized):
         before = torch.cumsum(probs, dim=-1) - probs
         probs = probs.masked_fill(before >= sampling.top_p, 0.0)
         probs = probs / probs.sum()
-    choice = torch.multinomial(probs.cpu(), 1, generator=generator)
-    return int(indices[int(choice)])
+    choice = torch.multinomial(probs.cpu(), 1, generator=generator)     # an index into the top-k slice
+    return int(indices[int(choice)])                                     # ... mapped back to a vocabulary id
 
 
 def held_back(text, stop_strings):
-    """How many characters at the end of `text` might be the start of a stop string (not safe to show yet)."""
+    """How many characters at the end of `text` might be the start of a stop string (not safe to show yet).
+
+    Streaming and stop strings fight: once a character is on the user's screen it cannot be taken back, so text
+    that may turn out to be the beginning of "\nUser:" waits until the next tokens decide."""
     for size in range(min(len(text), max((len(s) for s in stop_strings), default=0)), 0, -1):
         if any(s.startswith(text[-size:]) for s in stop_strings):
             return size
@@ -1255,6 +1260,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             return
         url = urlparse(self.path)
         if url.path in ("/", "/index.html"):
+            # A fresh random nonce per response: the CSP lets only <script>/<style> elements carrying it run, so
+            # even if some text slipped into the page as HTML, an injected <script> or onerror= would not execute.
             nonce = secrets.token_urlsafe(16)
             data = PAGE.replace("__NONCE__", nonce).encode("utf-8")
             self.send_response(200)
@@ -1320,7 +1327,12 @@ class ChatHandler(BaseHTTPRequestHandler):
                              status=503)
 
     def page_chat(self, body):
-        """POST /api/chat {"session": id, "message": text}: the page's endpoint, with memory and commands."""
+        """POST /api/chat {"session": id, "message": text}: the page's endpoint, with memory and commands.
+
+        Unlike the OpenAI endpoint, the server keeps the conversation (per session id, which the page keeps in the
+        browser's sessionStorage): the page sends only the new message, and trimming, memory and the KV cache work
+        exactly as in the terminal chat. Events: queued (how many are ahead), token ..., info (a command's output),
+        error, done (memory, stats, and the whole conversation after /reset or /load)."""
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         session_id, message = body.get("session"), body.get("message")
@@ -1358,7 +1370,7 @@ class ChatHandler(BaseHTTPRequestHandler):
                 done["messages"] = conversation.messages
             self.send_event(done)
             return
-        ahead = engine.lock.waiting
+        ahead = engine.lock.waiting     # the page shows "waiting for N other request(s)" until the first token
         if ahead:
             self.send_event({"type": "queued", "ahead": ahead})
         stats = {}
@@ -1407,6 +1419,8 @@ class ChatHandler(BaseHTTPRequestHandler):
                  "total_tokens": stats["prompt_tokens"] + stats["tokens"]}
         timings = {"ttft_s": round(stats["ttft"], 4), "tokens_per_s": round(stats["tokens_per_s"], 2),
                    "cached_prompt_tokens": stats["reused"]}
+        # OpenAI's stream: a first chunk with the role, content chunks, a last chunk with the finish reason and an
+        # empty delta, optionally a usage chunk (no choices), then the literal [DONE]
         if stream:
             self.send_event({**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None,
                                                    "finish_reason": stats["finish_reason"]}]})
