@@ -69,13 +69,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import torch
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Rust tokenizer's threads would fight torch's
-import transformers  # noqa: E402  (after the environment variable above)
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
-
-transformers.logging.set_verbosity_error()  # keep the chat screen clean (load reports, progress bars)
-transformers.utils.logging.disable_progress_bar()
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 # ----------------------------------------------------------------------------------------------------------------
 # Configuration: every knob with its default (the command-line flags override the first group)
@@ -1806,6 +1801,9 @@ def check_args(args):
 def main():
     args, _unknown = build_parser().parse_known_args()  # unknown flags tolerated: Jupyter passes -f kernel.json
     check_args(args)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Rust tokenizer's threads would fight torch's
+    transformers.logging.set_verbosity_error()        # keep the chat screen clean: no load reports...
+    transformers.utils.logging.disable_progress_bar()  # ...and no progress bars
     imports_done = time.perf_counter()
     try:
         server = open_server(args) if args.serve else None   # (requests wait in the socket's backlog meanwhile)

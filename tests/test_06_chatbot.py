@@ -641,20 +641,27 @@ def test_browser_sends_a_message_and_sees_the_streamed_reply(server, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # The script as a learner runs it
 # ----------------------------------------------------------------------------------------------------------------
-def test_missing_model_folder_and_bad_flags_fail_in_one_line(tmp_path):
+def test_missing_model_folder_and_bad_flags_fail_in_one_line(tmp_path, capsys):
     proc = run_script("06", "--model", "out/05_finetune/no-such-chat", timeout=120)
     assert_one_line_error(proc, code=2, contains="05_finetune.py")
-    proc = run_script("06", "--model", str(tmp_path), timeout=120)       # exists, but no config.json
-    assert_one_line_error(proc, code=2, contains="config.json")
     proc = run_script("06", "--model", "no-such-org/no-such-model", timeout=120)   # offline hub name
     assert_one_line_error(proc, code=2, contains="cannot load model")
-    proc = run_script("06", "--top-p", "0", timeout=60)
-    assert_one_line_error(proc, code=2, contains="--top-p")
     with socket.socket() as taken:                                     # a port in use: fails before loading
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         proc = run_script("06", "--serve", "--port", taken.getsockname()[1], timeout=60)
     assert_one_line_error(proc, code=2, contains="pick another --port")
+    # the same checks in-process (no interpreter start-up): a folder without config.json, bad flag values
+    with pytest.raises(bot.UsageError, match="config.json"):
+        bot.resolve_model(str(tmp_path))
+    for flags, named in [(["--top-p", "0"], "--top-p"), (["--temperature", "-1"], "--temperature"),
+                         (["--port", "70000"], "--port"), (["--serve", "--bench"], "choose one"),
+                         (["--context", "8"], "--context"), (["--max-new-tokens", "0"], "--max-new-tokens")]:
+        with pytest.raises(SystemExit) as exit_info:
+            bot.check_args(bot.build_parser().parse_args(flags))
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and error.startswith("error: ") and named in error
+        assert error.count("\n") == 1, "one line"
 
 
 def test_terminal_chat_streams_reports_speed_and_remembers(tiny_dirs, tmp_path):
@@ -665,13 +672,11 @@ def test_terminal_chat_streams_reports_speed_and_remembers(tiny_dirs, tmp_path):
     assert "- The user's name is Bob." in proc.stdout and "- The user works as a baker." in proc.stdout
     saved = json.loads((tmp_path / "mine.json").read_text())
     assert saved["messages"][0] == {"role": "user", "content": "Hi, my name is Bob and I work as a baker."}
-    proc = run_script("06", "--model", tiny_dirs["plain"], "--max-new-tokens", "8", "--threads", 1, input="hello\n",
-                      timeout=120)
-    assert proc.returncode == 0 and "plain" in proc.stdout and "tokens/s" in proc.stdout
-    # a 32-token window: no room for the default system prompt or the memory, but every turn still gets an answer
+    # a plain-template model (no chat template) with a 32-token window: no room for the default system prompt or the memory, but every turn still gets an answer
     proc = run_script("06", "--model", tiny_dirs["small"], "--threads", 1, timeout=120,
                       input="Hello there, my name is Bob and I live in a very long street name.\n/memory\nhi\n")
     assert proc.returncode == 0 and "no system prompt" in proc.stdout, proc.stdout + proc.stderr
+    assert "plain one" in proc.stdout
     assert proc.stdout.count("tokens/s") == 2 and "error" not in proc.stdout + proc.stderr
 
 
