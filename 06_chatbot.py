@@ -191,15 +191,29 @@ def resolve_model(name):
     return name  # a Hugging Face hub name such as HuggingFaceTB/SmolLM2-360M-Instruct
 
 
+def others_running(samples=5):
+    """How many other threads want a CPU right now: Linux's /proc/loadavg field 4 is "runnable/total" at this instant
+    (we count ourselves once). The load average itself lags by minutes, so it would still say "busy" long after the
+    other jobs have finished. The median of a few samples 20 ms apart smooths the noise. 0 where /proc is missing."""
+    counts = []
+    for _ in range(samples):
+        try:
+            counts.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
+        except (OSError, ValueError, IndexError):
+            return 0
+        time.sleep(0.02)
+    return sorted(counts)[len(counts) // 2]
+
+
 def pick_threads():
     """CPU threads for torch: all cores, or ONE when other programs already keep every core busy.
 
     torch's OpenMP threads spin while they wait for each other: fastest on an idle machine, a disaster when they must
-    share cores with other busy programs. Measured here (2 cores, load average 6 from other jobs), decoding ran at
-    3 tokens/s with 2 threads and 12 with 1. --threads N overrides."""
-    cores = torch.get_num_threads()
-    if hasattr(os, "getloadavg") and os.getloadavg()[0] >= (os.cpu_count() or 1) and cores > 1:
-        print(f"note: the CPU is busy (load average {os.getloadavg()[0]:.1f}); using 1 thread (--threads to choose)")
+    share cores with other busy programs. Measured here (2 cores, other jobs using both), decoding ran at 3 tokens/s
+    with 2 threads and 12 with 1; on the idle machine 2 threads give about 28. --threads N overrides."""
+    cores, others = torch.get_num_threads(), others_running()
+    if cores > 1 and others >= cores:
+        print(f"note: the CPU is busy ({others} other threads running); using 1 thread (--threads to choose)")
         return 1
     return cores
 
