@@ -818,6 +818,10 @@ def tokenizer_files(tokenizer, folder, model_max_length):
 def export_hf(model, tokenizer, folder, log):
     """Write a Hugging Face folder (config.json, model.safetensors, generation_config.json, tokenizer files).
 
+    Our model *is* GPT-2's architecture, so the export is a renaming exercise: same parameter names, four weight
+    matrices transposed (Conv1D), and a GPT2Config that describes our shape. From then on the folder is an
+    ordinary Hugging Face model: AutoModelForCausalLM.from_pretrained(folder) needs no code from this script.
+
     Built in a temporary sibling folder and renamed into place, so an interrupted export never leaves half a folder.
     """
     from transformers import GPT2LMHeadModel
@@ -871,7 +875,13 @@ def check_export(folder, model, tokenizer, prompt, n_tokens, log):
 # Checkpoints: atomic writes, everything needed for an exact resume, weights_only loading
 # ----------------------------------------------------------------------------------------------------------------
 def rng_states(data_generator):
-    """Every random state that influences training: python, numpy, torch CPU (dropout), CUDA, and the batches."""
+    """Every random state that influences training: python, numpy, torch CPU (dropout), CUDA, and the batches.
+
+    Why exact resume needs them: after a restart, the weights and optimizer moments alone would continue the run,
+    but with *different* batches and dropout masks than the uninterrupted run would have drawn, so the two runs
+    drift apart. Saving the generators' states makes step k+1 after a resume draw exactly what it would have.
+    (On GPUs some kernels are not bit-deterministic, so there "exact" becomes "statistically the same".)
+    """
     py_version, py_state, py_gauss = random.getstate()
     np_state = np.random.get_state()
     return {
@@ -1040,7 +1050,15 @@ def flops_per_token(config, n_params):
 
 
 def setup_distributed():
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; then join the process group (NCCL on GPUs, gloo on CPU)."""
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; then join the process group (NCCL on GPUs, gloo on CPU).
+
+    Data parallelism in one paragraph: N processes each hold a full copy of the model, start from the same weights
+    (DDP broadcasts rank 0's), read different batches (seeded by rank), and after each backward pass average their
+    gradients with an all-reduce, so every copy takes the same optimizer step and the copies stay identical.
+    N GPUs = N times the batch per step at about the time of one. Launch, on one machine with 8 GPUs:
+        torchrun --standalone --nproc_per_node=8 04_minigpt.py
+    and on 2 machines add --nnodes=2 --node_rank=0|1 --master_addr=HOST --master_port=29500 instead of --standalone.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     import torch.distributed as dist
@@ -1184,7 +1202,8 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
             done = step >= s["max_iters"] or (budget_s and progress >= 1.0)
 
             # ---- evaluate and checkpoint (rank 0 only) ----
-            if master and (step % s["eval_interval"] == 0 or done) and not (done and step == 0):
+            already = bool(history["evals"]) and history["evals"][-1][0] == step  # resumed from this eval's save
+            if master and (step % s["eval_interval"] == 0 or done) and not (done and step == 0) and not already:
                 losses = evaluate(raw_model, eval_batches, autocast)
                 since_start = time.time() - _PROCESS_START
                 history["evals"].append([step, losses["train"], losses["val"], since_start])

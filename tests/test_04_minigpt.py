@@ -275,6 +275,13 @@ def test_train_then_exact_resume(text_file, tmp_path):
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
     assert ckpt["step"] == 24 and set(ckpt["rng"]) >= {"python", "numpy", "torch", "cuda", "data"}
 
+    # a finished run can be extended: --resume with a larger --max-iters continues from step 24
+    longer = run_script("04", *common, "--out", tmp_path / "cut", "--resume", "--max-iters", "32", timeout=120)
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    extended = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert extended["steps"] == list(range(1, 33))
+    assert [e[0] for e in extended["evals"]] == [0, 8, 16, 24, 32]  # each evaluation once
+
 
 def test_default_style_run_exports_and_sample_only(text_file, tmp_path):
     out = tmp_path / "out"
