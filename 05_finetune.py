@@ -1150,8 +1150,9 @@ def render_with_mask(tok, messages):
         full = tok.apply_chat_template(messages[:i + 1], tokenize=False)
         if not (prompt.startswith(done) and full.startswith(prompt)):
             fail("the chat template does not render conversations incrementally; cannot mask assistant tokens")
-        for piece, is_assistant in ((prompt[len(done):], 0), (full[len(prompt):], 1)):
-            piece_ids = tok(piece, add_special_tokens=False).input_ids
+        reply = full[len(prompt):].rstrip()  # the reply and its end-of-turn token; the template's newline is not
+        for piece, is_assistant in ((prompt[len(done):], 0), (reply, 1), (full[len(prompt) + len(reply):], 0)):
+            piece_ids = tok(piece, add_special_tokens=False).input_ids if piece else []
             ids += piece_ids
             mask += [is_assistant] * len(piece_ids)
         done = full
@@ -1365,6 +1366,7 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     p.add_argument("--quick", action="store_true", help="a few-minute tour on subsets")
     p.add_argument("--tiny", action="store_true", help="seconds-long settings for tests")
     p.add_argument("--no-plots", action="store_true")
@@ -1427,6 +1429,8 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     import transformers
     transformers.logging.set_verbosity_error()  # no "newly initialized weights" banners; our printout says it
     transformers.utils.logging.disable_progress_bar()

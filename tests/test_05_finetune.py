@@ -213,7 +213,7 @@ def test_assistant_mask_covers_exactly_the_assistant_tokens(llama_dir, gpt2_dir,
     rendered = tok.apply_chat_template(messages, tokenize=False)
     assert ids == tok(rendered, add_special_tokens=False).input_ids  # pieces tokenise like the whole text
     trained = "".join(tok.decode([i]) for i, m in zip(ids, mask) if m)
-    end = "<|im_end|>\n" if arch == "llama" else "<|endoftext|>\n"
+    end = "<|im_end|>" if arch == "llama" else "<|endoftext|>"
     lead = "" if arch == "llama" else " "  # the plain template's generation prompt ends with "Assistant:"
     assert trained == f"{lead}Hello! I am Pebble.{end}{lead}Fine.{end}"
     shown = ft.show_mask(tok, ids, mask)
