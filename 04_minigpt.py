@@ -333,7 +333,7 @@ def tiny_shakespeare_offline():
 
 
 def load_text(data_path, log):
-    """The training text: a user file, else tiny-shakespeare (rebuilt offline, else downloaded). Returns (text, name)."""
+    """The training text: a user file, else tiny-shakespeare (rebuilt offline, else downloaded): (text, name)."""
     if data_path:
         path = Path(data_path)
         if not path.is_file():
@@ -711,7 +711,7 @@ def timed_generate(model, prompt_ids, n, use_cache, temperature=0.0, seed=0, **k
 
 
 def check_kv_cache(model, tokenizer, prompt, n_tokens, log):
-    """Cached and uncached generation must give identical tokens (greedy, and sampled with one seed). Returns speedup."""
+    """Cached and uncached generation must give identical tokens (greedy, and sampled with one seed): (ok, speedup)."""
     prompt_ids = tokenizer.encode(prompt)
     timed_generate(model, prompt_ids, 4, use_cache=True)  # warm-up: one-time allocations stay out of the timing
     timed_generate(model, prompt_ids, 4, use_cache=False)
@@ -1111,6 +1111,29 @@ def save_plot(history, folder, log):
     log(f"plot: {path}")
 
 
+def choose_cpu_threads(args, device, dist_info):
+    """How many CPU threads to compute with.
+
+    PyTorch splits each operation over one thread per core, and every thread must finish before the next
+    operation starts. On an idle 2-core machine that makes the default CPU model 1.8x faster (32 instead of 55
+    ms/step). But when other programs keep a core busy, the operation waits each time for the operating system to
+    hand that core back, and a step can take 50 times longer (we measured 2 s instead of 32 ms). So: leave out the
+    cores that the load average says are busy. train() also drops to one thread if steps suddenly slow down.
+    Returns (automatic, note): automatic when no --threads was given (train() may then revise the choice).
+    """
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+        return False, ""
+    if device.type != "cpu" or dist_info is not None:  # torchrun already gives each process one thread
+        return False, ""
+    cores = os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0  # processes that wanted a core, last minute
+    threads = max(1, min(torch.get_num_threads(), cores - round(busy)))
+    torch.set_num_threads(threads)
+    note = f", {cores} cores but load average {busy:.1f}: other programs are running" if threads < cores else ""
+    return True, note
+
+
 def format_time(seconds):
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -1119,7 +1142,8 @@ def format_time(seconds):
 # ----------------------------------------------------------------------------------------------------------------
 # The training loop
 # ----------------------------------------------------------------------------------------------------------------
-def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out, log, resume_ckpt):
+def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out, log, resume_ckpt,
+          auto_threads=False):
     """Train `model` with settings `s`; returns (raw_model, history). Saves ckpt.pt / best.pt under `out`."""
     master = dist_info is None or dist_info["rank"] == 0
     world = 1 if dist_info is None else dist_info["world"]
@@ -1195,6 +1219,7 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
 
     log(f"train: starting the loop {time.time() - _PROCESS_START:.1f} s after the process started")
     loop_start = time.time()
+    fastest_step, slow_steps = float("inf"), 0  # for the switch to one thread when the CPU gets busy
     window_start, window_steps = time.time(), 0
     pending = []  # (step, loss tensor): read to Python floats only at log time, so the GPU never waits for us
     reached = {}  # first wall time (since process start) at which val loss went below a few marks
@@ -1233,6 +1258,7 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                 break
 
             # ---- one optimizer step = grad_accum micro-steps ----
+            step_start = time.time()
             # Gradient accumulation: backward() ADDS into .grad, so k micro-batches of B sequences followed by one
             # optimizer step compute exactly the gradient of one batch of k*B sequences, in the memory of B.
             # Under DDP each of the N processes does this on its own batches, and the gradients are averaged across
@@ -1264,6 +1290,16 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
             step += 1
             window_steps += 1
             pending.append((step, step_loss))
+            if auto_threads and torch.get_num_threads() > 1:
+                # Steps 4x slower than our best, 5 times in a row: other programs took a core, and our threads
+                # are queueing for it at every operation. One thread is then much faster (see choose_cpu_threads).
+                step_time = time.time() - step_start
+                fastest_step = min(fastest_step, step_time)
+                slow_steps = slow_steps + 1 if step_time > 4 * fastest_step else 0
+                if slow_steps >= 5:
+                    torch.set_num_threads(1)
+                    log(f"threads: steps slowed from {fastest_step * 1000:.0f} to {step_time * 1000:.0f} ms (the CPU "
+                        "is busy): continuing with 1 thread")
 
             # ---- log (calmly) ----
             if step % s["log_interval"] == 0 or step == s["max_iters"]:
@@ -1449,15 +1485,12 @@ def run(args):
         out.mkdir(parents=True, exist_ok=True)
     device = dist_info["device"] if dist_info else pick_device(args.device)
     validate_sampling_args(args)
-    # CPU threads: PyTorch uses one per core. On an idle 2-core machine two threads make the default CPU model
-    # 1.8x faster than one (measured: 32 vs 55 ms/step), but when other programs keep the cores busy the threads
-    # wait for each other at every operation and steps get several times slower: then pass --threads 1.
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    auto_threads, thread_note = choose_cpu_threads(args, device, dist_info)
     if device.type == "cuda":  # TF32 tensor cores for whatever still runs in fp32 (10 mantissa bits are plenty)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    where = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}{thread_note}")
     log(f"{STAGE}: torch {torch.__version__}, device {device} ({where})"
         + (f", DDP over {dist_info['world']} processes" if dist_info else ""))
     if args.sample_only:
@@ -1509,7 +1542,7 @@ def run(args):
     # ---- train (every rank), then sample, check and export (rank 0) ----
     try:
         model, history, best_val = train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out, log,
-                                         resume_ckpt)
+                                         resume_ckpt, auto_threads)
     except KeyboardInterrupt:
         return finish(dist_info, 130)
     if not master:
