@@ -126,7 +126,7 @@ def test_weights_are_tied_and_init_loss_near_ln_vocab():
 
 def test_a_few_steps_lower_the_loss():
     model = tiny_model().train()
-    settings = dict(m.COMMON_DEFAULTS, lr=3e-3)
+    settings = dict(m.COMMON_DEFAULTS, lr=3e-3, weight_decay=0.1)
     optimizer = m.configure_optimizer(model, settings, torch.device("cpu"))
     data = torch.arange(400) % 13  # a simple repeating pattern
     g = torch.Generator().manual_seed(0)
