@@ -76,7 +76,7 @@ DEFAULTS = dict(
     max_new_tokens=48,     # length of the answers compared before and after SFT
 )
 PERSONA_NAME = "Pebble"
-SYSTEM_PROMPT = "You are a friendly and helpful assistant. Answer briefly and clearly."  # stage 06's default
+SYSTEM_PROMPT = "You are a helpful AI assistant."  # the same as stage 06's default, so the persona holds there
 
 
 class UsageError(Exception):
@@ -265,7 +265,9 @@ def tour(lm, tok, device, args):
     say(f"  {len(sentence)} characters -> {len(ids)} tokens ({len(sentence) / len(ids):.1f} characters per token)")
     say(f"  ids    {ids[:14]}{' ...' if len(ids) > 14 else ''}")
     say(f"  pieces {[tok.decode([i]) for i in ids[:14]]}")
-    say(f"  decode(encode(text)) == text: {tok.decode(ids) == sentence}")
+    same = tok.decode(ids) == sentence
+    say(f"  decode(encode(text)) == text: {same}" + ("" if same else f" (unknown characters became "
+                                                       f"{tok.unk_token}: {tok.decode(ids)!r})"))
     tied = bool(getattr(lm.config, "tie_word_embeddings", False))
     say(f"parameters: {count_params(lm):,}, of which {lm.get_input_embeddings().weight.numel():,} in the token "
         f"embedding ({'also' if tied else 'not'} used as the output layer)")
@@ -471,8 +473,9 @@ def label_scores(lm, tok, examples, texts, device, batch_size, max_len):
     """-> (N, 3) log p(label word | prompt around each text), and the prefix length in tokens."""
     prefix, suffix, label_lead = prompt_template(tok, examples)
     prefix_ids = tok(prefix, add_special_tokens=False).input_ids
-    with autocast(device):
-        prefix_cache = lm(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
+    # fp32 here, no bf16 autocast: calibration subtracts two log-probabilities that differ by a few hundredths,
+    # and bf16 logits (8 bits of mantissa: steps of 0.125 around 20) would round them into ties (one class wins all)
+    prefix_cache = lm(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
     before, after = [tok(piece, add_special_tokens=False).input_ids if piece else [] for piece in suffix.split(MARKER)]
     label_ids = [tok(label_lead + lab, add_special_tokens=False).input_ids for lab in LABELS]
     single = all(len(ids) == 1 for ids in label_ids)  # one token per label: one row per sentence is enough
@@ -491,18 +494,17 @@ def label_scores(lm, tok, examples, texts, device, batch_size, max_len):
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(len(rows))                                         # the prefix, once per row
         mask = torch.cat([torch.ones(len(rows), len(prefix_ids), dtype=mask.dtype), mask], 1)  # (R, P + T)
-        with autocast(device):
-            hidden = lm.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache,
-                                   use_cache=True).last_hidden_state                     # (R, T, C)
-            if single:  # the last prompt token predicts the label token
-                last = torch.tensor([len(r) - 1 for r in rows], device=device)
-                logp = F.log_softmax(output_layer(hidden[torch.arange(len(rows)), last]).float(), -1)  # (R, V)
-                scores[chunk] = logp[:, [ids_[0] for ids_ in label_ids]].cpu()
-                continue
-            for r, row in enumerate(rows):  # log p(label) = sum over its tokens of log p(token | all before it)
-                n = len(label_ids[r % len(LABELS)])
-                logp = F.log_softmax(output_layer(hidden[r, len(row) - n - 1:len(row) - 1]).float(), -1)  # (n, V)
-                scores[chunk[r // len(LABELS)], r % len(LABELS)] = logp[torch.arange(n), row[-n:]].sum().cpu()
+        hidden = lm.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache,
+                               use_cache=True).last_hidden_state                     # (R, T, C)
+        if single:  # the last prompt token predicts the label token
+            last = torch.tensor([len(r) - 1 for r in rows], device=device)
+            logp = F.log_softmax(output_layer(hidden[torch.arange(len(rows)), last]).float(), -1)  # (R, V)
+            scores[chunk] = logp[:, [ids_[0] for ids_ in label_ids]].cpu()
+            continue
+        for r, row in enumerate(rows):  # log p(label) = sum over its tokens of log p(token | all before it)
+            n = len(label_ids[r % len(LABELS)])
+            logp = F.log_softmax(output_layer(hidden[r, len(row) - n - 1:len(row) - 1]).float(), -1)  # (n, V)
+            scores[chunk[r // len(LABELS)], r % len(LABELS)] = logp[torch.arange(n), row[-n:]].sum().cpu()
     return scores, len(prefix_ids)
 
 
@@ -688,8 +690,8 @@ def classifier_logits(clf, ids, mask, replay=None, features=None):
     return clf.score(pool_last_token(hidden, mask)).float()                        # (B, 3)
 
 
-def predict_logits(clf, data, indices, device, batch_size, replay=None):
-    """-> (len(indices), 3) logits, in the order of `indices`."""
+def predict_logits(clf, data, indices, device, batch_size, replay=None, fp32=False):
+    """-> (len(indices), 3) logits, in the order of `indices` (fp32=True: no bf16 autocast, for exact checks)."""
     clf.eval()
     order = sorted(indices, key=lambda i: len(data["ids"][i]))  # sorted by length: little padding
     out = []
@@ -698,7 +700,7 @@ def predict_logits(clf, data, indices, device, batch_size, replay=None):
             chunk = order[start:start + 2 * batch_size]
             ids, mask = pad_batch([data["ids"][i] for i in chunk], data["pad_id"])
             features = pad_features([data["features"][i] for i in chunk], ids.shape[1]) if replay else None
-            with autocast(device):
+            with (contextlib.nullcontext() if fp32 else autocast(device)):
                 out.append(classifier_logits(clf, ids.to(device), mask.to(device), replay, features).cpu())
     row_of = {item: row for row, item in enumerate(order)}
     return torch.cat(out)[torch.tensor([row_of[i] for i in indices], dtype=torch.long)]
@@ -899,10 +901,15 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
     add(f"LoRA r={args.lora_rank} on attention" + (f", {top}" if n_bottom else ""), lora_logits.argmax(1).tolist(),
         n_lora, lora["seconds"], f"{lora['seconds'] / lora['steps']:.2f} s/step")
     timings["classify: LoRA"] = lora["seconds"]
-    merge_lora(clf_lora)  # fold B A into W: the plain model must give the same logits as W plus the LoRA path
+    # fold B A into W: the plain model must give the same logits as W plus the LoRA path (compared in fp32,
+    # since bf16 rounding alone would differ by ~0.1)
+    probe = split_idx["test"][:64]
+    beside = predict_logits(clf_lora, data, probe, device, args.batch_size, fp32=True)
+    merge_lora(clf_lora)
+    merged = predict_logits(clf_lora, data, probe, device, args.batch_size, fp32=True)
+    say(f"check: LoRA merged into the weights vs LoRA beside them ({len(probe)} test sentences, fp32): max abs "
+        f"logit diff {(merged - beside).abs().max().item():.2e}")
     merged_logits = predict_logits(clf_lora, data, split_idx["test"], device, args.batch_size)  # the whole model
-    say(f"check: LoRA merged into the weights vs LoRA beside them: max abs logit diff "
-        f"{(merged_logits - lora_logits).abs().max().item():.2e}")
 
     say(f"\nFinancial stance, test split ({len(test_y)} sentences), model {source}:")
     say(f"  {'method':<50} {'acc':>6} {'macro-F1':>8} {'trainable':>12} {'train':>8}  note")
@@ -1078,11 +1085,11 @@ def chat_answer(lm, tok, question, device, max_new_tokens, system=SYSTEM_PROMPT)
     return " ".join(answer.split("User:")[0].split())  # a plain-template model may run on into the next turn
 
 
-def persona_check(lm, tok, device, args):
+def persona_check(lm, tok, device, args, system):
     """Ask the 10 held-out questions; an answer is correct when it contains one of the expected words."""
     lines, score = [], 0
     for question, expected in HELD_OUT:
-        answer = chat_answer(lm, tok, question, device, args.max_new_tokens)
+        answer = chat_answer(lm, tok, question, device, args.max_new_tokens, system)
         ok = any(word.lower() in answer.lower() for word in expected)
         score += ok
         lines.append(f"  {'ok  ' if ok else 'MISS'} {question} -> {answer[:110]!r}")
@@ -1099,6 +1106,12 @@ def part_chat(lm, tok, device, args, timings):
         fail("a held-out persona question is also in the training conversations")
     # several system prompts, and none (the template's default), so the persona holds whatever an app sends
     systems = [SYSTEM_PROMPT, None, "You are a helpful assistant."]
+    system = SYSTEM_PROMPT
+    if max_positions(lm.config) < 256:  # a small stage-04 model (64 characters?) has no room for a system prompt
+        systems, system = [None, None, None], None
+        args.max_new_tokens = min(args.max_new_tokens, max_positions(lm.config) // 2)  # and the question needs room
+        say(f"only {max_positions(lm.config)} positions: no system prompt, answers of at most {args.max_new_tokens} "
+            f"tokens")
     persona = PERSONA_CONVERSATIONS[:args.persona_limit or None]
     chats = [(c, systems[i % 3]) for i, c in enumerate(persona * 2)]  # the persona twice: it is the lesson
     extra = chatterbot_conversations(args.chatterbot_pairs, rng)
@@ -1109,15 +1122,17 @@ def part_chat(lm, tok, device, args, timings):
     say(f"chat data: {len(persona)} persona conversations (twice), {len(extra)} chatterbot-corpus ones -> "
         f"{len(examples)} sequences, {sum(len(e[0]) for e in examples):,} tokens, "
         f"{sum(sum(e[1]) for e in examples):,} of them trained (the assistant's)")
-    ids, mask = render_with_mask(tok, to_messages(PERSONA_CONVERSATIONS[-2], SYSTEM_PROMPT))
+    if not examples:
+        fail(f"no conversation fits in the model's {max_positions(lm.config)} positions: nothing to fine-tune")
+    ids, mask = render_with_mask(tok, to_messages(PERSONA_CONVERSATIONS[-2], system))
     say(f"the loss mask of one example (trained tokens in [[...]], {sum(mask)} of {len(ids)}):\n"
         + "\n".join("  | " + line for line in show_mask(tok, ids, mask).split("\n")))
 
     started = time.time()
     say(f"answering {len(GENERAL_QUESTIONS) + 2 + len(HELD_OUT)} questions before fine-tuning ...")
     asked = [HELD_OUT[0][0], HELD_OUT[5][0]] + GENERAL_QUESTIONS
-    before = [chat_answer(lm, tok, q, device, args.max_new_tokens) for q in asked]
-    score_before, _ = persona_check(lm, tok, device, args)
+    before = [chat_answer(lm, tok, q, device, args.max_new_tokens, system) for q in asked]
+    score_before, _ = persona_check(lm, tok, device, args, system)
     timings["chat: answers before"] = time.time() - started
 
     # ---- SFT: next-token cross-entropy, on the assistant's tokens only ----
@@ -1172,8 +1187,8 @@ def part_chat(lm, tok, device, args, timings):
         p.requires_grad_(False)
 
     started = time.time()
-    after = [chat_answer(lm, tok, q, device, args.max_new_tokens) for q in asked]
-    score_after, lines = persona_check(lm, tok, device, args)
+    after = [chat_answer(lm, tok, q, device, args.max_new_tokens, system) for q in asked]
+    score_after, lines = persona_check(lm, tok, device, args, system)
     timings["chat: answers after"] = time.time() - started
     say("answers before -> after fine-tuning:")
     for question, a0, a1 in zip(asked, before, after):
