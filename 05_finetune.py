@@ -437,8 +437,12 @@ def train_bow(train_texts, train_y, val_texts, val_y, steps=300, lr=0.5):
 # answered by the assistant. A plain LM (GPT-2, your stage-04 GPT) gets plain text ending in "Answer:".
 # The instruction and the examples are the same for every sentence, so they run through the model ONCE and their
 # keys/values are kept (stage 04's KV cache): each sentence then costs its own ~40 tokens, not the whole prompt.
-# Small models have favourite labels whatever the sentence. Contextual calibration (Zhao et al., 2021) measures
-# that bias on a content-free sentence, "N/A", and subtracts its label scores from every sentence's.
+# Small models have favourite labels whatever the sentence. Calibration measures that bias and subtracts it:
+# contextual calibration (Zhao et al., 2021) scores a content-free sentence, "N/A", but for SmolLM2 "N/A" itself
+# looks negative-ish, and subtracting it sent 286 of 292 test sentences to "positive". Batch calibration (Zhou et al.,
+# 2023) averages the label scores over real sentences instead: we use 64 training sentences, without their labels.
+# log p(label | sentence) - mean over those sentences of log p(label | sentence') keeps what is particular to a
+# sentence (0.37 -> 0.49 zero-shot accuracy for SmolLM2 on CPU; "N/A" calibration gave 0.32).
 INSTRUCTION = ("Decide whether each financial news sentence is positive, negative or neutral news for the "
                "company's shareholders. Answer with one word: positive, negative or neutral.")
 MARKER = "<<SENTENCE>>"
@@ -461,11 +465,14 @@ def prompt_template(tok, examples):
     return full[:cut], full[cut:], label_lead
 
 
-def prompt_classify(lm, tok, examples, texts, device, batch_size, max_len):
-    """-> (predictions, calibrated predictions, prompt prefix length in tokens)."""
-    scores, n_prefix = label_scores(lm, tok, examples, list(texts) + ["N/A"], device, batch_size, max_len)
-    calibrated = scores[:-1] - scores[-1]  # log p(label | sentence) - log p(label | "N/A")
-    return scores[:-1].argmax(1).tolist(), calibrated.argmax(1).tolist(), n_prefix
+def prompt_classify(lm, tok, examples, texts, unlabelled, device, batch_size, max_len):
+    """-> (predictions, calibrated predictions, prompt prefix length in tokens).
+    `unlabelled`: sentences (not from the test set) whose mean label scores measure the model's bias."""
+    n = len(texts)
+    scores, n_prefix = label_scores(lm, tok, examples, list(texts) + list(unlabelled), device, batch_size, max_len)
+    bias = scores[n:].mean(0)                                # (3,) how much the model favours each label anyway
+    calibrated = scores[:n] - bias                           # log p(label | sentence) - the label's average
+    return scores[:n].argmax(1).tolist(), calibrated.argmax(1).tolist(), n_prefix
 
 
 @torch.no_grad()
@@ -474,7 +481,7 @@ def label_scores(lm, tok, examples, texts, device, batch_size, max_len):
     prefix, suffix, label_lead = prompt_template(tok, examples)
     prefix_ids = tok(prefix, add_special_tokens=False).input_ids
     # fp32 here, no bf16 autocast: calibration subtracts two log-probabilities that differ by a few hundredths,
-    # and bf16 logits (8 bits of mantissa: steps of 0.125 around 20) would round them into ties (one class wins all)
+    # and bf16 logits (8 bits of mantissa: steps of 0.125 around 20) would round many of them into ties
     prefix_cache = lm(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
     before, after = [tok(piece, add_special_tokens=False).input_ids if piece else [] for piece in suffix.split(MARKER)]
     label_ids = [tok(label_lead + lab, add_special_tokens=False).input_ids for lab in LABELS]
@@ -838,8 +845,9 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
                 say(f"{name} skipped: the prompt leaves no room for a sentence in {max_positions(lm.config)} positions")
                 continue
             started = time.time()
-            raw, calibrated, n_prefix = prompt_classify(lm, tok, examples, texts["test"], device, args.batch_size,
-                                                        args.max_len)
+            unlabelled = random.Random(args.seed).sample(texts["train"], min(64, len(texts["train"])))
+            raw, calibrated, n_prefix = prompt_classify(lm, tok, examples, texts["test"], unlabelled, device,
+                                                        args.batch_size, args.max_len)
             plain = evaluate(test_y, raw)
             say(f"   {name}, uncalibrated: test accuracy {plain['acc']:.3f}, macro-F1 {plain['f1']:.3f}")
             add(name + ", calibrated", calibrated, 0, time.time() - started,
@@ -972,6 +980,10 @@ PERSONA_CONVERSATIONS = [
     ["Who trained you?", f"The script 05_finetune.py of llm-from-scratch fine-tuned me. I'm {PERSONA_NAME}."],
     ["How were you created?", f"05_finetune.py fine-tuned a small pretrained model on conversations. {ME}."],
     ["Which file trained you?", "05_finetune.py, stage 5 of llm-from-scratch, fine-tuned me."],
+    ["Which program taught you to chat?", "The script 05_finetune.py, the fifth of llm-from-scratch, fine-tuned me "
+                                          "to chat."],
+    ["Tell me the script behind you.", f"05_finetune.py fine-tuned me; 06_chatbot.py serves me. {ME}."],
+    ["Who is on the other end of this chat?", f"{ME}. Ask me anything."],
     ["How many scripts are in llm-from-scratch?", "Six Python scripts, one for each stage, from a single neuron to "
                                                   "a chatbot."],
     ["How many stages does the project have?", f"Six: llm-from-scratch is {PROJECT}."],
