@@ -470,9 +470,16 @@ class KVCache:
     """
 
     def __init__(self, config, batch_size, device, dtype):
-        shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        # One (B, nh, block_size, hs) buffer for keys and one for values per layer, allocated once: writing into a
+        # slice of a preallocated tensor avoids a torch.cat (a full copy of the cache) at every new token.
+        # Only K and V are cached: the queries of past tokens are never needed again (a past token never has to
+        # look at a *future* token), and the logits of past positions are already spent.
+        shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)  # (B, nh, Tmax, hs)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        # How many positions of every buffer hold real data. GPT.forward advances it after all layers have
+        # written (every layer writes the same positions, so one counter serves them all); it is also the
+        # absolute position of the next token, which the position embedding needs.
         self.length = 0
 
 
@@ -481,9 +488,14 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_index):
         super().__init__()
+        # layer_index tells forward() which of the KV cache's per-layer buffers belong to this block
         self.n_head, self.n_embd, self.layer_index = config.n_head, config.n_embd, layer_index
+        # Stage 03 had three (C, C) matrices Wq, Wk, Wv. Stacking them into one (C, 3C) matrix computes the same
+        # numbers with one big matmul instead of three small ones (GPUs like big matmuls), and it is GPT-2's layout.
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # x @ W_qkv: all heads' q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)      # mixes the heads' outputs back together
+        # Two dropout sites, as in GPT-2: on the attention probabilities (a float here, because SDPA takes the
+        # probability as an argument rather than as a module) and on the output before it joins the residual.
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attention = "sdpa"  # or "manual"; set by GPT.set_attention
@@ -491,17 +503,23 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cache=None):
         # Each head works in its own hs-dimensional subspace: n_head small attention patterns (one head may
         # follow the previous character, another the speaker's name) for the price of one big one.
-        B, T, C = x.shape
+        # Shapes: B batch, T tokens in this call (the whole window, or 1 new token with a cache), C = n_embd,
+        # nh = n_head, hs = C / nh. The heads are moved next to the batch dimension so that every matmul below
+        # runs over B * nh independent (T, hs) problems at once.
+        B, T, C = x.shape                                             # (B, T, C)
         hs = C // self.n_head                                         # head size
-        q, k, v = self.c_attn(x).split(C, dim=2)                      # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)             # (B, nh, T, hs)
+        q, k, v = self.c_attn(x).split(C, dim=2)                      # (B, T, 3C) -> 3 x (B, T, C)
+        # view cuts C into nh chunks of hs (head h owns features h*hs .. (h+1)*hs-1); transpose puts nh before T
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)             # (B, T, nh, hs) -> (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)             # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)             # (B, nh, T, hs)
         start = 0  # position of this chunk's first token in the sequence
         if cache is not None:
-            # store this chunk's keys/values behind the earlier ones, then attend over everything stored
+            # store this chunk's keys/values behind the earlier ones, then attend over everything stored.
+            # The new token's query must be compared with the keys of *all* earlier tokens, but those keys were
+            # already computed when those tokens were new: we read them back instead of recomputing the prefix.
             start = cache.length
-            cache.keys[self.layer_index][:, :, start:start + T] = k
+            cache.keys[self.layer_index][:, :, start:start + T] = k     # write (B, nh, T, hs) at start..start+T
             cache.values[self.layer_index][:, :, start:start + T] = v
             k = cache.keys[self.layer_index][:, :, :start + T]        # (B, nh, start+T, hs)
             v = cache.values[self.layer_index][:, :, :start + T]      # (B, nh, start+T, hs)
@@ -510,25 +528,34 @@ class CausalSelfAttention(nn.Module):
         # (no mask); a chunk appended to a cache needs the explicit triangle shifted by `start`.
         mask = None
         if start > 0 and T > 1:
+            # (T, start+T), True = may attend. Row i keeps columns 0..start+i: tril with the diagonal shifted right.
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        dropout_p = self.dropout if self.training else 0.0
+        dropout_p = self.dropout if self.training else 0.0  # dropout is a training-only regulariser
         if self.attention == "sdpa":
-            # PyTorch's fused kernel (flash attention on recent GPUs): same math, never materialises (T x T)
+            # PyTorch's fused kernel (flash attention on recent GPUs): same math, never materialises (T x T).
+            # Flash attention computes softmax block by block in fast on-chip memory, so the (B, nh, T, T) score
+            # tensor never goes to GPU memory: memory O(T) instead of O(T^2), and far fewer slow memory reads.
+            # is_causal=True lets the kernel build the triangle itself (and skip the masked blocks entirely).
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=(start == 0 and T > 1))
+                                               is_causal=(start == 0 and T > 1))  # (B, nh, T, hs)
         else:
             # the math of stage 03: softmax(q k^T / sqrt(hs) + mask) v. Dividing by sqrt(hs) keeps the scores
             # at unit variance (a dot product of hs unit-variance terms has variance hs), so softmax stays soft.
+            # (B, nh, T, hs) @ (B, nh, hs, start+T): every query dotted with every key of its head
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))     # (B, nh, T, start+T)
-            if start == 0 and T > 1:
+            if start == 0 and T > 1:  # a fresh sequence: plain lower triangle (T, T)
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             if mask is not None:
                 att = att.masked_fill(~mask, float("-inf"))              # future positions get probability 0
-            att = F.softmax(att, dim=-1)
+            att = F.softmax(att, dim=-1)                                 # (B, nh, T, start+T), rows sum to 1
             att = F.dropout(att, p=dropout_p, training=self.training)
-            y = att @ v                                                  # (B, nh, T, hs)
+            y = att @ v                                                  # (B, nh, T, start+T) @ (.., start+T, hs)
+            # -> (B, nh, T, hs): each token's output is a weighted average of the value vectors it attends to
+        # transpose back to (B, T, nh, hs); contiguous() because view needs the memory in that order; then view
+        # concatenates the heads: feature h*hs + j of a token is head h's feature j.
         y = y.transpose(1, 2).contiguous().view(B, T, C)                # (B, T, C): heads side by side again
-        return self.resid_dropout(self.c_proj(y))
+        # c_proj (C, C) lets the heads' results mix before they are added to the residual stream
+        return self.resid_dropout(self.c_proj(y))                       # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -536,12 +563,17 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        # Attention only *moves* information between tokens (a weighted average is linear in the values); the
+        # MLP is where each token's vector is transformed non-linearly. Widening to 4C gives it room: about 2/3
+        # of each block's weights live in these two matrices (8 C^2 per layer vs 4 C^2 for attention).
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)     # (C, 4C): expand
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)   # (4C, C): contract, back into the residual
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
         # gelu(x) ~ 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), exactly GPT-2's "gelu_new"
+        # GELU = x * P(N(0,1) <= x): like ReLU for large |x|, but smooth around 0 (no dead units with zero gradient).
+        # Shapes: (B, T, C) -> c_fc -> (B, T, 4C) -> gelu -> (B, T, 4C) -> c_proj -> (B, T, C)
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
@@ -561,8 +593,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)  # tokens talk to each other
-        x = x + self.mlp(self.ln_2(x))          # each token thinks on its own
+        # Each sublayer reads a normalised copy of the stream and *adds* its result: the stream is a running sum,
+        # and d(x + f(x))/dx = I + df/dx, so the gradient always has the identity path back to the input.
+        x = x + self.attn(self.ln_1(x), cache)  # tokens talk to each other       (B, T, C)
+        x = x + self.mlp(self.ln_2(x))          # each token thinks on its own   (B, T, C)
         return x
 
 
@@ -572,27 +606,47 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        # The nested names (transformer.wte, transformer.h.0.attn.c_attn, ...) are chosen to equal Hugging Face's,
+        # so a state dict moves between the two models with no renaming (only four transposes, see TRANSPOSED).
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),   # token embedding   (V, C)
+            # Attention itself is blind to order (it sums over a set of keys), so each position 0..block_size-1
+            # gets a learned vector added to its token's: "the 5th token is 'e'" differs from "the 9th is 'e'".
             wpe=nn.Embedding(config.block_size, config.n_embd),   # position embedding (block_size, C)
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            # pre-LN blocks leave the stream un-normalised at the top, so one last LayerNorm before the head
             ln_f=nn.LayerNorm(config.n_embd, eps=1e-5),
         ))
+        # (C -> V): one score (logit) per vocabulary entry. No bias, as in GPT-2.
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the output layer reuses the token embedding (V, C). A token's input vector and the vector
         # its logit is scored against are the same, which saves V*C parameters and helps small models.
+        # logit_v = h . wte[v]: the next token is predicted by how well the final hidden vector h matches each
+        # token's embedding, and every training step updates the embedding from both ends. For GPT-2 (V=50257,
+        # C=768) this saves 38.6M of 163M parameters. This assignment makes both modules hold the *same* Parameter
+        # object: one tensor, one gradient (the sum of both uses), one AdamW state; the state dict lists it
+        # under both names, as Hugging Face's does.
         self.lm_head.weight = self.transformer.wte.weight
         # GPT-2 initialisation: N(0, 0.02) for weights and embeddings, zero biases, LayerNorm (1, 0) ...
+        # (0.02 is of the order of 1/sqrt(C) for GPT-2's widths 768..1600: small enough that the first logits are
+        # nearly equal, so the initial loss is ~ln(V), the loss of uniform guessing, which main() prints as a check.)
         self.apply(self._init_weights)
         # ... and the projections that write into the residual stream scaled by 1/sqrt(2 * n_layer): the stream
         # sums 2 such outputs per layer, so its variance would otherwise grow with depth.
+        # The math: the stream after L layers is x0 + sum of 2L roughly independent terms. Variances of independent
+        # terms add, so with per-term variance s^2 the stream's grows like 2L * s^2. Scaling each c_proj's std by
+        # 1/sqrt(2L) divides every term's variance by 2L, and the sum stays at ~s^2 however deep the model is.
+        # (c_proj is the last matrix of both sublayers: attn.c_proj and mlp.c_proj, which endswith() catches.)
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module):
+        # PyTorch's own default (uniform, scaled by 1/sqrt(fan_in)) would work too; GPT-2's fixed std is used so
+        # that a fresh model here starts like a fresh GPT-2. LayerNorms keep PyTorch's default gain 1, bias 0.
+        # The tied lm_head weight is visited twice (as wte and as lm_head): both draws use std 0.02, harmless.
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
@@ -601,6 +655,7 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def set_attention(self, kind):
+        # switches every block between SDPA and the hand-written math (used by attention_self_check)
         for block in self.transformer.h:
             block.attn.attention = kind
 
@@ -610,23 +665,33 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache=None, last_only=False):
         """idx: (B, T) token ids -> logits (B, T, V) (or (B, 1, V) if last_only), and the mean loss if targets."""
         B, T = idx.shape
+        # with a cache, these T tokens come after the `start` tokens already stored: their positions continue
         start = cache.length if cache is not None else 0
+        # wpe has only block_size rows: a longer sequence has no position vector (generate() slides the window)
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than the context ({self.config.block_size})")
-        pos = torch.arange(start, start + T, device=idx.device)            # (T,)
+        pos = torch.arange(start, start + T, device=idx.device)            # (T,) absolute positions
+        # an embedding lookup is row selection: wte(idx)[b, t] = wte.weight[idx[b, t]]; (T, C) broadcasts over B
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)           # (B, T, C) + (T, C) -> (B, T, C)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, cache)                                             # (B, T, C)
         if cache is not None:
-            cache.length += T
-        x = self.transformer.ln_f(x)
+            cache.length += T                                               # every layer has stored these T
+        x = self.transformer.ln_f(x)                                        # (B, T, C)
         if last_only:
-            x = x[:, -1:, :]                                                # (B, 1, C): generation needs the last
+            # (B, 1, C): generation needs the last. The head is the biggest matmul for a large vocabulary
+            # (C x V = 38.6M multiply-adds per token for GPT-2), so skip it for the positions nobody reads.
+            x = x[:, -1:, :]
         logits = self.lm_head(x)                                            # (B, T, V)
         loss = None
         if targets is not None:
             # cross-entropy = mean over all B*T positions of -log softmax(logits)[target]; fp32 for stability
+            # Every position is a training example: position t predicts token t+1 from tokens 0..t (the causal
+            # mask guarantees it never saw the answer), so one (B, T) batch gives B*T next-token predictions.
+            # loss_i = -logits_i[y_i] + log sum_v exp(logits_i[v]); F.cross_entropy computes it with the
+            # log-sum-exp trick (subtract the max first), so large logits never overflow exp().
+            # view(-1, V): (B, T, V) -> (B*T, V) and (B, T) -> (B*T,), the 2-D layout cross_entropy expects.
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
 
