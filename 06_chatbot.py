@@ -110,6 +110,9 @@ PLAIN_CHAT_TEMPLATE = (
     "{% else %}{{ 'Assistant: ' + message['content'] + (eos_token or '') + '\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
 PLAIN_STOP_STRINGS = ["\nUser:", "\nSystem:"]
+# Why both stop TOKENS and stop STRINGS: a chat-tuned model ends its turn with one special token (one id, cheap to
+# check before the token is even shown); a base model has no such habit, and "\nUser:" is several tokens whose
+# split depends on the tokenizer, so the only reliable test is on the decoded text (see held_back in generate).
 # Tokens that end a turn in common chat formats (ChatML, Llama 3, Phi-3, GPT-2): whichever the vocabulary has.
 END_OF_TURN_TOKENS = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>"]
 
@@ -119,6 +122,8 @@ class UsageError(Exception):
 
 
 def fail(message, code=2):
+    # One line on stderr and exit code 2 (the argparse convention for "bad usage"): scripts and tests can tell a
+    # user mistake from a crash (code 1 with a traceback) without parsing the text.
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -127,6 +132,8 @@ def fail(message, code=2):
 # Finding and loading the model
 # ----------------------------------------------------------------------------------------------------------------
 def smollm2_cache_dir():
+    # A per-user cache outside the repository: the converted model (~540 MB of fp32 safetensors) is shared by every
+    # checkout and by stage 05, and never ends up in git. The environment variable moves it (CI, a small home disk).
     root = os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch"
     return Path(root).expanduser() / SMOLLM2_NAME
 
@@ -220,6 +227,8 @@ def pick_threads():
 
 
 def pick_device():
+    # cuda > mps > cpu: the same code runs on all three, only the speed differs. A 135M model is small enough that
+    # a CPU is perfectly usable (about 20-30 tokens/s on 2 cores); a GPU mostly shortens the prefill (TTFT).
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -241,6 +250,15 @@ class Engine:
     lock: object = None           # FifoLock: one generation at a time, first come first served
     cache: object = None          # the KV cache of the last generation ...
     cached_ids: list = field(default_factory=list)  # ... and the tokens it holds, for reuse by the next prompt
+    # The invariant that makes reuse safe: position i of every layer's cached keys/values was computed from token
+    # cached_ids[i] with tokens 0..i-1 before it (causal attention: a position never sees later tokens). So the
+    # cache stays valid for ANY new prompt that starts with the same tokens, whoever sent it. forward() extends
+    # both together; generate() crops both together; anything that could leave them out of step resets both.
+    # Why ONE model behind a lock rather than one per client: a second copy doubles memory, and on a CPU two
+    # generations at once each run at about half speed (decoding is memory-bandwidth bound, see below), so
+    # nobody gets an answer sooner; the cache above is also a single mutable object that two threads must not
+    # update at the same time. Batching many requests in one forward pass is what real servers (vLLM, TGI) do;
+    # it needs padding and per-request caches, more machinery than this lesson is about.
 
 
 def load_engine(model_name, context=CONTEXT_CAP, threads=0, int8=False, say=print):
@@ -258,7 +276,7 @@ def load_engine(model_name, context=CONTEXT_CAP, threads=0, int8=False, say=prin
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"cannot load model {model_name!r} ({first[:160]}); offline, pass a local folder with "
                          "--model DIR or leave --model out for the bundled SmolLM2") from None
-    model.to(device).eval()
+    model.to(device).eval()           # eval(): dropout off, so the same prompt and seed give the same reply
     if int8:
         if device.type != "cpu":
             raise UsageError("--int8 is for CPUs (dynamic quantisation runs on CPU kernels only)")
@@ -286,8 +304,13 @@ def load_engine(model_name, context=CONTEXT_CAP, threads=0, int8=False, say=prin
     stop_ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
     stop_ids.discard(None)
     # The window: what the model was trained for (max_position_embeddings; GPT-2 calls it n_positions), capped.
+    # Past its trained length a model's position encoding (learned table or RoPE angles) leaves the range it has
+    # seen, and the output degrades into nonsense or, for a learned table, an index error.
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     context = min(context, limit) if limit else context
+    # The LM head is a (hidden x vocab) matrix, 576 x 49152 for SmolLM2: applying it to every prompt position
+    # costs as much as several layers, yet only the LAST position's logits are ever used. Newer transformers
+    # models take logits_to_keep=1 to skip the rest; older ones (and stage 04's export) do not, so ask first.
     keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     model_id = SMOLLM2_NAME if model_name in (None, "", "smollm2", SMOLLM2_NAME) else model_name
     return Engine(model=model, tokenizer=tokenizer, model_id=model_id,
@@ -310,6 +333,10 @@ class FifoLock:
     its own Event in a deque; the holder, on release, wakes exactly the oldest waiter and hands the lock over.
     `waiting` = holder + queue, so a server can refuse new work (503) instead of queueing without bound."""
 
+    # Why a hand-over and not "release, then let the waiters race for it": a newcomer arriving at the moment of a
+    # release could grab the lock before the woken waiter runs (barging), again and again. Because `busy` stays
+    # True during the hand-over, a newcomer always sees a busy lock and joins the END of the queue.
+    # `mutex` guards only the three fields below for a few instructions; nobody holds it while the model runs.
     def __init__(self):
         self.mutex, self.queue, self.busy = threading.Lock(), deque(), False
 
@@ -327,7 +354,11 @@ class FifoLock:
         try:
             turn.wait()                      # __exit__ of the holder sets it: the lock is now ours
         except BaseException:                # Ctrl-C while waiting: leave the queue, or pass on a lock just handed over
+            # Two cases, told apart under the mutex: still in the queue = the lock was never ours, just leave;
+            # no longer in the queue = the holder popped our Event and handed us the lock in the same instant, so
+            # we own it and must pass it on (__exit__), or every later waiter would wait for ever.
             with self.mutex:
+
                 if turn in self.queue:
                     self.queue.remove(turn)
                     raise
@@ -347,6 +378,8 @@ class FifoLock:
 # ----------------------------------------------------------------------------------------------------------------
 def control_tokens(tokenizer):
     """The special tokens of the vocabulary as text, longest first (e.g. '<|im_start|>', '<|im_end|>')."""
+    # Longest first, so that a token that contains a shorter one ('<|endoftext|>' vs a hypothetical '<|end|>') is
+    # removed whole rather than leaving fragments behind.
     tokens = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()}
     return sorted((t for t in tokens if t and not t.isspace()), key=len, reverse=True)
 
@@ -366,6 +399,20 @@ def clean_text(text, tokenizer):
     return text
 
 
+# How a chat becomes ONE token sequence. The model never sees "messages": it sees a single text, laid out in the
+# format it was fine-tuned on, and predicts what comes next. SmolLM2 uses ChatML; its template (a small Jinja
+# program stored with the tokenizer) turns [system, user, assistant, user] into:
+#   <|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n
+#   <|im_start|>user\nHi! I'm Sam.<|im_end|>\n
+#   <|im_start|>assistant\nHello Sam!<|im_end|>\n
+#   <|im_start|>user\nWhat is my name?<|im_end|>\n
+#   <|im_start|>assistant\n                       <- add_generation_prompt=True: an OPEN assistant header
+# The model continues after the open header and, having seen thousands of turns end that way, writes <|im_end|>
+# when its answer is done: that id is in engine.stop_ids. <|im_start|> and <|im_end|> are single vocabulary ids
+# the tokenizer only produces from these exact strings, which is why user text is cleaned of them (clean_text).
+# Using the model's own template matters: the same words laid out as "User: ... Assistant:" give a chat-tuned
+# 135M model noticeably worse answers. Templates also carry quirks: SmolLM2's inserts its OWN default system
+# message ("You are a helpful AI assistant named SmolLM, ...") whenever the first message is not a system one.
 def render_ids(tokenizer, messages):
     """Messages -> the prompt's token ids, ending with the assistant header so the model writes the reply."""
     try:
@@ -382,6 +429,9 @@ def render_ids(tokenizer, messages):
 
 def turn_starts(messages):
     """Indices where a turn begins: a turn is a user message plus the assistant replies that follow it."""
+    # Trimming cuts only at these indices. Cutting between a question and its answer would leave an answer to
+    # nothing at the top of the window (or a question without its answer), which confuses a small model and some
+    # templates refuse outright (they require user/assistant to alternate, starting with user).
     starts = [i for i, m in enumerate(messages) if m["role"] == "user"]
     return starts if starts and starts[0] == 0 else [0] + starts  # leading assistant messages form their own turn
 
@@ -396,6 +446,16 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, no
     for a while. If even the newest turn alone is too long, its user text is cut from the front (keeping the end, where
     the question usually is), so the function never fails and never exceeds the budget. `note`: a system message
     to place just before the newest message (the long-term memory, MEMORY_MODES), counted in the budget too."""
+    # The budget arithmetic, with the defaults: context 2048 - max_new_tokens 256 = budget 1792 prompt tokens
+    # (reserving the whole reply up front means generation can never run past the model's window). When the
+    # prompt overflows, trim to target = 0.75 * 1792 = 1344 tokens (TRIM_TO), leaving ~450 tokens, a few turns,
+    # of growth before the next trim.
+    # Why the OLDEST turns go first: the newest turns are what the next reply answers, and the system prompt (the
+    # persona, never dropped) is short and always needed; old small talk is what the model can best do without.
+    # Facts that must outlive the trimming are the long-term memory's job (the `note`).
+    # Why trim in jumps (to 75%) rather than drop just enough each turn: every trim changes the first message
+    # after the system prompt, so the prompt's PREFIX changes and the KV cache is lost (a full prefill). Dropping
+    # one turn per turn would pay that on every reply; jumping pays it once every few replies.
     system = [{"role": "system", "content": system_text}] if system_text is not None else []
 
     def build(window):   # system + window, with the note slipped in before the window's last message
@@ -404,12 +464,17 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, no
 
     ids = build(history[start:])
     if len(ids) <= budget:
-        return ids, start
+        return ids, start            # it fits: keep the old window, so the prompt only grew at the end
     target = min(target or budget, budget)
     starts = [s for s in turn_starts(history) if s > start]  # candidate new starts, oldest first
     # The length shrinks as the start moves later, so binary search for the earliest start that fits the target:
     # O(log turns) renders even for a 200-turn conversation loaded from disk.
+    # Invariant: every index below `low` gives too long a prompt; `best` is the earliest start found that fits.
+    # Rendering whole windows (instead of adding per-message token counts) keeps it exact: templates add
+    # separators, and with the plain template tokens can merge across message boundaries, so lengths do
+    # not simply add up.
     low, high, best = 0, len(starts) - 1, None
+
     while low <= high:
         middle = (low + high) // 2
         candidate = build(history[starts[middle]:])
@@ -453,6 +518,12 @@ _VALUE = r"(?P<v>[^.,;!?\n<>\"()]+?)"                         # the value: up to
 _END = r"(?=\s+(?:and|but|so|because|though)\b|\s*[.,;!?\n<>\"()]|\s*$)"  # ...or a joining word
 _NAME = r"(?P<v>[^\W\d_][\w'-]*(?: (?!(?:i|and|but|so)\b)[^\W\d_][\w'-]*){0,2})"  # a name: 1-3 words of letters
 _NAME_END = r"(?=\s+(?:and|but|so|because|though)\b|\s*[^\w\s'-]|\s*$)"
+# How the pieces read "Hi, my name is Sam and I live in New York, near the park.":
+#   name: "my name is " then _NAME takes up to three capitalised-or-not words but refuses "and" and "I" as a
+#         second word, so v = "Sam"; _NAME_END (a lookahead, it consumes nothing) accepts the " and" that follows.
+#   home: "i live in " then _VALUE takes as few characters as possible (+? is lazy) until _END sees the comma:
+#         v = "New York". Without the laziness and the lookahead the value would swallow the rest of the clause.
+# Case is ignored (re.IGNORECASE), so "MY NAME IS SAM" works too; the value keeps the user's own spelling.
 MEMORY_RULES = [
     ("name", r"\bmy name is " + _NAME + _NAME_END, "The user's name is {v}."),
     ("name", r"\b(?:call me|i am called|i'm called) " + _NAME + _NAME_END, "The user's name is {v}."),
@@ -471,7 +542,7 @@ MEMORY_RULES = [
     ("dislikes", r"\bi (?:really )?(?:don't|do not|dont) (?:like|enjoy) " + _VALUE + _END, "The user does not like {v}."),
     ("dislikes", r"\bi (?:really )?(?:hate|dislike|can't stand) " + _VALUE + _END, "The user does not like {v}."),
 ]
-MANY_VALUED = {"likes", "dislikes"}
+MANY_VALUED = {"likes", "dislikes"}   # a person likes many things but has one name: these keys append, others replace
 _PRONOUNS = {"my": "their", "me": "them", "myself": "themselves", "mine": "theirs", "i": "they", "i'm": "they're"}
 
 
@@ -481,10 +552,12 @@ def extract_facts(text):
     # Split into sentences, keeping the end mark: "Where do I live?" is a question, not a fact.
     for sentence in re.findall(r"[^.!?\n]+[.!?]*", text):
         if sentence.strip().endswith("?"):
-            continue
+            continue                     # "Do I like tea?" must not store "The user likes tea."
         for key, pattern, template in MEMORY_RULES:
             for match in re.finditer(pattern, sentence, flags=re.IGNORECASE):
                 value = " ".join(match.group("v").split()).strip(" '\"")
+                # Filters for phrases the patterns catch but that are no facts: "I'm from not far away", "I like
+                # a bit of everything", "I'm sure", "I'm sorry"; more than 60 characters is a rambling clause.
                 if not value or value.lower().startswith(("not ", "a bit", "sure", "sorry")) or len(value) > 60:
                     continue
                 # Third person for the system prompt: "I like my dog" -> "The user likes their dog".
@@ -513,6 +586,8 @@ def remember(memory, text):
 
 
 def memory_sentences(memory):
+    # dicts keep insertion order, so the facts come out in the order they were first learnt, stable from turn to
+    # turn: an unchanged memory renders to the same tokens, which matters for the KV cache (--memory-at system)
     return [sentence for key in memory for sentence in memory[key]]
 
 
@@ -529,7 +604,21 @@ def memory_note(memory):
 # mostly to recent tokens: after 6 turns of small talk it answered 9 of 12 "What is my name?"-style questions with
 # the note at the end, 1 of 8 with the facts at the top (--memory-eval measures both). The price: the note moves
 # every turn, so the KV cache can be reused only up to the previous note (~100 tokens re-read per turn).
+# The two placements, in the rendered prompt (ChatML, facts abbreviated):
+#   system: <|im_start|>system\nYou are a helpful AI assistant.\n\nRemember these facts ...<|im_end|>\n
+#           ... 20 turns of history ...  <|im_start|>user\nWhat is my name?<|im_end|>\n<|im_start|>assistant\n
+#   end:    <|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n ... 20 turns of history ...
+#           <|im_start|>system\nRemember these facts ...<|im_end|>\n<|im_start|>user\nWhat is my name?<|im_end|>\n
+#           <|im_start|>assistant\n
+# Why the end recalls better: in "end" the fact sits a few dozen tokens from where the answer is written, in
+# "system" it is hundreds of tokens back, behind all the small talk. Big models retrieve from anywhere in their
+# window; small ones mostly copy from nearby text. The cache price differs too: "system" keeps the whole prefix
+# valid until a NEW fact changes the system message (then everything is re-read), "end" re-reads the note and
+# the newest message every turn but never more.
+# In both modes the memory is a plain dict kept beside the conversation (saved with /save), not model weights:
+# nothing is learnt, the facts are simply re-read with every prompt.
 MEMORY_MODES = ("end", "system", "off")
+
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -541,8 +630,15 @@ MEMORY_MODES = ("end", "system", "off")
 #   prefill: forward(prompt)       -> cache holds T tokens, logits for the first reply token  (time to first token)
 #   decode:  forward(last token)   -> cache holds T+1 tokens, logits for the next one         (tokens per second)
 # On a CPU, decoding is limited by memory bandwidth: every step reads all 135M weights (540 MB in fp32) once.
+# Rough arithmetic for that claim: at ~15 GB/s of usable bandwidth, 540 MB per step caps decoding near 28
+# tokens/s however fast the arithmetic units are; the prefill instead does T tokens' worth of math per weight read,
+# so it is compute-bound and costs roughly T times one step's multiplications (hence TTFT grows with the prompt).
+# Cache size: 2 (K and V) x 30 layers x 3 KV heads x 64 dims x 4 bytes = 46 KB per token for SmolLM2 in fp32, about
+# 94 MB for a full 2048-token window: small next to the weights, which is why reusing it is nearly free.
 @dataclass
 class Sampling:
+    # One request's decoding settings. The server keeps a default instance and builds a new one per API request
+    # from its fields, so one client's temperature never leaks into another's reply.
     temperature: float = TEMPERATURE
     top_k: int = TOP_K
     top_p: float = TOP_P
@@ -557,6 +653,10 @@ def sample_next(logits, sampling, generator, penalized):
     repetition penalty (CTRL paper): for the `penalized` token ids, logit/p if positive, logit*p if negative;
     temperature T: softmax(logits / T), T -> 0 is greedy; top-k keeps the k largest logits; top-p (nucleus) keeps the
     smallest set of tokens whose probabilities sum to >= p. Both filters run on the top-k slice, already sorted."""
+    # Worked example with 4 tokens, logits [2.0, 1.0, 0.5, -1.0], T = 0.5, top-p 0.9:
+    #   logits / T = [4, 2, 1, -2] -> softmax = [0.84, 0.11, 0.04, 0.002]   (lower T sharpens the distribution)
+    #   mass BEFORE each token = [0, 0.84, 0.95, 0.99]: the third and fourth start at >= 0.9 and are dropped,
+    #   so the draw is between the first two, renormalised to [0.88, 0.12].
     logits = logits.float()                                              # (V,)
     if sampling.repetition_penalty != 1.0 and penalized:
         # dividing a positive logit (or multiplying a negative one) by p > 1 always makes the token less likely
@@ -565,7 +665,7 @@ def sample_next(logits, sampling, generator, penalized):
         logits[seen] = torch.where(scores > 0, scores / sampling.repetition_penalty,
                                    scores * sampling.repetition_penalty)
     if sampling.temperature <= 0:
-        return int(logits.argmax())
+        return int(logits.argmax())    # greedy: deterministic, the same prompt always gives the same reply
     # top-k first: sorting all 49k logits per token is wasted work when only the best 50 can be drawn
     k = sampling.top_k if 0 < sampling.top_k < logits.numel() else logits.numel()
     values, indices = torch.topk(logits / sampling.temperature, k)       # (k,) sorted, largest first
@@ -575,6 +675,8 @@ def sample_next(logits, sampling, generator, penalized):
         before = torch.cumsum(probs, dim=-1) - probs
         probs = probs.masked_fill(before >= sampling.top_p, 0.0)
         probs = probs / probs.sum()
+    # multinomial draws index i with probability probs[i]. On the CPU, with our own Generator when a seed is given,
+    # so a seeded reply is the same on every device and is not disturbed by other threads drawing random numbers.
     choice = torch.multinomial(probs.cpu(), 1, generator=generator)     # an index into the top-k slice
     return int(indices[int(choice)])                                     # ... mapped back to a vocabulary id
 
@@ -584,6 +686,8 @@ def held_back(text, stop_strings):
 
     Streaming and stop strings fight: once a character is on the user's screen it cannot be taken back, so text
     that may turn out to be the beginning of "\nUser:" waits until the next tokens decide."""
+    # Example with the stop string "\nUser:": "Sure!\nUs" -> 3 ("\nUs" could continue into it), "Sure!" -> 0.
+    # Longest candidate first, so the whole suspicious tail is held, not only its last character.
     for size in range(min(len(text), max((len(s) for s in stop_strings), default=0)), 0, -1):
         if any(s.startswith(text[-size:]) for s in stop_strings):
             return size
@@ -592,6 +696,8 @@ def held_back(text, stop_strings):
 
 def forward(engine, ids):
     """Run new token ids through the model on top of the KV cache; return the next-token logits (V,)."""
+    # T = the whole new part of the prompt at the prefill, 1 while decoding. The model appends the new keys and
+    # values to engine.cache IN PLACE (a DynamicCache grows layer by layer) and attends over cache + new tokens.
     inputs = torch.tensor([ids], device=engine.device)                   # (1, T)
     extra = {"logits_to_keep": 1} if engine.keeps_logits else {}           # (1, 1, V) instead of (1, T, V)
     out = engine.model(input_ids=inputs, past_key_values=engine.cache, use_cache=True, **extra)
@@ -616,22 +722,32 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     or "length"), text and ids (the reply)."""
     stats = {} if stats is None else stats
     started = started or time.perf_counter()
+    # An example across two turns (ChatML, one token per bracket for brevity):
+    #   turn 1 prompt  [sys][user: Hi][asst hdr]                       -> reply [Hel][lo][!]   (stop <|im_end|>)
+    #   cached_ids     [sys][user: Hi][asst hdr][Hel][lo][!]            (the stop token was sampled, never fed)
+    #   turn 2 prompt  [sys][user: Hi][asst hdr][Hel][lo][!][<|im_end|>][user: How are you?][asst hdr]
+    # common = all of cached_ids, so turn 2 prefills only from <|im_end|> on. When the prefix differs (the window
+    # was trimmed, the system prompt or the memory note changed, a different client's conversation) the KV
+    # entries after the first difference were computed under other preceding tokens and are WRONG for the new
+    # prompt: they are cropped and recomputed. Re-rendering the reply can also tokenise it differently from how
+    # it was generated (the stored reply is .strip()ed, merges differ); the match then simply ends earlier.
     # How many leading tokens does the new prompt share with what the cache holds?
     common = 0
     for a, b in zip(engine.cached_ids, prompt_ids):
         if a != b:
             break
         common += 1
-    common = min(common, len(prompt_ids) - 1)
+    common = min(common, len(prompt_ids) - 1)        # the same prompt twice: still re-feed its last token
     if engine.cache is not None and common > 0:
         surplus = len(engine.cached_ids) - common
         if surplus:
             engine.cache.crop(-surplus)                     # negative = drop that many from the end (any version)
         del engine.cached_ids[common:]                      # keep the KV entries of the shared prefix
-    else:
+    else:                                                   # nothing shared: start an empty cache
         common = 0
         engine.cache = DynamicCache(config=engine.model.config)
         engine.cached_ids = []
+
     generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
     stop_strings = list(stop_strings) + engine.stop_strings
     stats.update(reused=common, prompt_tokens=len(prompt_ids), tokens=0, finish_reason="length", text="")
@@ -639,6 +755,10 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     penalized = set(said)                  # the repetition penalty's targets: earlier replies + this one so far
     window = [0, 0]                        # incremental decoding: [context start, read position] in reply_ids
     first_at = None
+    # The loop, one iteration per reply token: sample from the last logits -> stop? -> add to the reply -> show
+    # the safe part of the text -> feed the token to get the next logits. The token just sampled is fed only at the
+    # END of the iteration, so a stop token (or the last token at max_new_tokens) is never fed at all: the cache
+    # then holds exactly the prompt and the reply the next turn's prompt will repeat.
     try:
         logits = forward(engine, prompt_ids[common:])       # prefill: the whole new part of the prompt at once
         while len(reply_ids) < sampling.max_new_tokens:
@@ -647,7 +767,7 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
                 first_at = time.perf_counter()
                 stats["ttft"] = first_at - started
             if token in engine.stop_ids and len(reply_ids) >= min_new_tokens:
-                stats["finish_reason"] = "stop"
+                stats["finish_reason"] = "stop"   # the model ended its turn ("length" = it hit max_new_tokens)
                 break
             reply_ids.append(token)
             penalized.add(token)
@@ -668,6 +788,10 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
             # Hold back the tail while it could still become a stop string ("\nUs" may become "\nUser:").
             safe = len(text) - held_back(text, stop_strings)
             if safe > shown:
+                # Streaming: a Python generator. `yield` hands this piece to whoever iterates (the terminal prints
+                # it, the server writes it to the socket as an SSE event) and pauses HERE until they ask for the
+                # next one, so the text appears while the model is still working, and a reader that stops asking
+                # (closes the generator) stops the model too, between two tokens.
                 yield text[shown:safe]
                 shown = safe
             if len(reply_ids) < sampling.max_new_tokens:
@@ -681,6 +805,8 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
         engine.cache, engine.cached_ids = None, []            # interrupted inside a step: the cache may be half-updated
         raise
     finally:
+        # Runs on every exit, normal or not, so the caller always gets the stats of what was actually shown
+        # (text[:shown]: a reply interrupted mid-way is stored as the user saw it, not with held-back characters).
         done = time.perf_counter()
         stats["text"], stats["ids"] = text[:shown], reply_ids
         stats.setdefault("ttft", done - started)
@@ -706,6 +832,8 @@ class Conversation:
 
 def budget_of(engine, sampling):
     """Tokens the prompt may use: the context minus room for the longest reply."""
+    # prompt + reply <= context, always: the reply's room is reserved before generating, because a model cannot
+    # "trim" in the middle of a reply (cropping the cache's front would change every position after it).
     return engine.context - sampling.max_new_tokens
 
 
@@ -716,6 +844,8 @@ def prepare_prompt(engine, conversation, sampling):
     if note and conversation.memory_mode == "system":
         system, note = (system + "\n\n" + note if system else note), None
     budget = budget_of(engine, sampling)
+    # start=conversation.start: never bring back a turn that was dropped earlier (the window only slides forward,
+    # so after a trim the prompt grows at its end again and the KV cache keeps matching)
     window = dict(budget=budget, start=conversation.start, target=int(budget * TRIM_TO))
     try:
         ids, conversation.start = fit_prompt(engine.tokenizer, system, conversation.messages, note=note, **window)
@@ -736,7 +866,13 @@ def said_ids(tokenizer, messages):
 
 def chat_turn(engine, conversation, user_text, sampling, stats=None):
     """Add the user's message, generate the reply (yielding text pieces), store the reply. Hold engine.lock."""
+    # The whole of one turn, in order: clean the text -> update the long-term memory -> append the message ->
+    # fit the window (maybe dropping old turns) -> render with the template -> generate, reusing the KV cache ->
+    # append the reply. Every interface (terminal, web page, --bench, --memory-eval) goes through here, so they
+    # all behave the same. Why the caller holds the lock and not this function: the caller consumes the
+    # generator, and the model (and its single cache) is busy until the last piece has been read.
     started = time.perf_counter()          # TTFT counts from here: trimming and rendering are part of the wait
+
     user_text = clean_text(user_text, engine.tokenizer)
     if conversation.memory_mode != "off":
         remember(conversation.memory, user_text)      # before generating: the reply may already use the new fact
@@ -775,6 +911,8 @@ def save_path(folder, name):
 
 
 def save_conversation(conversation, folder, name, model_id=""):
+    # Plain JSON a person can read and edit: the messages and memory (not the KV cache, which is derived data,
+    # tied to one model and big). "format" names the layout so a later version could recognise old files.
     path = save_path(folder, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": "llm-from-scratch chat 1", "model": model_id, "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -787,6 +925,8 @@ def save_conversation(conversation, folder, name, model_id=""):
 
 
 def load_conversation(folder, name):
+    # A saved file is user input like any other: every field is checked and rebuilt from plain strings, so a
+    # hand-edited or foreign file gives one clear error, never a crash in the middle of a chat.
     path = save_path(folder, name)
     if not path.exists():
         saved = sorted(p.stem for p in Path(folder).glob("*.json")) if Path(folder).is_dir() else []
@@ -819,6 +959,8 @@ HELP = """commands:
 
 def run_command(line, conversation, engine, sampling, folder):
     """A '/...' line -> (reply text, new conversation or None, quit?). UsageError for bad input."""
+    # Returning a NEW conversation for /reset and /load (instead of mutating the old one) lets the web server swap
+    # it into its session table under its own lock; the terminal just rebinds its variable.
     command, _, argument = line.strip().partition(" ")
     command, argument = command.lower(), argument.strip()
     if command in ("/quit", "/exit", "/bye"):
@@ -843,7 +985,7 @@ def run_command(line, conversation, engine, sampling, folder):
     if command == "/system":
         if not argument:
             return f"system prompt: {conversation.system_prompt}", None, False
-        argument = clean_text(argument, engine.tokenizer)
+        argument = clean_text(argument, engine.tokenizer)  # a persona must not smuggle in control tokens either
         # Leave at least half the budget for the conversation itself.
         if len(engine.tokenizer.encode(argument)) > budget_of(engine, sampling) // 2:
             raise UsageError("that system prompt is too long for the context: shorten it or raise --context")
@@ -867,11 +1009,14 @@ def run_command(line, conversation, engine, sampling, folder):
 # Interface 1: the terminal chat
 # ----------------------------------------------------------------------------------------------------------------
 def stats_line(stats):
+    # Shown after every reply so the learner can watch the KV cache work: "reused" jumps to most of the prompt from
+    # the second turn on, drops to ~0 right after a trim, and TTFT follows it.
     return (f"[{stats['tokens']} tokens, first token {stats['ttft']:.2f} s, {stats['tokens_per_s']:.1f} tokens/s, "
             f"prompt {stats['prompt_tokens']} tokens ({stats['reused']} reused from the KV cache)]")
 
 
 def terminal_chat(engine, conversation, sampling, folder):
+    # Not a terminal (a pipe, a test feeding lines on stdin): no "you> " prompts cluttering the output.
     interactive = sys.stdin.isatty()
     print(f"chatting with {engine.model_id} on {engine.device.type} (context {engine.context} tokens). "
           "/help for commands, /quit to leave.", flush=True)
@@ -897,7 +1042,10 @@ def terminal_chat(engine, conversation, sampling, folder):
         stats = {}
         print("bot> ", end="", flush=True)
         try:
+            # The lock matters even here with one user: the warm-up pass may still be running in its thread.
+            # flush=True on every piece: print buffers until a newline otherwise, and streaming would be invisible.
             with engine.lock:
+
                 for piece in chat_turn(engine, conversation, line, sampling, stats):
                     print(piece, end="", flush=True)
         except KeyboardInterrupt:  # Ctrl-C stops the reply, not the program
