@@ -701,31 +701,47 @@ class GPT(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 def top_k_filter(logits, k):
     """Keep the k largest logits of each row, set the rest to -inf (probability 0). logits: (B, V)."""
+    # Why filter at all: a trained model still gives every token a small probability, and over hundreds of draws
+    # those thousands of unlikely tokens get picked now and then (one odd character derails the text). Cutting
+    # the tail and renormalising keeps the variety of sampling without its worst mistakes.
     if k <= 0 or k >= logits.size(-1):
         return logits
+    # topk values come sorted descending: column k-1 is the k-th largest logit of each row
     kth_largest = torch.topk(logits, k, dim=-1).values[:, -1:]            # (B, 1)
+    # exp(-inf) = 0, so after softmax the dropped tokens have probability exactly 0 and the rest renormalise.
+    # Ties with the k-th value are all kept (so slightly more than k tokens may survive).
     return logits.masked_fill(logits < kth_largest, float("-inf"))
 
 
 def top_p_filter(logits, p):
     """Nucleus filter: keep the smallest set of most likely tokens whose probabilities sum to >= p. (B, V)."""
+    # Unlike top-k, the number of kept tokens adapts: after "ROMEO" the next character is nearly certain and the
+    # nucleus is 1-2 tokens; at the start of a line it holds dozens. A fixed k is too wide in the first case and
+    # too narrow in the second.
     if p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)    # (B, V) most likely first
     probs = F.softmax(sorted_logits, dim=-1)
     mass_before = torch.cumsum(probs, dim=-1) - probs                       # probability of the tokens ranked above
     drop_sorted = mass_before >= p                                         # the set already reached p without it
+    # (the most likely token has mass_before = 0 < p, so it always survives: the nucleus is never empty)
+    # scatter writes drop_sorted[b, j] to position order[b, j]: undoes the sort. (Its first argument only
+    # supplies the shape and dtype; every position is overwritten because order is a permutation.)
     drop = drop_sorted.scatter(-1, order, drop_sorted)                     # back to vocabulary order
     return logits.masked_fill(drop, float("-inf"))
 
 
 def pick_next_token(logits, temperature, top_k, top_p, generator):
     """logits (B, V) of the next token -> (B, 1) chosen ids. temperature 0 = greedy (argmax)."""
-    logits = logits.float()
+    logits = logits.float()  # softmax and cumulative sums in fp32 even if the model ran in bf16
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
+    # Temperature: softmax(logits / t). t < 1 stretches the differences between logits (the likely get likelier,
+    # t -> 0 is argmax); t > 1 flattens them (t -> inf is uniform). It is applied first, so top-p measures the
+    # probability mass of the distribution that will actually be sampled.
     logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
-    probs = F.softmax(logits, dim=-1)
+    probs = F.softmax(logits, dim=-1)                                      # (B, V), filtered tokens at 0
+    # one draw per row; the explicit generator makes the sample repeatable (and identical with/without cache)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
@@ -739,11 +755,14 @@ def generate(model, prompt_ids, max_new_tokens, temperature=0.8, top_k=0, top_p=
     (which would force a full recompute every step and make a cache useless). The uncached path uses the very
     same window, so the two give identical tokens, which is what the check compares.
     """
-    model.eval()
+    model.eval()  # no dropout while generating
     block_size = model.config.block_size
     device = model.transformer.wte.weight.device
-    ids = list(prompt_ids) or [0]
+    ids = list(prompt_ids) or [0]  # an empty prompt starts from token 0 (the model needs at least one input)
     window_start = max(0, len(ids) - block_size)
+    # cached_upto: how many tokens of `ids` have their keys/values in the cache (all but the newest one).
+    # Cost per new token: without the cache the whole window (up to block_size tokens) goes through every layer;
+    # with it, one token does, plus one attention read over the cached keys/values.
     cache, cached_upto = None, 0
     new_ids = []
     for _ in range(max_new_tokens):
@@ -756,9 +775,10 @@ def generate(model, prompt_ids, max_new_tokens, temperature=0.8, top_k=0, top_p=
                 chunk = ids[window_start:]
             else:                                         # only the tokens not yet in the cache (one)
                 chunk = ids[cached_upto:]
+            # (1, len(chunk)) in, (1, 1, V) logits out; the layers append chunk's keys/values to the cache
             logits, _ = model(torch.tensor([chunk], device=device), cache=cache, last_only=True)
             cached_upto = len(ids)
-        else:
+        else:  # recompute the whole window each time: O(T) times more work per token, same numbers
             logits, _ = model(torch.tensor([ids[window_start:]], device=device), last_only=True)
         next_id = pick_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (1, 1)
         ids.append(int(next_id))
@@ -782,6 +802,9 @@ def check_kv_cache(model, tokenizer, prompt, n_tokens, log):
     prompt_ids = tokenizer.encode(prompt)
     timed_generate(model, prompt_ids, 4, use_cache=True)  # warm-up: one-time allocations stay out of the timing
     timed_generate(model, prompt_ids, 4, use_cache=False)
+    # Greedy decoding compares the logits' argmax; sampling with one seed also compares the whole filtered
+    # distributions (a wrong probability would sooner or later change a draw). Equal tokens in both ways show
+    # that the cached path computes the same function (up to float rounding), not an approximation.
     greedy_cached, t_cached = timed_generate(model, prompt_ids, n_tokens, use_cache=True)
     greedy_plain, t_plain = timed_generate(model, prompt_ids, n_tokens, use_cache=False)
     sampled_cached, _ = timed_generate(model, prompt_ids, n_tokens, True, temperature=1.0, seed=7, top_k=50, top_p=0.9)
@@ -1031,9 +1054,13 @@ def pick_device(name):
 
 def pick_dtype(choice, device):
     """Autocast dtype. bf16 keeps fp32's range (no overflow, no scaler); fp16 needs a GradScaler; CPU runs fp32."""
+    # bf16 = 1 sign, 8 exponent, 7 mantissa bits: the same range as fp32 (up to ~3e38) at ~3 significant digits.
+    # fp16 = 5 exponent, 10 mantissa bits: more precise, but anything above 65504 is inf and gradients below
+    # ~6e-8 round to 0, hence the loss scaling in train(). Tensor cores run either at many times fp32's speed.
+    # On CPU and MPS "auto" keeps fp32: the safe choice, as bf16 speed-ups there depend on the chip.
     if choice == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # Ampere+ : bf16
         return torch.float32
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
     if dtype == torch.float16 and device.type != "cuda":
@@ -1056,10 +1083,17 @@ def configure_optimizer(model, s, device):
     The last term is the "decoupled" weight decay (the W in AdamW): it shrinks weights toward 0 directly instead
     of adding w to the gradient, where Adam's per-weight scaling would distort it.
     """
+    # model.parameters() yields the tied wte/lm_head matrix once, so it is decayed (and updated) once per step
     params = [p for p in model.parameters() if p.requires_grad]
+    # The rule "2-D or more" sorts GPT-2's parameters exactly: the Linear weights and the two embeddings are
+    # matrices (they multiply or select features, and decay keeps them from growing large to fit noise); biases
+    # and LayerNorm gains/biases are vectors (they shift or scale, and pulling a gain toward 0 would just switch
+    # a feature off, which is not the simplicity weight decay is meant to prefer).
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
+    # Param groups: one optimizer, per-group settings. Both groups share lr and betas; only weight_decay differs.
     groups = [{"params": decay, "weight_decay": s["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    # eps keeps PyTorch's default 1e-8 (the sqrt(v) + eps term only matters for weights that hardly ever move)
     extra = {"fused": True} if device.type == "cuda" else {}  # one kernel for the whole update on GPU
     return torch.optim.AdamW(groups, lr=s["lr"], betas=(s["beta1"], s["beta2"]), **extra)
 
@@ -1070,9 +1104,17 @@ def learning_rate(step, progress, s):
     progress is step / max_iters, or (with --max-minutes) elapsed / budget: the schedule then ends with the clock.
     lr(p) = min_lr + 0.5 * (1 + cos(pi * p)) * (lr - min_lr)
     """
+    # Why warm up: at step 0 Adam's second-moment estimate v comes from a single gradient, so its per-weight step
+    # sizes are unreliable, and the random initial network gives large, erratic gradients. Starting at lr/W and
+    # growing linearly to lr over W steps keeps those first updates small while the statistics settle.
     if step < s["warmup_iters"]:
-        return s["lr"] * (step + 1) / s["warmup_iters"]
-    progress = min(max(progress, 0.0), 1.0)
+        return s["lr"] * (step + 1) / s["warmup_iters"]  # lr/W, 2lr/W, ..., lr (step + 1: never exactly 0)
+    # Why decay: late in training, the loss surface is explored at a finer scale; a large lr keeps the weights
+    # bouncing around a minimum instead of settling into it. The cosine is flat at both ends: it stays near lr
+    # for a while after warm-up, falls fastest at p = 0.5, and lands gently on min_lr (cos(pi) = -1 -> min_lr).
+    # Note that warm-up counts steps while the cosine's p counts progress from step 0 (not from the warm-up's
+    # end): with W much smaller than the run, the cosine has barely moved when warm-up ends.
+    progress = min(max(progress, 0.0), 1.0)  # the clock may overshoot the budget by one step: clamp to [0, 1]
     return s["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s["lr"] - s["min_lr"])
 
 
@@ -1084,6 +1126,8 @@ def evaluate(model, eval_batches, autocast):
     as unsure as. A fresh model is at ln(vocabulary) (uniform guessing); tiny-shakespeare models reach ~1.5 on
     validation text (perplexity ~4.5 out of 66 characters). Train loss well below val loss means memorising.
     """
+    # eval() turns dropout off (the loss we report is the deployed model's); @torch.no_grad above keeps autograd
+    # from recording a graph we would never backpropagate through (less memory, faster)
     model.eval()
     result = {}
     for split, batches in eval_batches.items():
@@ -1091,9 +1135,10 @@ def evaluate(model, eval_batches, autocast):
         for x, y in batches:
             with autocast:
                 _, loss = model(x, y)
-            losses.append(loss.float())
+            losses.append(loss.float())  # kept as tensors: one .item() per split, not one GPU sync per batch
+        # a mean of eval_iters batch means: each batch has B*T tokens, so this is the mean over all the tokens
         result[split] = torch.stack(losses).mean().item()
-    model.train()
+    model.train()  # back to training mode (dropout on) for the caller's next step
     return result
 
 
@@ -1229,14 +1274,23 @@ def format_time(seconds):
 def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out, log, resume_ckpt,
           auto_threads=False):
     """Train `model` with settings `s`; returns (raw_model, history). Saves ckpt.pt / best.pt under `out`."""
-    master = dist_info is None or dist_info["rank"] == 0
+    master = dist_info is None or dist_info["rank"] == 0  # rank 0 evaluates, logs and writes files
     world = 1 if dist_info is None else dist_info["world"]
     rank = 0 if dist_info is None else dist_info["rank"]
     dtype = pick_dtype(args.dtype, device)
+    # Mixed precision with autocast: the weights, their gradients and the optimizer state stay fp32 (small
+    # updates like lr * m / sqrt(v) ~ 1e-4 of a weight would vanish in bf16's 3 digits), while inside the
+    # `with autocast:` block matmuls run in bf16/fp16, at tensor-core speed and half the memory traffic.
+    # Precision-sensitive operations (softmax, LayerNorm, the loss) are kept in fp32 by autocast itself.
+    # Backward runs outside the block: autograd replays each operation in the dtype its forward used.
     autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
+    # fp16 only: multiply the loss by a large factor S before backward so small gradients do not underflow to 0,
+    # divide the gradients by S before the step; S halves whenever an inf/nan shows up (that step is skipped)
+    # and grows again after a run of clean steps. Disabled, every scaler call below is a pass-through.
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == torch.float16))
-    raw_model = model.to(device)
+    raw_model = model.to(device)  # moves the parameters in place (a Module's .to returns the same object)
+    # The optimizer must be built after .to(device): it keeps references to these very parameter tensors.
     optimizer = configure_optimizer(raw_model, s, device)
 
     # The batches come from their own generator (seeded per rank so GPUs see different data); its state is the
@@ -1254,6 +1308,10 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
     if resume_ckpt is None and master:
         (out / "best.pt").unlink(missing_ok=True)  # a fresh run: an older run's best weights must not survive
     if resume_ckpt is not None:
+        # The model's weights were loaded already (model_from_checkpoint). An exact resume also needs AdamW's
+        # m and v for every weight and its step count t (without them the first steps would be Adam's
+        # bias-corrected restart, a jolt), the loss scale, the step (for the schedule and the logs), and below
+        # the random states, so the next batches and dropout masks are those the uninterrupted run would draw.
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         if resume_ckpt.get("scaler"):
             scaler.load_state_dict(resume_ckpt["scaler"])
@@ -1281,10 +1339,16 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
             log(f"compile: torch.compile failed ({type(exc).__name__}: {str(exc)[:120]}); running eager instead")
             raw_model.zero_grad(set_to_none=True)
     if dist_info is not None:
+        # DDP wraps the (compiled) model: at construction it broadcasts rank 0's weights to all ranks, and it hooks
+        # every parameter's gradient so that, during backward, finished gradients are all-reduced (summed across
+        # ranks, then divided by world) in buckets while the rest of backward still runs: communication overlaps
+        # computation. Only the forward/backward go through `model`; the optimizer, clipping, evaluation and
+        # checkpoints use `raw_model` (the same parameters, without the wrapper's "module." name prefix).
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     n_params = raw_model.num_params()
+    # the effective batch of one optimizer step: B sequences x T tokens, k micro-steps, N processes
     tokens_per_step = s["batch_size"] * s["block_size"] * s["grad_accum"] * world
     flops_per_step = flops_per_token(raw_model.config, n_params) * tokens_per_step
     peak = peak_flops(device, args.peak_tflops)
@@ -1294,6 +1358,10 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                                  else f"{s['max_iters']} steps") + f", lr {s['lr']:g} -> {s['min_lr']:g}, "
         f"dtype {str(dtype).replace('torch.', '')}, device {device}")
 
+    # Everything a checkpoint holds, as plain tensors/dicts/lists/numbers/strings, so that torch.load(...,
+    # weights_only=True) can read it back without unpickling arbitrary objects. A closure: it reads the loop's
+    # current step, best_val and history when called. raw_model, not the DDP/compiled wrapper, so the names
+    # carry no "module."/"_orig_mod." prefix and any later run (or 05/06) can load them.
     def make_checkpoint():
         return {"format": CHECKPOINT_FORMAT, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {},
