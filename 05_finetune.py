@@ -691,21 +691,34 @@ def pad_features(features, width):
 # A (r x d_in) and B (d_out x r), r << d:  y = W x + (alpha / r) B (A x). B starts at zero, so training starts from
 # the pretrained model exactly; only A and B learn: r (d_in + d_out) numbers instead of d_in d_out. Afterwards
 # W' = W + (alpha / r) B A folds the change in: the same outputs, no extra cost, a plain model to save.
+# Why it works: the change that fine-tuning makes to a pretrained W tends to have a low "intrinsic rank" (Aghajanyan
+# et al., 2020): a few directions carry most of it. Sizes for SmolLM2's q_proj (576 x 576), r = 16: A and B hold
+# 16 x (576 + 576) = 18,432 numbers instead of 331,776, 5.6%. Fewer trainable numbers also means AdamW keeps two
+# moments for 18k numbers, not 332k, and the saved "diff" of a fine-tuning is tiny.
+# Why B = 0 and not A = 0: the update B A is zero either way, but its gradients are dL/dB = s g (A x)^T and
+# dL/dA = s B^T g x^T (g = dL/dy, s = alpha / r). With B = 0, A gets no gradient at first but B does (A x is random,
+# not zero), so B moves off zero and then A learns too. With both zero nothing would ever move.
+# Why alpha / r: the update's size then barely depends on r, so changing the rank needs no new learning rate.
 class LoRA(nn.Module):
     def __init__(self, base, rank, alpha):
         super().__init__()
         self.base = base  # nn.Linear (weight d_out x d_in), or GPT-2's Conv1D (weight d_in x d_out)
         self.transposed = not isinstance(base, nn.Linear)
         d_in, d_out = base.weight.shape if self.transposed else base.weight.shape[::-1]
+        # A ~ N(0, 1/d_in): then A x has entries of about the size of x's, like any freshly initialised layer
         self.A = nn.Parameter(torch.randn(rank, d_in, device=base.weight.device) / math.sqrt(d_in))  # (r, d_in)
         self.B = nn.Parameter(torch.zeros(d_out, rank, device=base.weight.device))                 # (d_out, r)
         self.scale = alpha / rank
 
     def forward(self, x):                                                   # x (..., d_in)
+        # W x + s B (A x): the low-rank path squeezes x through r numbers, (..., d_in) -> (..., r) -> (..., d_out);
+        # multiplying A x first never builds the (d_out, d_in) matrix B A. base's weight is frozen: it gets no grad.
         return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale    # (..., d_out)
 
     def merged(self):
+        """Fold the update into the base layer and return it: W x + s B A x = (W + s B A) x, so one matmul again."""
         delta = (self.B @ self.A) * self.scale                              # (d_out, d_in)
+        # Conv1D stores its weight as (d_in, d_out) and computes x @ W: add the transpose there
         with torch.no_grad():
             self.base.weight += delta.t() if self.transposed else delta
         return self.base
@@ -714,9 +727,12 @@ class LoRA(nn.Module):
 def add_lora(model, blocks, rank, alpha):
     """Freeze every weight, then wrap each linear layer inside the attention of `blocks` in a LoRA: q, k, v, o_proj in
     Llama; c_attn (q, k, v fused) and c_proj in GPT-2 (whose MLP has a c_proj too: the attention test skips it)."""
+    # LoRA on attention only, as the LoRA paper did: enough to change what each token attends to and what it
+    # reads; adding the MLP's three layers too would almost triple the trainable parameters.
     for p in model.parameters():
         p.requires_grad_(False)
     for block in blocks:
+        # list(...): walk a fixed snapshot, since the loop replaces children of the modules it is walking
         for name, parent in list(block.named_modules()):
             if "attn" in name.split(".")[-1] or "attention" in name.split(".")[-1]:
                 for child_name, child in list(parent.named_children()):
@@ -725,6 +741,8 @@ def add_lora(model, blocks, rank, alpha):
 
 
 def merge_lora(model):
+    """Replace every LoRA module by its base layer with B A folded in: a plain model that save_pretrained can write
+    and AutoModelForSequenceClassification can load, with no LoRA code needed."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, LoRA):
@@ -735,6 +753,9 @@ def set_trainable_top(model, n_bottom):
     """Full fine-tuning above the frozen bottom: every weight of the top blocks and what follows them (final norm,
     classification head). Frozen: the bottom blocks, the embeddings, and the output layer (tied to the token
     embedding in GPT-2 and SmolLM2). With n_bottom == 0 everything learns: full fine-tuning of the whole model."""
+    # Parameters are compared by id(): a tied weight is ONE tensor reachable under two names (embedding and output
+    # layer), so freezing it under either name freezes both. requires_grad=False means autograd neither computes nor
+    # stores its gradient, and the optimizer never sees it (we pass it only the parameters that require grad).
     frozen = set()
     if n_bottom > 0:
         frozen |= {id(p) for block in list(block_stack(model))[:n_bottom] for p in block.parameters()}
@@ -747,6 +768,8 @@ def set_trainable_top(model, n_bottom):
 
 def make_batches(lengths, batch_size, rng):
     """Shuffled batches of similar lengths (little padding): shuffle, cut in chunks of 8 batches, sort each chunk."""
+    # Fully sorted batches would waste no padding but give the same batches every epoch, short ones always together;
+    # sorting only inside random chunks keeps most of the saving and the randomness SGD needs.
     order = list(range(len(lengths)))
     rng.shuffle(order)
     batches = []
@@ -762,6 +785,9 @@ def make_batches(lengths, batch_size, rng):
 # ----------------------------------------------------------------------------------------------------------------
 def classifier_logits(clf, ids, mask, replay=None, features=None):
     """Our forward pass: base model -> hidden states (B, T, C) -> last real token (B, C) -> linear head -> (B, 3)."""
+    # AutoModelForSequenceClassification = the pretrained body (clf.base_model) + a NEW linear layer `score`,
+    # C -> 3, no bias, randomly initialised: the LM's output layer (C -> V, next-token scores) is dropped. The
+    # head's 3 outputs are logits z; the class probabilities are softmax(z).
     if replay is not None:
         replay.features = features  # (B, T, C): the frozen bottom's output, computed once
     hidden = clf.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
@@ -770,26 +796,33 @@ def classifier_logits(clf, ids, mask, replay=None, features=None):
 
 def predict_logits(clf, data, indices, device, batch_size, replay=None, fp32=False):
     """-> (len(indices), 3) logits, in the order of `indices` (fp32=True: no bf16 autocast, for exact checks)."""
-    clf.eval()
+    clf.eval()  # dropout off: the same sentence always gets the same logits
     order = sorted(indices, key=lambda i: len(data["ids"][i]))  # sorted by length: little padding
     out = []
     with torch.no_grad():
         for start in range(0, len(order), 2 * batch_size):
-            chunk = order[start:start + 2 * batch_size]
+            chunk = order[start:start + 2 * batch_size]  # no gradients to keep: twice the batch fits in memory
             ids, mask = pad_batch([data["ids"][i] for i in chunk], data["pad_id"])
             features = pad_features([data["features"][i] for i in chunk], ids.shape[1]) if replay else None
             with (contextlib.nullcontext() if fp32 else autocast(device)):
                 out.append(classifier_logits(clf, ids.to(device), mask.to(device), replay, features).cpu())
+    # undo the sort by length: row_of[i] = where sentence i landed, so the rows come back in the caller's order
     row_of = {item: row for row, item in enumerate(order)}
     return torch.cat(out)[torch.tensor([row_of[i] for i in indices], dtype=torch.long)]
 
 
 def train_classifier(clf, data, split_idx, n_bottom, lr, args, device, title):
     """Cross-entropy training of the parameters that require grad, early stopping on val macro-F1.
-    -> (test logits of the best epoch, info dict)."""
+    -> (test logits of the best epoch, info dict).
+
+    Loss: cross-entropy, L = -log softmax(z)[y] = -z_y + log sum_c exp(z_c), averaged over the batch; its gradient
+    with respect to the logits is softmax(z) - onehot(y), the multi-class form of stage 01's p - y. Early stopping: after each epoch
+    the model is scored on the val split; the weights of the best epoch are kept and training stops once `patience`
+    epochs in a row bring nothing better. Test sentences are never looked at before the end: they only report."""
     replay = Replay() if n_bottom > 0 else None
     blocks = list(block_stack(clf))
     params = [p for p in clf.parameters() if p.requires_grad]
+    # two parameter groups: the pretrained weights need small nudges (lr), the random head a bigger step (head_lr)
     head = {id(p) for p in clf.score.parameters()}
     optimizer = torch.optim.AdamW([dict(params=[p for p in params if id(p) not in head], lr=lr),
                                    dict(params=[p for p in params if id(p) in head], lr=max(lr, args.head_lr))],
@@ -797,20 +830,26 @@ def train_classifier(clf, data, split_idx, n_bottom, lr, args, device, title):
     train, rng = split_idx["train"], random.Random(args.seed)
     total = math.ceil(len(train) / args.batch_size) * args.epochs
     warmup = max(1, total // 10)
-    # step size: linear warm-up over the first 10% of the steps, then linear decay to zero
+    # step size: linear warm-up over the first 10% of the steps, then linear decay to zero. Warm-up: the random
+    # head's first gradients are large and noisy, and Adam's moment estimates are not settled yet; small first steps
+    # keep them from wrecking the pretrained weights. LambdaLR multiplies each group's lr by the factor at step s.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
     best, bad_epochs, step, losses, started, last_log = None, 0, 0, [], time.time(), time.time()
+    # With replay the model's block list becomes [Replay, block n_bottom, ..., block N-1]: the model's forward then
+    # runs embeddings -> Replay (returns the saved features) -> the trainable top blocks -> final norm.
     with blocks_replaced(clf, [replay] + blocks[n_bottom:] if replay else blocks):
         for epoch in range(args.epochs):
-            clf.train()
+            clf.train()  # dropout on (if the model has any) while learning
             for batch in make_batches([len(data["ids"][i]) for i in train], args.batch_size, rng):
                 items = [train[i] for i in batch]
                 ids, mask = pad_batch([data["ids"][i] for i in items], data["pad_id"])
                 features = pad_features([data["features"][i] for i in items], ids.shape[1]) if replay else None
-                y = torch.tensor([data["y"][i] for i in items], device=device)
+                y = torch.tensor([data["y"][i] for i in items], device=device)  # (B,) class ids 0..2
                 with autocast(device):
                     loss = F.cross_entropy(classifier_logits(clf, ids.to(device), mask.to(device), replay, features), y)
+                # the usual step: clear old gradients, backpropagate, rescale the gradient vector if its norm is
+                # above 1 (one bad batch cannot throw the weights far), move the weights, advance the schedule
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -820,8 +859,11 @@ def train_classifier(clf, data, split_idx, n_bottom, lr, args, device, title):
                 losses.append(loss.item())
                 if time.time() - last_log > args.log_every or step == total:
                     elapsed, last_log = time.time() - started, time.time()
+                    # ETA: the mean time per step so far times the steps left
                     say(f"  [{title}] step {step}/{total} loss {np.mean(losses[-20:]):.3f}  {elapsed:.0f}s elapsed, "
                         f"ETA {elapsed / step * (total - step):.0f}s")
+            # ---- early stopping: score the epoch on val, keep the best weights ----
+            # macro-F1 picks the epoch (it is the score we care about); val loss breaks ties
             val_y = [data["y"][i] for i in split_idx["val"]]
             val_logits = predict_logits(clf, data, split_idx["val"], device, args.batch_size, replay)
             val = evaluate(val_y, val_logits.argmax(1).tolist())
@@ -837,6 +879,7 @@ def train_classifier(clf, data, split_idx, n_bottom, lr, args, device, title):
                 if bad_epochs > args.patience:
                     say(f"  [{title}] early stop: no better val score for {bad_epochs} epochs")
                     break
+        # back to the best epoch's weights (copy_ in place: the model and the optimizer keep the same tensors)
         with torch.no_grad():
             for name, p in clf.named_parameters():
                 if name in best[2]:
@@ -862,6 +905,7 @@ def save_dir_atomic(path, save):
 
 
 def load_classifier(path, device):
+    """A classifier folder saved by this script -> (model in eval mode, tokenizer with a pad token)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     if not (Path(path) / "config.json").exists():
         fail(f"no saved classifier in {path}: run python 05_finetune.py first (or pass --load FOLDER)")
@@ -926,6 +970,9 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
         timings["classify: prompting"] = time.time() - started_all
 
     # ---- fine-tuning with a classification head ----
+    # from_pretrained loads every pretrained weight it finds (embeddings, blocks, final norm), skips the LM's output
+    # layer, and creates the one weight the checkpoint lacks, `score` (C -> 3), at random. Two fresh copies: full
+    # fine-tuning and LoRA must both start from the same pretrained weights.
     def fresh_classifier():
         clf = AutoModelForSequenceClassification.from_pretrained(
             source, local_files_only=local_only, num_labels=len(LABELS),
@@ -935,7 +982,10 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
 
     clf_full = fresh_classifier()
     n_layers = clf_full.config.num_hidden_layers
+    # --train-layers k: the top k blocks learn, the bottom n_bottom = N - k stay as pretrained (0 or k >= N: none)
     n_bottom = n_layers - (n_layers if args.train_layers <= 0 else min(args.train_layers, n_layers))
+    # All three splits in one list of token id lists; split_idx["train"] etc. are index ranges into it, so the
+    # frozen-block features below are computed for every sentence in a single pass.
     data, split_idx = dict(pad_id=tok.pad_token_id, ids=[], y=[], features=None), {}
     for s in ("train", "val", "test"):
         split_idx[s] = list(range(len(data["ids"]), len(data["ids"]) + len(splits[s])))
@@ -944,7 +994,7 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
         data["y"] += [LABELS.index(lab) for _, lab in splits[s]]
     top = f"top {n_layers - n_bottom} of {n_layers} blocks"
     say(f"fine-tuning: {top}" + (f"; the bottom {n_bottom} stay frozen and run once" if n_bottom else ""))
-    if n_bottom:
+    if n_bottom:  # the frozen bottom blocks run once here; both fine-tunings below reuse their output
         started = time.time()
         data["features"] = bottom_features(clf_full.eval(), data["ids"], n_bottom, tok.pad_token_id, device,
                                            2 * args.batch_size)
@@ -959,6 +1009,7 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
     say(f"check: our last-token pooling vs transformers' {type(clf_full).__name__}: max abs diff "
         f"{(ours - theirs).abs().max().item():.2e}")
 
+    # ---- full fine-tuning: every weight of the top blocks moves ----
     total = count_params(clf_full)
     set_trainable_top(clf_full, n_bottom)
     n_full = count_params(clf_full, trainable_only=True)
@@ -968,10 +1019,12 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
         full["seconds"], f"{full['seconds'] / full['steps']:.2f} s/step")
     timings["classify: full fine-tuning"] = full["seconds"]
 
+    # ---- LoRA: the pretrained weights stay frozen; only A, B and the head learn ----
     clf_lora = fresh_classifier()
     add_lora(clf_lora, list(block_stack(clf_lora))[n_bottom:], args.lora_rank, args.lora_alpha)
     clf_lora.score.weight.requires_grad_(True)  # the new head learns too
     n_lora = count_params(clf_lora, trainable_only=True)
+    # should be 0: a sanity check, printed, that no pretrained weight slipped through unfrozen
     base_with_grad = [n for n, p in clf_lora.named_parameters() if p.requires_grad and not n.endswith((".A", ".B"))
                       and not n.startswith("score")]
     say(f"LoRA r={args.lora_rank}: {n_lora:,} of {total:,} parameters trainable ({100 * n_lora / total:.3f}%); "
@@ -1014,6 +1067,12 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
 # ----------------------------------------------------------------------------------------------------------------
 # Part 3: chat fine-tuning (SFT)
 # ----------------------------------------------------------------------------------------------------------------
+# A chat model is still a next-token predictor: a conversation is turned into ONE text by a chat template (a Jinja
+# program stored with the tokenizer), with markers saying who speaks. SmolLM2 uses ChatML:
+#     <|im_start|>system\nYou are ...<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n
+# At inference the app renders the chat so far plus the header "<|im_start|>assistant\n" (add_generation_prompt)
+# and lets the model continue until it emits <|im_end|>. Training and serving must render identically, or the
+# model sees markers it was never trained on.
 # A model without a chat template (GPT-2, your stage-04 GPT) gets this plain one, saved with the chat model, so that
 # stage 06 renders prompts exactly as we trained:  {system}\n\nUser: {text}\nAssistant: {text}<eos>\nUser: ...
 PLAIN_CHAT_TEMPLATE = (
@@ -1125,15 +1184,25 @@ def render_with_mask(tok, messages):
     with the end-of-turn token that closes each (so the model learns to stop), 0 on the system prompt, the user's
     turns and the template's headers. The chat is rendered piece by piece: the text up to each reply (with the
     header that asks for it), the reply, the template's newline after it; each piece is tokenised on its own, so
-    every token is known to belong to one piece."""
+    every token is known to belong to one piece.
+
+    Why only the assistant's tokens: SFT should teach the model how to ANSWER, not how to write the user's questions
+    or the fixed system prompt (those are given at inference, never generated). The loss is
+        L = - (1 / M) * sum over the M assistant tokens t of log p(token_t | all tokens before t)
+    Every token is still IN the input (the answer must read the question); the mask only picks which predictions
+    count. (Hugging Face's own trainers mark the other positions with the label -100, cross-entropy's
+    ignore_index; we select the M positions directly instead, which also skips their output-layer work.)"""
     ids, mask, done = [], [], ""
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
+        # prompt = the chat up to this reply plus the assistant header; full = the same chat with the reply.
+        # Their difference is the reply (plus the template's end-of-turn marker): the text to train on.
         prompt = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         full = tok.apply_chat_template(messages[:i + 1], tokenize=False)
         if not (prompt.startswith(done) and full.startswith(prompt)):
             fail("the chat template does not render a conversation turn by turn: cannot find the assistant's tokens")
+        # rstrip: the newline after <|im_end|> belongs to the template, not to what the assistant must produce
         reply = full[len(prompt):].rstrip()
         for piece, trained in ((prompt[len(done):], 0), (reply, 1), (full[len(prompt) + len(reply):], 0)):
             piece_ids = tok(piece, add_special_tokens=False).input_ids if piece else []
@@ -1155,10 +1224,13 @@ def show_mask(tok, ids, mask):
 
 @torch.no_grad()
 def chat_answer(lm, tok, question, device, max_new_tokens, system=SYSTEM_PROMPT):
+    """One question -> the model's greedy answer (deterministic, so before/after comparisons are fair)."""
+    # rendered exactly as in training, ending with the assistant header: the model's next tokens are its reply
     prompt = tok.apply_chat_template(to_messages([question], system), tokenize=False, add_generation_prompt=True)
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
     ids = ids[:, -(max_positions(lm.config) - max_new_tokens):]  # a small stage-04 model: keep the end of the prompt
     end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")    # ChatML's end of turn, if the vocabulary has it
+    # stop at the end of the assistant's turn; an unknown "<|im_end|>" came back as the unk id: not a stop token
     stop = [i for i in {tok.eos_token_id, end_of_turn} if isinstance(i, int) and i >= 0 and i != tok.unk_token_id]
     with autocast(device):
         out = lm.eval().generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
@@ -1180,6 +1252,8 @@ def persona_check(lm, tok, device, args, system):
 
 
 def part_chat(lm, tok, device, args, timings):
+    """SFT: render conversations with the chat template, train next-token prediction on the assistant's tokens only,
+    compare answers before and after, save the chat model for stage 06."""
     rng = random.Random(args.seed)
     if tok.chat_template is None:
         tok.chat_template = PLAIN_CHAT_TEMPLATE
@@ -1219,6 +1293,8 @@ def part_chat(lm, tok, device, args, timings):
     timings["chat: answers before"] = time.time() - started
 
     # ---- SFT: next-token cross-entropy, on the assistant's tokens only ----
+    # The same objective as pretraining (predict the next token), on a small, curated set of conversations: the
+    # model keeps its knowledge of language and learns the format, the tone and the facts of the replies.
     n_layers = lm.config.num_hidden_layers
     n_bottom = n_layers - (n_layers if args.train_layers <= 0 else min(args.train_layers, n_layers))
     blocks = list(block_stack(lm))
@@ -1233,10 +1309,11 @@ def part_chat(lm, tok, device, args, timings):
                                    args.batch_size)
         replay = Replay()
         timings["chat: frozen-block features"] = time.time() - started
+    # no weight decay: a few hundred steps from a good starting point; decay would only pull weights towards zero
     optimizer = torch.optim.AdamW(params, lr=args.chat_lr, weight_decay=0.0)
     total = math.ceil(len(examples) / args.batch_size) * args.chat_epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
-    output_layer = lm.get_output_embeddings()
+    output_layer = lm.get_output_embeddings()  # (C -> V), frozen (tied to the token embedding)
     step, losses, started, last_log = 0, [], time.time(), time.time()
     with blocks_replaced(lm, [replay] + blocks[n_bottom:] if replay else blocks):
         lm.train()
@@ -1251,8 +1328,11 @@ def part_chat(lm, tok, device, args, timings):
                     hidden = lm.base_model(input_ids=ids, attention_mask=attention).last_hidden_state  # (B, T, C)
                     # position t predicts token t + 1: keep the positions whose NEXT token is the assistant's, and
                     # run the big output layer (C x V) on those alone
+                    # e.g. tokens [hdr, Hi, !, <end>] with mask [0, 1, 1, 1]: positions 0, 1, 2 predict Hi, !, <end>.
+                    # Pads have mask 0, so they are never targets, whatever their id.
                     chosen = trained[:, 1:].bool()                                   # (B, T-1)
                     logits = output_layer(hidden[:, :-1][chosen]).float()            # (M, V)
+                    # mean over the M chosen tokens of -log p(correct next token)
                     loss = F.cross_entropy(logits, ids[:, 1:][chosen])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -1266,7 +1346,7 @@ def part_chat(lm, tok, device, args, timings):
                     say(f"  [SFT] epoch {epoch + 1} step {step}/{total} loss {np.mean(losses[-10:]):.3f}  "
                         f"{elapsed:.0f}s elapsed, ETA {elapsed / step * (total - step):.0f}s")
     timings["chat: SFT training"] = time.time() - started
-    for p in lm.parameters():
+    for p in lm.parameters():  # training is over: no more gradients (generate() runs under no_grad anyway)
         p.requires_grad_(False)
 
     started = time.time()
