@@ -1235,6 +1235,23 @@ restore();
 # fetch() + a stream reader, the openai client with its SSE parser, curl just prints them.
 # Threads: ThreadingHTTPServer answers each connection in its own thread, so a client waiting for the model never
 # blocks the page or /v1/models; the model itself is used by one request at a time (engine.lock, a FIFO queue).
+#
+# The OpenAI shapes, abbreviated. Request:
+#   {"model": "any", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+#    "max_tokens": 50, "temperature": 0.2, "stream": false}
+# Response (stream false), one JSON object:
+#   {"id": "chatcmpl-...", "object": "chat.completion", "created": 1700000000, "model": "...",
+#    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
+#    "usage": {"prompt_tokens": 25, "completion_tokens": 3, "total_tokens": 28}}
+# Response (stream true), text/event-stream, one "data:" line per event, each followed by an empty line:
+#   data: {"object": "chat.completion.chunk", "choices": [{"delta": {"role": "assistant", "content": ""}, ...}]}
+#   data: {"object": "chat.completion.chunk", "choices": [{"delta": {"content": "Hel"}, ...}]}
+#   data: {"object": "chat.completion.chunk", "choices": [{"delta": {"content": "lo!"}, ...}]}
+#   data: {"object": "chat.completion.chunk", "choices": [{"delta": {}, "finish_reason": "stop"}]}
+#   data: [DONE]
+# The client concatenates the "content" deltas. Why SSE and not WebSockets: it is plain HTTP, one response that
+# keeps coming, so curl, proxies and the standard library handle it with no extra protocol. Errors are JSON too:
+#   {"error": {"message": "'temperature' must be ...", "type": "invalid_request_error", "param": "temperature"}}
 class BadRequest(Exception):
     """A client error: answered with `status` and an OpenAI-shaped JSON error naming the field (`param`)."""
 
@@ -1245,6 +1262,7 @@ class BadRequest(Exception):
 
 def number(body, name, low, high, default, integer=False):
     """A numeric request field, checked: bool is refused although Python counts it as an int."""
+    # (isinstance(True, int) is True in Python, so {"max_tokens": true} would otherwise pass as 1)
     value = body.get(name)
     if value is None:
         return default
@@ -1266,6 +1284,9 @@ def parse_chat_request(body, engine, defaults):
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list of {role, content} objects", "messages")
+    # The API is stateless: every request carries the whole conversation, and the server remembers nothing
+    # between requests (no memory extraction either: that is the chat page's feature, which keeps state per
+    # session). Each message is checked here because it goes straight into the chat template.
     system_parts, history = [], []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
@@ -1281,8 +1302,8 @@ def parse_chat_request(body, engine, defaults):
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise BadRequest(f"messages[{i}].content must be a string", f"messages[{i}].content")
-        content = clean_text(content, engine.tokenizer)
-        if role in ("system", "developer"):
+        content = clean_text(content, engine.tokenizer)   # no forged control tokens, whatever the role
+        if role in ("system", "developer"):               # "developer" is OpenAI's newer name for system
             system_parts.append(content)  # all system messages join into one, placed first
         else:
             history.append({"role": role, "content": content})
@@ -1298,6 +1319,8 @@ def parse_chat_request(body, engine, defaults):
     stop = [stop] if isinstance(stop, str) else stop or []
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise BadRequest("'stop' must be a string or a list of up to 4 non-empty strings", "stop")
+    # max_completion_tokens is the newer name of max_tokens; when both are given the newer one wins (the older
+    # one only provides the default). The reply's room comes out of the prompt budget, as in budget_of.
     longest = engine.context - 32  # leave the prompt at least a little room
     max_tokens = number(body, "max_completion_tokens", 1, longest,
                         number(body, "max_tokens", 1, longest, defaults.max_new_tokens, integer=True), integer=True)
@@ -1315,10 +1338,16 @@ def parse_chat_request(body, engine, defaults):
 def make_server(engine, sampling, host="127.0.0.1", port=PORT, folder="out/06_chatbot",
                 system_prompt=DEFAULT_SYSTEM_PROMPT, memory_mode="end", verbose=False):
     """A ThreadingHTTPServer (one thread per connection) sharing one engine. port=0 picks a free port."""
+    # The handler class is instantiated once per request and reaches shared state through self.server, so
+    # everything the requests share hangs off the server object: the engine (model, lock, KV cache), the default
+    # sampling, and the page's sessions {session id: Conversation} in an OrderedDict used as an LRU list.
     server = ThreadingHTTPServer((host, port), ChatHandler)
     server.daemon_threads = True          # Ctrl-C does not wait for open connections
     server.engine, server.sampling, server.folder = engine, sampling, folder
     server.system_prompt, server.memory_mode, server.verbose = system_prompt, memory_mode, verbose
+    # Two locks, two jobs: sessions_lock guards the dict for microseconds; engine.lock guards the model for whole
+    # replies. A request never holds sessions_lock while it waits for the model, so a page reload (GET
+    # /api/session) is answered at once even while the model is busy.
     server.sessions, server.sessions_lock = OrderedDict(), threading.Lock()
     server.loopback = host in ("127.0.0.1", "localhost", "::1")
     return server
@@ -1335,6 +1364,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def send_json(self, status, payload, extra_headers=()):
+        # Content-Length lets the client know where the body ends without waiting for the connection to close.
+        # nosniff: the browser must treat the body as JSON, never guess it is HTML and render (and run) it.
         data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -1350,22 +1381,28 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.send_json(status, {"error": {"message": message, "type": kind, "param": param, "code": None}},
                        [("Retry-After", "5")] if status == 503 else ())
 
-    events_started = False
+    events_started = False   # once the 200 header of a stream is out, an error can only be sent as an event
 
     def start_events(self):
         """Begin a server-sent-events reply: each event is one 'data: ...' line followed by a blank line."""
         self.events_started = True
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Cache-Control", "no-cache")          # no proxy may hold the stream back to cache it
         self.send_header("X-Content-Type-Options", "nosniff")
+        # No Content-Length: the length is unknown until the reply is done; the body ends when we close the socket.
         self.send_header("Connection", "close")
         self.end_headers()
 
     def send_event(self, payload):
+        # json.dumps escapes newlines inside strings, so an event is always ONE line: the blank line after it is
+        # unambiguous as the end of the event. flush() pushes it to the socket now, not when a buffer fills up.
+        # A client that has gone away makes this write raise BrokenPipeError/ConnectionResetError, which ends
+        # the loop over the generator; do_POST catches it.
         data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
         self.wfile.write(f"data: {data}\n\n".encode("utf-8"))
         self.wfile.flush()
+
 
     def host_allowed(self):
         """DNS-rebinding guard: a server on 127.0.0.1 answers only requests addressed to a local host name, so a web
@@ -1381,6 +1418,8 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def read_json(self):
         """The request body as JSON, or None after answering 411/413/400 itself."""
+        # Limits BEFORE reading: trusting a client to send a sane amount would let one request fill our memory.
+        # Requiring Content-Length (no chunked uploads) makes the size known up front.
         length = self.headers.get("Content-Length")
         if length is None:
             self.send_failure(411, "a Content-Length header is required")
@@ -1415,6 +1454,8 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     # --- routes ---------------------------------------------------------------------------------------------
     def do_GET(self):
+        # BaseHTTPRequestHandler calls do_<METHOD>; the routes are a plain if/elif on the path, small enough to
+        # read at a glance (a web framework would add a router and a dependency for five URLs).
         if not self.host_allowed():
             return
         url = urlparse(self.path)
@@ -1437,6 +1478,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.send_json(200, {"object": "list", "data": [{"id": self.server.engine.model_id, "object": "model",
                                                              "created": 0, "owned_by": "llm-from-scratch"}]})
         elif url.path == "/api/session":
+            # An unknown session gets an empty conversation but is NOT stored: only POST /api/chat creates one, so
+            # a client cannot fill the session table by merely asking for random ids.
             session_id = (parse_qs(url.query).get("session") or [""])[0]
             with self.server.sessions_lock:
                 conversation = self.server.sessions.get(session_id) or Conversation()
@@ -1449,6 +1492,9 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.send_failure(404, f"no such page: {url.path}")
 
     def do_POST(self):
+        # Error handling by layer: BadRequest -> a 4xx/503 JSON error; a vanished client -> nothing to answer;
+        # anything else is our bug or a model failure -> 500 (or an error event inside a started stream), logged,
+        # and the server keeps serving the other clients.
         if not self.host_allowed():
             return
         path = urlparse(self.path).path
@@ -1481,6 +1527,9 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def wait_turn_or_refuse(self):
         """Refuse with 503 when too many requests already wait for the model (the queue has a bound)."""
+        # Why a bound: with one model answering in S seconds, the k-th request in the queue waits about k * S.
+        # Past some length every client would time out anyway, and each waiting request holds a thread and a
+        # socket; a quick 503 with Retry-After is more useful than an answer minutes late.
         if self.server.engine.lock.waiting >= MAX_WAITING:
             raise BadRequest("the server is busy: too many requests are waiting; retry in a few seconds",
                              status=503)
@@ -1501,6 +1550,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             raise BadRequest(f"'message' must be a non-empty string of at most {MAX_MESSAGE_CHARS} characters",
                              "message")
         server, engine = self.server, self.server.engine
+        # pop + re-insert moves the session to the END of the OrderedDict (most recently used), so the FRONT is
+        # always the least recently used: popitem(last=False) evicts it when there are more than MAX_SESSIONS.
         with server.sessions_lock:   # find or create this browser's conversation; forget the least recently used
             conversation = server.sessions.pop(session_id, None) or Conversation(
                 system_prompt=server.system_prompt, memory_mode=server.memory_mode)
@@ -1511,6 +1562,8 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.start_events()
         if message.lstrip().startswith("/"):
             replaced = None
+            # Commands take the model lock too: /system and /load change a conversation that a generation for the
+            # same session (another tab, a double click) might be reading at that moment.
             with engine.lock:
                 try:
                     if not server.loopback and message.split()[0].lower() in ("/save", "/load"):
@@ -1533,6 +1586,10 @@ class ChatHandler(BaseHTTPRequestHandler):
         if ahead:
             self.send_event({"type": "queued", "ahead": ahead})
         stats = {}
+        # Held for the whole reply: the lock is released only after the last token has been sent (or the client
+        # has gone). Note the KV cache is per ENGINE, not per session: when two browser sessions alternate, each
+        # reply finds the other's prompt in the cache, shares only a few tokens with it and pays a full prefill.
+        # (A server for many users keeps one cache per conversation, memory permitting.)
         with engine.lock:
             pieces = chat_turn(engine, conversation, message, server.sampling, stats)
             try:
@@ -1545,10 +1602,16 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def openai_chat(self, body):
         """POST /v1/chat/completions, stateless like OpenAI's: the client sends the whole conversation each time."""
+        # Stateless does not mean cache-less: a client that resends the same conversation one turn longer produces
+        # a prompt that starts with the previous prompt + reply, so generate() reuses the KV cache here as well,
+        # provided no other request ran in between.
         engine = self.server.engine
+
         system, history, sampling, stream, include_usage, stop = parse_chat_request(body, engine,
                                                                                      self.server.sampling)
         self.wait_turn_or_refuse()
+        # Every chunk of one streamed reply repeats the same id, created time and model: a client that merges
+        # several streams tells them apart by the id.
         reply_id, created, stats = "chatcmpl-" + secrets.token_hex(12), int(time.time()), {}
         chunk = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": engine.model_id}
         with engine.lock:
@@ -1559,7 +1622,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             except UsageError as error:
                 raise BadRequest(str(error), "messages") from None
             if stream:
-                self.start_events()
+                self.start_events()   # from here on the status is 200, whatever happens: errors become events
+            # Calling a generator function runs none of its body yet; the model starts on the first iteration below.
             pieces = generate(engine, prompt_ids, sampling, stats, stop_strings=stop,
                               said=said_ids(engine.tokenizer, history[start:]), started=started)
             try:
@@ -1570,12 +1634,14 @@ class ChatHandler(BaseHTTPRequestHandler):
                         self.send_event({**chunk, "choices": [{"index": 0, "delta": {"content": piece},
                                                                "logprobs": None, "finish_reason": None}]})
                 else:
-                    for _ in pieces:
+                    for _ in pieces:      # not streaming: run to the end; the text is collected in stats["text"]
                         pass
             finally:
-                pieces.close()
+                pieces.close()            # a write failed (client gone): stop the model now, before releasing the lock
         usage = {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["tokens"],
                  "total_tokens": stats["prompt_tokens"] + stats["tokens"]}
+        # "timings" is our own extra field (not in OpenAI's schema; clients ignore unknown fields): it shows the KV
+        # cache at work from outside, e.g. a repeated conversation reports most of its prompt as cached.
         timings = {"ttft_s": round(stats["ttft"], 4), "tokens_per_s": round(stats["tokens_per_s"], 2),
                    "cached_prompt_tokens": stats["reused"]}
         # OpenAI's stream: a first chunk with the role, content chunks, a last chunk with the finish reason and an
@@ -1604,10 +1670,12 @@ def open_server(args):
 
 
 def serve(server, engine, sampling, conversation):
+    # The server was created (and its port bound) before the model loaded, with no engine; plug it in now. The
+    # terminal's conversation settings become the template for every new browser session.
     server.engine, server.sampling = engine, sampling
     server.system_prompt, server.memory_mode = conversation.system_prompt, conversation.memory_mode
     host, port = server.server_address[:2]
-    shown = f"[{host}]" if ":" in host else host
+    shown = f"[{host}]" if ":" in host else host      # an IPv6 address goes in brackets inside a URL
     print(f"serving {engine.model_id} on http://{shown}:{port}/  (chat page; OpenAI API at /v1/chat/completions)",
           flush=True)
     if not server.loopback:
@@ -1648,6 +1716,9 @@ BENCH_QUESTION = "Great. Can you suggest a simple dinner I can cook on a camping
 
 def percentile(values, q):
     """The q-th percentile (0-100) by linear interpolation between the sorted values."""
+    # position = (n - 1) * q / 100 in the sorted list; between two neighbours, interpolate linearly. Example with
+    # n = 50 latencies: p90 sits at position 44.1 = 90% of value[44] + 10% of value[45] (numpy's default method).
+    # Percentiles, not the mean: a user remembers the slow answers, and one 20 s outlier hides in a mean.
     ordered = sorted(values)
     if not ordered:
         return float("nan")
@@ -1667,6 +1738,8 @@ def run_bench(engine, sampling, startup):
     print(f"start-up: ready for input {startup['ready']:.2f} s after process start (imports {startup['imports']:.2f} s,"
           f" tokenizer + model load {startup['load']:.2f} s); first forward pass (warm-up, run in the background "
           f"while the user types) {startup['warm']:.2f} s more: fully warm after {startup['total']:.2f} s")
+    # Greedy with no penalty: the only setting in which two correct implementations must give the SAME tokens
+    # (sampling draws random numbers differently; the penalty's details differ between libraries).
     greedy = Sampling(temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=32)
     tokenizer, model = engine.tokenizer, engine.model
     # 1. Proof: our loop (prefill + KV cache + argmax) gives the same tokens as transformers' generate().
@@ -1680,6 +1753,7 @@ def run_bench(engine, sampling, startup):
         reference = model.generate(torch.tensor([check_ids], device=engine.device), max_new_tokens=32,
                                    do_sample=False, eos_token_id=sorted(engine.stop_ids),
                                    pad_token_id=sorted(engine.stop_ids)[0])[0, len(check_ids):].tolist()
+    # generate() keeps the stop token (and pads after it); our stats["ids"] never include it, so drop those ids
     reference = [t for t in reference if t not in engine.stop_ids][:len(reference)]
     same = stats["ids"] == reference[:len(stats["ids"])] and len(stats["ids"]) == len(reference)
     print(f"check: greedy tokens of our KV-cache loop == model.generate: {'yes' if same else 'NO'} "
@@ -1694,6 +1768,8 @@ def run_bench(engine, sampling, startup):
     history_tokens = len(render_ids(tokenizer, [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}] + base.messages))
     reply = Sampling(temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=24)
     cold, warm = [], []
+    # Three runs each, report the median: the first run of anything is slower (caches, allocator), and one slow
+    # run on a shared machine should not decide the figure.
     for _ in range(3):
         conversation, stats, engine.cache = copy.deepcopy(base), {}, None
         for _ in chat_turn(engine, conversation, BENCH_QUESTION, reply, stats):
@@ -1723,6 +1799,7 @@ def run_bench(engine, sampling, startup):
           f"(runs: {', '.join(f'{s:.1f}' for s in speeds)}; sampling T={sampling.temperature}, top-k {sampling.top_k},"
           f" top-p {sampling.top_p})")
     # 4. For comparison: transformers' stock generate() on the same prompt, greedy, 128 tokens.
+    #    Its prefill is estimated as the time of a 1-token generate; decode speed = the rest over 127 tokens.
     with torch.inference_mode():
         inputs = torch.tensor([prompt_ids], device=engine.device)
         started = time.perf_counter()
@@ -1734,10 +1811,11 @@ def run_bench(engine, sampling, startup):
     made = out.shape[1] - len(prompt_ids)
     print(f"reference, stock model.generate: first token {prefill:.3f} s, {made} tokens at "
           f"{(made - 1) / max(seconds - prefill, 1e-9):.1f} tokens/s after the first ({made / seconds:.1f} overall)")
-    engine.cache, engine.cached_ids = None, []
+    engine.cache, engine.cached_ids = None, []   # leave no benchmark prompt in the cache for whatever runs next
 
 
 def post_json(url, payload, timeout=600):
+
     """POST JSON with urllib; return (status, headers, body bytes) also for HTTP errors."""
     request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"),
                                      headers={"Content-Type": "application/json"}, method="POST")
@@ -1750,6 +1828,8 @@ def post_json(url, payload, timeout=600):
 
 def check_completion(status, body, stream):
     """Validate one OpenAI-shaped answer; return (reply text, None) or (None, what is wrong)."""
+    # A load test that only counted "HTTP 200" would miss the bugs concurrency actually causes: two replies mixed
+    # into one stream, a stream cut short without [DONE], an empty body. So every answer is parsed in full.
     if status != 200:
         return None, f"HTTP {status}: {body[:200]!r}"
     try:
@@ -1760,6 +1840,8 @@ def check_completion(status, body, stream):
             assert isinstance(choice["message"]["content"], str) and choice["finish_reason"] in ("stop", "length")
             assert data["usage"]["completion_tokens"] >= 0
             return choice["message"]["content"], None
+        # A complete stream is "data: {...}\n\n" ... "data: [DONE]\n\n", so splitting on the blank line gives the
+        # events, then "data: [DONE]", then an empty string after the final separator.
         blocks = body.decode("utf-8").split("\n\n")
         assert blocks[-1] == "" and blocks[-2] == "data: [DONE]", "the stream must end with data: [DONE]"
         chunks = [json.loads(b[len("data: "):]) for b in blocks[:-2]]
@@ -1780,14 +1862,21 @@ LOAD_QUESTIONS = ["What is the capital of France?", "Give me a tip for learning 
 
 def run_loadtest(engine, sampling, clients=10, requests_each=5, max_tokens=16):
     """N clients in parallel threads, each sending its requests one after another (half streamed), all validated."""
+    # What to expect: one model serves one request at a time, so throughput is fixed at 1/S requests per second
+    # (S = the time of one answer) however many clients there are, and latency grows with the queue: with N
+    # clients always waiting, each request waits for about N - 1 others, so latency is about N * S (Little's law:
+    # requests in the system = throughput x latency, N = (1/S) x latency). The test checks that nothing breaks
+    # under that pressure (every answer valid and complete, none lost; FIFO order keeps the worst latency near
+    # N * S, no client starves), not that it is fast. The clients are real HTTP clients on a real socket, like curl,
+    # not function calls, so the JSON, the SSE framing and the thread-per-connection server are all under test.
     server = make_server(engine, sampling, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
     results, results_lock = [], threading.Lock()
 
-    def client(number):
+    def client(number):     # (this `number` is the client's index; it hides the number() validator in here only)
         for r in range(requests_each):
-            stream = (number + r) % 2 == 1
+            stream = (number + r) % 2 == 1      # alternate streamed and plain requests, offset per client
             payload = {"model": engine.model_id, "stream": stream, "max_tokens": max_tokens, "temperature": 0,
                        "messages": [{"role": "user", "content": LOAD_QUESTIONS[(number * requests_each + r)
                                                                                % len(LOAD_QUESTIONS)]}]}
@@ -1797,7 +1886,7 @@ def run_loadtest(engine, sampling, clients=10, requests_each=5, max_tokens=16):
                 text, problem = check_completion(status, body, stream)
             except OSError as error:
                 text, problem = None, f"connection error: {error}"
-            with results_lock:
+            with results_lock:   # list.append is atomic in CPython, but the lock says "shared" without relying on it
                 results.append({"latency": time.perf_counter() - started, "problem": problem, "stream": stream,
                                 "empty": not text})
 
@@ -1806,7 +1895,7 @@ def run_loadtest(engine, sampling, clients=10, requests_each=5, max_tokens=16):
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
     for thread in threads:
-        thread.start()
+        thread.start()       # all clients start together: the queue fills at once, the worst case for latency
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
@@ -1870,6 +1959,8 @@ def run_memory_eval(engine, sampling, personas=len(MEMORY_PERSONAS)):
                       max_new_tokens=sampling.max_new_tokens)
     print(f"memory evaluation: {personas} personas x 4 facts, context {engine.context} tokens (prompt budget "
           f"{budget_of(engine, greedy)}), greedy replies of up to {greedy.max_new_tokens} tokens", flush=True)
+    # outside: how many questions were asked when the messages stating the facts had already been trimmed out
+    # of the window; only those questions test LONG-term memory (inside the window, any mode can read the fact).
     correct, outside, started = dict.fromkeys(MEMORY_MODES, 0), 0, time.perf_counter()
     for p, (statements, questions, filler) in enumerate(MEMORY_PERSONAS[:personas]):
         conversation = Conversation(memory_mode="off")
@@ -1887,7 +1978,8 @@ def run_memory_eval(engine, sampling, personas=len(MEMORY_PERSONAS)):
                     branch.memory_mode = mode
                     for _ in chat_turn(engine, branch, question, greedy, stats):
                         pass
-                    hit = expected in stats["text"].lower()
+                    hit = expected in stats["text"].lower()   # a generous check: the expected word anywhere in the reply
+
                     correct[mode] += hit
                     outside += mode == "off" and branch.start > 2   # were the stating messages (0 and 2) dropped?
                     print(f"  after {filler} turns, memory {mode:6s}: {question} -> {stats['text'][:60]!r} "
@@ -1936,6 +2028,9 @@ def build_parser():
 
 def check_args(args):
     """One-line errors for bad flag values (exit code 2), before any slow work."""
+    # Checked here, not deep inside generation: "--top-p 0" should fail in a second with a message naming the
+    # flag, not after a 20 s model load with a NaN from a division by zero. The ranges are the meaningful ones:
+    # top-p 0 would keep no token at all; a repetition penalty below 1 REWARDS repeating.
     if not 0 <= args.temperature <= 5:
         fail(f"--temperature must be between 0 and 5, got {args.temperature}")
     if args.top_k < 0:
@@ -1963,6 +2058,8 @@ def check_args(args):
 
 
 def main():
+    # The order is chosen for start-up time and early failure: cheap checks (flags, the port) first, then the
+    # slow model load, then a warm-up that overlaps with the user reading the banner, then the chosen mode.
     args, _unknown = build_parser().parse_known_args()  # unknown flags tolerated: Jupyter passes -f kernel.json
     check_args(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Rust tokenizer's threads would fight torch's
@@ -1971,6 +2068,8 @@ def main():
     imports_done = time.perf_counter()
     try:
         server = open_server(args) if args.serve else None   # (requests wait in the socket's backlog meanwhile)
+        # --memory-eval uses a 512-token window so that 10-30 turns of small talk push the facts out of it (with
+        # 2048 they would still be in the prompt and every mode would "remember")
         context = args.context or (512 if args.memory_eval else CONTEXT_CAP)
         threads = args.threads or (pick_threads() if pick_device().type == "cpu" else 0)
         engine = load_engine(args.model, context=context, threads=threads, int8=args.int8)
@@ -1978,7 +2077,8 @@ def main():
         if args.serve or not (args.bench or args.loadtest or args.memory_eval):
             threading.Thread(target=warm_up, args=(engine,), daemon=True).start()   # while the user types
         else:
-            warm_up(engine)
+            warm_up(engine)     # measurements must not include the one-off first-pass cost: warm up first, wait
+
         warm = time.perf_counter()
         startup = {"imports": imports_done - START_TIME, "load": ready - imports_done, "ready": ready - START_TIME,
                    "warm": warm - ready, "total": warm - START_TIME}
