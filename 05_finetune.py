@@ -109,6 +109,9 @@ def pick_device(requested="auto"):
 
 def autocast(device):
     """bf16 autocast on GPUs that support it; fp32 elsewhere (this CPU has no fast bf16; never a silent fp16)."""
+    # Inside autocast, matmuls run in bfloat16 (about 2x faster on tensor cores, half the activation memory) while
+    # the weights stay fp32. bf16 keeps fp32's 8 exponent bits, so values do not overflow the way fp16's (max 65504)
+    # can; it has only 8 bits of mantissa, which is why exact checks and label scores below run in fp32.
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -281,7 +284,8 @@ def tour(lm, tok, device, args):
     say(f"  decode(encode(text)) == text: {same}" + ("" if same else f" (unknown characters became "
                                                        f"{tok.unk_token}: {tok.decode(ids)!r})"))
     # Weight tying: the output layer's (V, C) matrix IS the token embedding, so the logit of token v is the dot
-    # product of the last hidden state with v's embedding. It saves V * C parameters (a fifth of SmolLM2, a third of GPT-2).
+    # product of the last hidden state with v's embedding. It saves V * C parameters (a fifth of SmolLM2, a third
+    # of GPT-2).
     tied = bool(getattr(lm.config, "tie_word_embeddings", False))
     say(f"parameters: {count_params(lm):,}, of which {lm.get_input_embeddings().weight.numel():,} in the token "
         f"embedding ({'also' if tied else 'not'} used as the output layer)")
@@ -639,6 +643,8 @@ class Replay(nn.Module):
         self.features = None  # (B, T, C), set before each forward pass
 
     def forward(self, hidden_states, *args, **kwargs):
+        # *args, **kwargs: the model calls each block with extra inputs (attention mask, rotary position embeddings,
+        # cache, ...); the frozen blocks already used them when the features were computed
         return self.features
 
 
@@ -664,6 +670,8 @@ def bottom_features(model, rows, n_bottom, pad_id, device, batch_size):
     features = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: little padding
     try:
+        # only the bottom blocks are in the list: the forward pass ends after them (then the final norm runs on
+        # block n_bottom - 1's output, which we ignore: the hook has the un-normed output the top blocks expect)
         with blocks_replaced(model, blocks[:n_bottom]):  # the top blocks do not even run
             for start in range(0, len(rows), batch_size):
                 chunk = order[start:start + batch_size]
@@ -816,9 +824,10 @@ def train_classifier(clf, data, split_idx, n_bottom, lr, args, device, title):
     -> (test logits of the best epoch, info dict).
 
     Loss: cross-entropy, L = -log softmax(z)[y] = -z_y + log sum_c exp(z_c), averaged over the batch; its gradient
-    with respect to the logits is softmax(z) - onehot(y), the multi-class form of stage 01's p - y. Early stopping: after each epoch
-    the model is scored on the val split; the weights of the best epoch are kept and training stops once `patience`
-    epochs in a row bring nothing better. Test sentences are never looked at before the end: they only report."""
+    with respect to the logits is softmax(z) - onehot(y), the multi-class form of stage 01's p - y.
+    Early stopping: after each epoch the model is scored on the val split; the weights of the best epoch are kept,
+    and training stops once more than `patience` epochs in a row bring nothing better. Test sentences are never
+    looked at before the end: they only report."""
     replay = Replay() if n_bottom > 0 else None
     blocks = list(block_stack(clf))
     params = [p for p in clf.parameters() if p.requires_grad]
@@ -911,15 +920,16 @@ def load_classifier(path, device):
         fail(f"no saved classifier in {path}: run python 05_finetune.py first (or pass --load FOLDER)")
     clf = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    tok.pad_token = tok.pad_token or tok.eos_token or tok.unk_token
+    tok.pad_token = tok.pad_token or tok.eos_token or tok.unk_token  # saved with one, but a hand-made folder may lack it
     return clf, tok
 
 
 def classify_texts(clf, tok, texts, device, max_len):
     """Texts -> (N, 3) probabilities with a whole saved classifier (no cached features)."""
+    # tokenised exactly as in training (no special tokens, cut at max_len); an empty text becomes one pad token
     rows = [tok(t, add_special_tokens=False).input_ids[:max_len] or [tok.pad_token_id] for t in texts]
     logits = predict_logits(clf, dict(ids=rows, pad_id=tok.pad_token_id), list(range(len(rows))), device, 16)
-    return F.softmax(logits, -1)
+    return F.softmax(logits, -1)  # p(class) = exp(z_c) / sum_c' exp(z_c')
 
 
 def part_classify(lm, tok, source, local_only, rows, device, args, timings):
@@ -956,10 +966,12 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
             examples = few_shot_examples(splits["train"], shots, args.seed)
             name = f"few-shot prompt (k={len(examples)})" if examples else "zero-shot prompt"
             prefix, suffix, _ = prompt_template(tok, examples)
+            # a stage-04 model with 256 positions may not fit the instruction, the examples and a sentence
             if len(tok(prefix + suffix, add_special_tokens=False).input_ids) + 24 > max_positions(lm.config):
                 say(f"{name} skipped: the prompt leaves no room for a sentence in {max_positions(lm.config)} positions")
                 continue
             started = time.time()
+            # for batch calibration: training sentences WITHOUT their labels (no test data, no labels are used)
             unlabelled = random.Random(args.seed).sample(texts["train"], min(64, len(texts["train"])))
             raw, calibrated, n_prefix = prompt_classify(lm, tok, examples, texts["test"], unlabelled, device,
                                                         args.batch_size, args.max_len)
@@ -1002,6 +1014,7 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
         say(f"  output of the frozen blocks for {len(data['ids'])} sentences: {time.time() - started:.0f} s")
 
     # our pooling against transformers' own classifier forward (which looks for the last non-pad token id)
+    # Whole model, no replay: this checks our hidden -> last token -> score path, not the features.
     ids, mask = pad_batch([data["ids"][i] for i in split_idx["test"][:4]], tok.pad_token_id)
     with torch.no_grad():
         ours = classifier_logits(clf_full.eval(), ids.to(device), mask.to(device))
@@ -1033,7 +1046,7 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
     add(f"LoRA r={args.lora_rank} on attention" + (f", {top}" if n_bottom else ""), lora_logits.argmax(1).tolist(),
         n_lora, lora["seconds"], f"{lora['seconds'] / lora['steps']:.2f} s/step")
     timings["classify: LoRA"] = lora["seconds"]
-    # fold B A into W: the plain model must give the same logits as W plus the LoRA path (compared in fp32,
+    # fold B A into W: the plain model must give the same logits as W plus the LoRA path, up to float rounding (compared in fp32,
     # since bf16 rounding alone would differ by ~0.1)
     probe = split_idx["test"][:64]
     beside = predict_logits(clf_lora, data, probe, device, args.batch_size, fp32=True)
@@ -1069,7 +1082,8 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
 # ----------------------------------------------------------------------------------------------------------------
 # A chat model is still a next-token predictor: a conversation is turned into ONE text by a chat template (a Jinja
 # program stored with the tokenizer), with markers saying who speaks. SmolLM2 uses ChatML:
-#     <|im_start|>system\nYou are ...<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n
+#     <|im_start|>system\nYou are ...<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n
+#     <|im_start|>assistant\nHello!<|im_end|>\n
 # At inference the app renders the chat so far plus the header "<|im_start|>assistant\n" (add_generation_prompt)
 # and lets the model continue until it emits <|im_end|>. Training and serving must render identically, or the
 # model sees markers it was never trained on.
@@ -1228,6 +1242,7 @@ def chat_answer(lm, tok, question, device, max_new_tokens, system=SYSTEM_PROMPT)
     # rendered exactly as in training, ending with the assistant header: the model's next tokens are its reply
     prompt = tok.apply_chat_template(to_messages([question], system), tokenize=False, add_generation_prompt=True)
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    # the prompt plus the answer must fit the model's positions; cutting the START keeps the question and the header
     ids = ids[:, -(max_positions(lm.config) - max_new_tokens):]  # a small stage-04 model: keep the end of the prompt
     end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")    # ChatML's end of turn, if the vocabulary has it
     # stop at the end of the assistant's turn; an unknown "<|im_end|>" came back as the unk id: not a stop token
@@ -1269,11 +1284,14 @@ def part_chat(lm, tok, device, args, timings):
         args.max_new_tokens = min(args.max_new_tokens, max_positions(lm.config) // 2)  # and the question needs room
         say(f"only {max_positions(lm.config)} positions: no system prompt, answers of at most {args.max_new_tokens} "
             f"tokens")
+    # Mixing general conversations in keeps the model a general chatbot: trained on persona answers alone it would
+    # answer "I'm Pebble ..." to everything (and forget a little more of what it knew: "catastrophic forgetting").
     persona = PERSONA_CONVERSATIONS[:args.persona_limit or None]
     chats = [(c, systems[i % 3]) for i, c in enumerate(persona * 2)]  # the persona twice: it is the lesson
     extra = chatterbot_conversations(args.chatterbot_pairs, rng)
     chats += [(c, systems[i % 3]) for i, c in enumerate(extra)]
     limit = min(args.chat_max_len, max_positions(lm.config))
+    # each example: (token ids, loss mask), both of length T_i <= limit; the mask is 1 on the assistant's tokens
     examples = [(ids[:limit], mask[:limit]) for ids, mask in (render_with_mask(tok, to_messages(c, s)) for c, s in chats)]
     examples = [e for e in examples if sum(e[1]) > 0]  # a conversation cut before any reply teaches nothing
     say(f"chat data: {len(persona)} persona conversations (twice), {len(extra)} chatterbot-corpus ones -> "
@@ -1300,6 +1318,7 @@ def part_chat(lm, tok, device, args, timings):
     blocks = list(block_stack(lm))
     set_trainable_top(lm, n_bottom)
     params = [p for p in lm.parameters() if p.requires_grad]
+    # as in Part 2: with a frozen bottom, the top blocks and the final norm learn; embeddings and output layer stay
     say(f"SFT trains {sum(p.numel() for p in params):,} of {count_params(lm):,} parameters ("
         + (f"top {n_layers - n_bottom} of {n_layers} blocks and the final norm)" if n_bottom else "all of them)"))
     replay = None
@@ -1312,6 +1331,7 @@ def part_chat(lm, tok, device, args, timings):
     # no weight decay: a few hundred steps from a good starting point; decay would only pull weights towards zero
     optimizer = torch.optim.AdamW(params, lr=args.chat_lr, weight_decay=0.0)
     total = math.ceil(len(examples) / args.batch_size) * args.chat_epochs
+    # linear decay from chat_lr to 0: big steps while the loss is high, small ones at the end to settle
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
     output_layer = lm.get_output_embeddings()  # (C -> V), frozen (tied to the token embedding)
     step, losses, started, last_log = 0, [], time.time(), time.time()
@@ -1320,6 +1340,7 @@ def part_chat(lm, tok, device, args, timings):
         for epoch in range(args.chat_epochs):
             for batch in make_batches([len(e[0]) for e in examples], args.batch_size, rng):
                 ids, attention = pad_batch([examples[i][0] for i in batch], tok.pad_token_id)
+                # the loss masks padded like the ids (pad value 0: padding is never trained)
                 trained, _ = pad_batch([examples[i][1] for i in batch], 0)  # (B, T) 1 on the assistant's tokens
                 if replay:
                     replay.features = pad_features([features[i] for i in batch], ids.shape[1])
@@ -1359,6 +1380,8 @@ def part_chat(lm, tok, device, args, timings):
     say("held-out persona questions (phrasings never trained on; correct = the answer contains the expected word):")
     say("\n".join(lines))
     say(f"persona check: {score_before}/10 before fine-tuning -> {score_after}/10 after")
+    # save_pretrained writes config.json + model.safetensors; the tokenizer files carry the chat template, so
+    # stage 06 renders prompts exactly as trained here
     chat_dir = Path(args.out) / "chat"
     save_dir_atomic(chat_dir, lambda d: (lm.save_pretrained(d), tok.save_pretrained(d)))  # with its chat template
     say(f"saved the chat model to {chat_dir}: python 06_chatbot.py --model {chat_dir}")
