@@ -980,22 +980,30 @@ def rng_states(data_generator):
     drift apart. Saving the generators' states makes step k+1 after a resume draw exactly what it would have.
     (On GPUs some kernels are not bit-deterministic, so there "exact" becomes "statistically the same".)
     """
+    # Which generator drives what: `data` picks the batch windows (get_batch); `torch` (the global CPU generator)
+    # draws the dropout masks on CPU, `cuda` on each GPU; python and numpy are saved for completeness (any
+    # library call that draws from them would otherwise break the exactness silently).
+    # Converted to lists/ints/floats/uint8 tensors: weights_only loading refuses numpy arrays and tuples of
+    # arbitrary objects, and these plain types go through it.
     py_version, py_state, py_gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # ("MT19937", 624 uint32 keys, position, has_gauss, cached_gaussian)
     return {
         "python": [py_version, list(py_state), py_gauss],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "torch": torch.get_rng_state(),           # a uint8 tensor: the Mersenne Twister's state bytes
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # one state per GPU
         "data": data_generator.get_state(),
     }
 
 
 def restore_rng_states(states, data_generator):
+    """The inverse of rng_states: rebuild the tuples/arrays the set_state functions expect, then set them."""
     random.setstate((states["python"][0], tuple(states["python"][1]), states["python"][2]))
     n = states["numpy"]
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(states["torch"])
+    # CUDA states only fit the same number of GPUs; resuming a GPU run on CPU (or on another machine) just
+    # continues with fresh CUDA streams (dropout masks then differ, the learning does not suffer)
     if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
     data_generator.set_state(states["data"])
@@ -1005,8 +1013,10 @@ def save_checkpoint(path, payload):
     """torch.save to a temporary file, then rename: a crash mid-write never destroys the previous checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + ".tmp")  # same folder, so same file system: the rename cannot copy
     torch.save(payload, tmp)
+    # os.replace is atomic on POSIX and Windows: a reader (or a crash) sees either the old file or the new one,
+    # never a half-written one. A crash during torch.save leaves only a stale .tmp behind.
     os.replace(tmp, path)
 
 
@@ -1016,6 +1026,9 @@ def load_checkpoint(path):
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; train first (python 04_minigpt.py) or pass its path")
     try:
+        # map_location="cpu": a checkpoint written on a GPU loads on a machine without one; the caller moves the
+        # model to its device. weights_only=True: a .pt file is a pickle, and unpickling can run code; this mode
+        # accepts only tensors and plain Python containers, so a downloaded checkpoint cannot attack you.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); delete it and train "
@@ -1026,6 +1039,7 @@ def load_checkpoint(path):
 
 
 def model_from_checkpoint(ckpt, path):
+    """Rebuild the GPT from the shape stored in the checkpoint, then load its weights (strict: every name)."""
     config = ModelConfig(**ckpt["model_config"])
     model = GPT(config)
     try:
@@ -1179,11 +1193,15 @@ def setup_distributed():
         torchrun --standalone --nproc_per_node=8 04_minigpt.py
     and on 2 machines add --nnodes=2 --node_rank=0|1 --master_addr=HOST --master_port=29500 instead of --standalone.
     """
+    # RANK: this process's number among all processes (0..WORLD_SIZE-1, over all machines); LOCAL_RANK: its
+    # number on this machine, which picks its GPU. A plain `python 04_minigpt.py` has neither: no DDP.
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     import torch.distributed as dist
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
+        # one GPU per process: set it before anything touches CUDA, or every process would start on GPU 0.
+        # NCCL is NVIDIA's collective library: all-reduce over NVLink/PCIe directly between GPU memories.
         torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
         device = torch.device("cuda", local_rank)
@@ -1295,6 +1313,7 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
 
     # The batches come from their own generator (seeded per rank so GPUs see different data); its state is the
     # "data position" a checkpoint saves. Eval batches are drawn once from a fixed seed: identical every eval.
+    # (If all ranks drew the same windows, N GPUs would compute N identical gradients: no gain at all.)
     data_generator = torch.Generator().manual_seed(s["seed"] + rank)
     eval_generator = torch.Generator().manual_seed(s["seed"] + 10_000)
     train_ids, val_ids = train_ids.to(device), val_ids.to(device)  # the whole token stream lives on the device
@@ -1378,15 +1397,21 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
     model.train()
     try:
         while True:
+            # progress in [0, 1] drives the cosine schedule: by the clock with a time budget (a resumed run adds
+            # the time trained before the interruption), else by steps
             elapsed = elapsed_before + (time.time() - loop_start)
             progress = elapsed / budget_s if budget_s else step / max(1, s["max_iters"])
             if dist_info is not None:  # every rank must use rank 0's clock, or their learning rates would differ
+                # (and ranks whose clocks disagree about `done` would leave the loop at different steps, leaving
+                # the others waiting forever in an all-reduce). broadcast: rank 0's value overwrites everyone's.
                 t = torch.tensor([progress], dtype=torch.float64, device=device)
                 torch.distributed.broadcast(t, src=0)
                 progress = t.item()
-            done = step >= s["max_iters"] or (budget_s and progress >= 1.0)
+            done = step >= s["max_iters"] or (budget_s and progress >= 1.0)  # the same on every rank (same clock)
 
             # ---- evaluate and checkpoint (rank 0 only) ----
+            # Evaluate every eval_interval steps and once at the end (but not a run that ends at step 0). The
+            # checkpoint is written right after an eval, so a run resumed from it would repeat that eval: skip it.
             already = bool(history["evals"]) and history["evals"][-1][0] == step  # resumed from this eval's save
             if master and (step % s["eval_interval"] == 0 or done) and not (done and step == 0) and not already:
                 losses = evaluate(raw_model, eval_batches, autocast)
@@ -1399,6 +1424,9 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                                 for m, (st, t) in reached.items() if st == step)
                 log(f"eval step {step:6d}: train {losses['train']:.4f}  val {losses['val']:.4f}  "
                     f"({since_start:.1f} s since start){marks}")
+                # Two files: best.pt is the model we keep (lowest validation loss: on GPU the validation loss
+                # bottoms out around step 1300-1800 and then rises; sampling uses best.pt); ckpt.pt is the latest
+                # state, which --resume continues from. best_val is updated first, so ckpt.pt records the new best.
                 if losses["val"] < best_val:
                     best_val = losses["val"]
                     if step > 0:
@@ -1415,25 +1443,35 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
             # optimizer step compute exactly the gradient of one batch of k*B sequences, in the memory of B.
             # Under DDP each of the N processes does this on its own batches, and the gradients are averaged across
             # processes (an all-reduce) during the last backward: the update is that of a k*B*N batch.
+            # In math: g = (1/k) sum_i grad L(batch_i), because the mean of k means over equal-sized batches is the
+            # mean over all k*B sequences; hence the loss / grad_accum below.
             lr = learning_rate(step, progress, s)
-            for group in optimizer.param_groups:
+            for group in optimizer.param_groups:  # the schedule sets lr by hand each step (both groups alike)
                 group["lr"] = lr
-            step_loss = 0.0
+            step_loss = 0.0  # the step's loss for the log: sum of the k scaled micro-losses = their mean
             for micro in range(s["grad_accum"]):
                 x, y = get_batch(train_ids, s["batch_size"], s["block_size"], data_generator)  # (B, T) each
                 # Under DDP, all-reduce the gradients only on the last micro-step (no_sync skips it before).
+                # An all-reduce after every micro-step would send the whole gradient k times for one update;
+                # inside no_sync() DDP's hooks stay silent and gradients just accumulate locally in .grad, and the
+                # last micro-step's backward all-reduces the accumulated sum once. Same result, 1/k the traffic.
                 last_micro = micro == s["grad_accum"] - 1
                 sync_ctx = model.no_sync() if (dist_info is not None and not last_micro) else contextlib.nullcontext()
                 with sync_ctx:
                     with autocast:
                         _, loss = model(x, y)
                         loss = loss / s["grad_accum"]  # the mean over all micro-batches, not their sum
+                    # backward outside autocast (see above); scale() multiplies by the fp16 loss scale, or by 1
                     scaler.scale(loss).backward()
+                # detach: keep the number, not the graph (which would hold every activation of the step in memory)
                 step_loss = step_loss + loss.detach()
             if s["grad_clip"] > 0:
                 # if ||g|| (all gradients as one vector) > clip, scale g down to length clip: a rare bad batch
                 # cannot throw the weights far. With fp16 the gradients are still multiplied by the loss scale
                 # here, so unscale them first (a no-op for bf16/fp32, whose scaler is disabled).
+                # Formula: g <- g * min(1, clip / ||g||), with ||g|| = sqrt(sum over all parameters of sum(g^2)).
+                # One factor for all parameters, so the update keeps its direction; only its length is capped.
+                # Under DDP every rank holds the same averaged gradient here, so every rank clips identically.
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), s["grad_clip"])
             scaler.step(optimizer)       # = optimizer.step() unless fp16 found inf/nan gradients (then: skip)
@@ -1476,6 +1514,10 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
             if args.interrupt_at is not None and step == args.interrupt_at:
                 raise KeyboardInterrupt  # the tests' stand-in for a real Ctrl-C
     except KeyboardInterrupt:
+        # Ctrl-C (or --interrupt-at, raised at the end of a step): save the state as it is, so that --resume
+        # loses at most the step in progress (its partial gradients are not saved: the step is simply redone);
+        # then re-raise so the caller exits with 130. A real Ctrl-C landing in the instants between
+        # scaler.step() and `step += 1` would save weights one update ahead of their step counter.
         for st, l in pending:
             history["steps"].append(st)
             history["losses"].append(float(l))
@@ -1501,8 +1543,11 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
 def check_replicas(model, dist_info, log):
     """DDP keeps one identical copy of the model per process: check it (a checksum of all parameters per rank)."""
     import torch.distributed as dist
+    # Two checksums per rank (the sum and the sum of squares of all weights, in float64) instead of the whole
+    # model: a few bytes to send, and any drift between replicas would change them.
     vec = torch.cat([p.detach().double().flatten() for p in model.parameters()])
     sums = torch.stack([vec.sum(), (vec * vec).sum()]).to(dist_info["device"])
+    # all_gather: every rank receives every rank's tensor (gathered[r] = rank r's sums)
     gathered = [torch.zeros_like(sums) for _ in range(dist_info["world"])]
     dist.all_gather(gathered, sums)
     spread = max((g - gathered[0]).abs().max().item() for g in gathered)
