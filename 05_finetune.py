@@ -199,7 +199,11 @@ def hub_model(name):
 
 
 def resolve_model(name):
-    """--model -> (what from_pretrained loads, whether it must use local files only)."""
+    """--model -> (what from_pretrained loads, whether it must use local files only).
+
+    from_pretrained accepts a hub name ("gpt2", "owner/name": downloaded once into ~/.cache/huggingface) or a folder
+    holding config.json (the architecture: layers, widths, vocabulary size), the weights (model.safetensors) and
+    the tokenizer files. local_only=True tells it not to try the network at all."""
     if name is None:  # the default: GPT-2, as in the seed article, when it can be had; else the offline SmolLM2
         found = hub_model("gpt2")
         if found:
@@ -248,12 +252,15 @@ def load_tokenizer(source, local_only):
 
 def max_positions(config):
     """How many positions the model attends over (GPT-2: n_positions; Llama: max_position_embeddings)."""
+    # GPT-2 has a learned position embedding with exactly that many rows: a longer input is an index error. Llama's
+    # rotary positions have no table, but the model was never trained beyond that length.
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
 
 
 def adapt_max_len(tok, config, args):
     """A character-level tokenizer (stage 04's) needs ~110 tokens for a sentence, not ~28: allow 4x as many."""
     probe = "Net sales rose to EUR 48.6 mn from EUR 41.2 mn."
+    # a BPE tokenizer gives ~4 characters per token; close to 1 token per character means a character-level one
     if len(tok(probe, add_special_tokens=False).input_ids) > 0.8 * len(probe) and not args.max_len_given:
         args.max_len = min(4 * args.max_len, max_positions(config))
         say(f"character-level tokenizer: sentences are cut at {args.max_len} tokens")
@@ -396,6 +403,7 @@ def evaluate(true, pred):
     """Class ids -> accuracy, macro-F1 and the confusion matrix (rows: true class, columns: predicted class).
     Macro-F1 is the mean over classes of F1 = 2PR / (P + R): every class counts the same, so a model that neglects
     the small negative class is punished even when its accuracy looks fine."""
+    # precision P = hits / predicted (of what we called class c, how much was c); recall R = hits / actual
     confusion = np.zeros((len(LABELS), len(LABELS)), dtype=int)
     for t, p in zip(true, pred):
         confusion[t, p] += 1
@@ -436,13 +444,14 @@ def train_bow(train_texts, train_y, val_texts, val_y, steps=300, lr=0.5):
         for term in bow_terms(text):
             counts[term] = counts.get(term, 0) + 1
     vocab = {t: j for j, t in enumerate(sorted(t for t, n in counts.items() if n >= 2))}  # terms seen twice or more
+    # x (N, V) 0/1 features; y (N, K) one-hot targets (row i of the identity picks class train_y[i])
     x, x_val, y = bow_matrix(train_texts, vocab), bow_matrix(val_texts, vocab), np.eye(len(LABELS))[train_y]
     best = None
-    for l2 in (1e-4, 1e-3, 1e-2):
+    for l2 in (1e-4, 1e-3, 1e-2):  # the L2 strength is a hyperparameter: try three, keep the best on val
         w, b = np.zeros((len(vocab), len(LABELS))), np.zeros(len(LABELS))
         for _ in range(steps):
             z = x @ w + b                                  # (N, K) logits
-            p = np.exp(z - z.max(1, keepdims=True))
+            p = np.exp(z - z.max(1, keepdims=True))       # minus the row max: same softmax, no overflow
             p /= p.sum(1, keepdims=True)                   # (N, K) softmax
             grad_z = (p - y) / len(x)                      # d(mean cross-entropy)/dz = (p - y) / N
             w -= lr * (x.T @ grad_z + l2 * w)              # dL/dW = x^T grad_z + l2 W
@@ -901,10 +910,11 @@ def save_dir_atomic(path, save):
     """save(folder) writes a model folder; it then replaces `path` by renames, so a crash never leaves half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # the temporary folder sits next to the target (same filesystem), so os.replace is an atomic rename
     building = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
     try:
         save(building)
-        if path.exists():
+        if path.exists():  # a folder cannot be replaced by a rename: move the old one aside first
             old = path.with_name(f".{path.name}.old{os.getpid()}")
             os.replace(path, old)
             shutil.rmtree(old, ignore_errors=True)
@@ -920,7 +930,8 @@ def load_classifier(path, device):
         fail(f"no saved classifier in {path}: run python 05_finetune.py first (or pass --load FOLDER)")
     clf = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    tok.pad_token = tok.pad_token or tok.eos_token or tok.unk_token  # saved with one, but a hand-made folder may lack it
+    # saved with a pad token, but a folder made elsewhere may lack one
+    tok.pad_token = tok.pad_token or tok.eos_token or tok.unk_token
     return clf, tok
 
 
@@ -934,6 +945,8 @@ def classify_texts(clf, tok, texts, device, max_len):
 
 def part_classify(lm, tok, source, local_only, rows, device, args, timings):
     from transformers import AutoModelForSequenceClassification
+    # train: fits the weights; val: picks the epoch, the L2 strength and the model to save; test: only reports.
+    # Choosing anything on test would make its score an optimistic estimate.
     splits = {s: [(t, lab) for t, lab, sp in rows if sp == s] for s in ("train", "val", "test")}
     for s, limit in (("train", args.max_train), ("val", args.max_eval), ("test", args.max_eval)):
         if limit and len(splits[s]) > limit:
@@ -951,6 +964,7 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
         say(f"-> {name}: test accuracy {results[-1]['acc']:.3f}, macro-F1 {results[-1]['f1']:.3f}")
 
     # ---- baselines: no language model at all ----
+    # the floor every method must beat: always answer the most frequent training label (neutral, in this data)
     majority = int(np.argmax([sum(1 for _, lab in splits["train"] if lab == c) for c in LABELS]))
     add("majority class", [majority] * len(test_y), 0, 0.0, f"always {LABELS[majority]}")
     started = time.time()
@@ -989,7 +1003,8 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
         clf = AutoModelForSequenceClassification.from_pretrained(
             source, local_files_only=local_only, num_labels=len(LABELS),
             id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)})
-        clf.config.pad_token_id = tok.pad_token_id  # transformers' own forward needs it to find the last token
+        # transformers' own forward needs it to find the last token (the last position whose id is not the pad id)
+        clf.config.pad_token_id = tok.pad_token_id
         return clf.to(device)
 
     clf_full = fresh_classifier()
@@ -1035,7 +1050,7 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
     # ---- LoRA: the pretrained weights stay frozen; only A, B and the head learn ----
     clf_lora = fresh_classifier()
     add_lora(clf_lora, list(block_stack(clf_lora))[n_bottom:], args.lora_rank, args.lora_alpha)
-    clf_lora.score.weight.requires_grad_(True)  # the new head learns too
+    clf_lora.score.weight.requires_grad_(True)  # the new head learns too (random: LoRA cannot adapt what has no W)
     n_lora = count_params(clf_lora, trainable_only=True)
     # should be 0: a sanity check, printed, that no pretrained weight slipped through unfrozen
     base_with_grad = [n for n, p in clf_lora.named_parameters() if p.requires_grad and not n.endswith((".A", ".B"))
@@ -1046,8 +1061,8 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
     add(f"LoRA r={args.lora_rank} on attention" + (f", {top}" if n_bottom else ""), lora_logits.argmax(1).tolist(),
         n_lora, lora["seconds"], f"{lora['seconds'] / lora['steps']:.2f} s/step")
     timings["classify: LoRA"] = lora["seconds"]
-    # fold B A into W: the plain model must give the same logits as W plus the LoRA path, up to float rounding (compared in fp32,
-    # since bf16 rounding alone would differ by ~0.1)
+    # fold B A into W: the plain model must give the same logits as W plus the LoRA path, up to rounding
+    # (compared in fp32, since bf16 rounding alone would differ by ~0.1)
     probe = split_idx["test"][:64]
     beside = predict_logits(clf_lora, data, probe, device, args.batch_size, fp32=True)
     merge_lora(clf_lora)
@@ -1063,7 +1078,8 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
     for r in results[1:]:
         say(f"confusion matrix, {r['name']}:\n{format_confusion(r['confusion'])}")
 
-    # Save the better fine-tuning, chosen on val (the test split only reports), and prove the folder works.
+    # Save the better fine-tuning, chosen on val (the test split only reports), and prove the folder works:
+    # reload it the way a user would (AutoModelForSequenceClassification, no code from this script) and compare.
     best_clf, best_name, best_logits = clf_full, "full fine-tuning", full_logits
     if lora["best_val_f1"] > full["best_val_f1"]:
         best_clf, best_name, best_logits = clf_lora, "LoRA (merged)", merged_logits
@@ -1277,6 +1293,7 @@ def part_chat(lm, tok, device, args, timings):
     if any(q.lower() in trained_questions for q, _ in HELD_OUT):
         fail("a held-out persona question is also in the training conversations")
     # several system prompts, and none (the template's default), so the persona holds whatever an app sends
+    # (None: to_messages adds no system message; SmolLM2's template then inserts its own default one)
     systems = [SYSTEM_PROMPT, None, "You are a helpful assistant."]
     system = SYSTEM_PROMPT
     if max_positions(lm.config) < 256:  # a small stage-04 model (64 characters?) has no room for a system prompt
@@ -1287,6 +1304,7 @@ def part_chat(lm, tok, device, args, timings):
     # Mixing general conversations in keeps the model a general chatbot: trained on persona answers alone it would
     # answer "I'm Pebble ..." to everything (and forget a little more of what it knew: "catastrophic forgetting").
     persona = PERSONA_CONVERSATIONS[:args.persona_limit or None]
+    # (conversation turns, system prompt): the system prompts rotate so that each appears with every kind of chat
     chats = [(c, systems[i % 3]) for i, c in enumerate(persona * 2)]  # the persona twice: it is the lesson
     extra = chatterbot_conversations(args.chatterbot_pairs, rng)
     chats += [(c, systems[i % 3]) for i, c in enumerate(extra)]
@@ -1299,12 +1317,14 @@ def part_chat(lm, tok, device, args, timings):
         f"{sum(sum(e[1]) for e in examples):,} of them trained (the assistant's)")
     if not examples:
         fail(f"no conversation fits in the model's {max_positions(lm.config)} positions: nothing to fine-tune")
+    # show the learner what is trained: one rendered conversation with the assistant's tokens in [[...]]
     ids, mask = render_with_mask(tok, to_messages(PERSONA_CONVERSATIONS[-2], system))
     say(f"the loss mask of one example (trained tokens in [[...]], {sum(mask)} of {len(ids)}):\n"
         + "\n".join("  | " + line for line in show_mask(tok, ids, mask).split("\n")))
 
     started = time.time()
     say(f"answering {len(GENERAL_QUESTIONS) + 2 + len(HELD_OUT)} questions before fine-tuning ...")
+    # two persona questions and two general ones: the persona should appear, general answers should stay sensible
     asked = [HELD_OUT[0][0], HELD_OUT[5][0]] + GENERAL_QUESTIONS
     before = [chat_answer(lm, tok, q, device, args.max_new_tokens, system) for q in asked]
     score_before, _ = persona_check(lm, tok, device, args, system)
@@ -1335,6 +1355,7 @@ def part_chat(lm, tok, device, args, timings):
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
     output_layer = lm.get_output_embeddings()  # (C -> V), frozen (tied to the token embedding)
     step, losses, started, last_log = 0, [], time.time(), time.time()
+    # the same replay trick as in Part 2: the frozen bottom ran once above, the top blocks learn on its output
     with blocks_replaced(lm, [replay] + blocks[n_bottom:] if replay else blocks):
         lm.train()
         for epoch in range(args.chat_epochs):
@@ -1342,7 +1363,7 @@ def part_chat(lm, tok, device, args, timings):
                 ids, attention = pad_batch([examples[i][0] for i in batch], tok.pad_token_id)
                 # the loss masks padded like the ids (pad value 0: padding is never trained)
                 trained, _ = pad_batch([examples[i][1] for i in batch], 0)  # (B, T) 1 on the assistant's tokens
-                if replay:
+                if replay:  # (B, T, C): the frozen blocks' output for these conversations
                     replay.features = pad_features([features[i] for i in batch], ids.shape[1])
                 ids, attention, trained = ids.to(device), attention.to(device), trained.to(device)
                 with autocast(device):
@@ -1459,6 +1480,7 @@ def parse_args(argv=None):
     args, unknown = p.parse_known_args(argv)  # a notebook passes -f kernel.json: ignore what we do not know
     if [u for u in unknown if not (u == "-f" or u.endswith(".json"))]:
         say(f"note: ignoring unknown arguments {unknown}")
+    # Presets fill only the knobs left unset on the command line: --tiny --epochs 2 trains 2 epochs.
     preset = dict(DEFAULTS)
     if args.quick:
         preset.update(epochs=2, shots_per_label=1, chat_epochs=3, chatterbot_pairs=40)
@@ -1525,6 +1547,9 @@ def main(argv=None):
     source, local_only = resolve_model(args.model)
     tok = load_tokenizer(source, local_only)
     from transformers import AutoModelForCausalLM
+    # AutoModelForCausalLM reads config.json's "architectures" / "model_type" and builds the matching class
+    # (GPT2LMHeadModel, LlamaForCausalLM, ...): the body of blocks plus the LM head (C -> V) for next-token logits.
+    # .eval() turns dropout off; training code switches it back on with .train() where it learns.
     try:
         lm = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only).to(device).eval()
     except (OSError, ValueError) as e:
