@@ -369,7 +369,6 @@ class FifoLock:
             # no longer in the queue = the holder popped our Event and handed us the lock in the same instant, so
             # we own it and must pass it on (__exit__), or every later waiter would wait for ever.
             with self.mutex:
-
                 if turn in self.queue:
                     self.queue.remove(turn)
                     raise
@@ -409,7 +408,6 @@ def clean_text(text, tokenizer):
     # Removing the strings (rather than escaping them) is simplest: no honest message needs them.
     while previous != text:
         previous = text
-
         for token in tokens:
             text = text.replace(token, "")
     return text
@@ -492,7 +490,6 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, no
     # separators, and with the plain template tokens can merge across message boundaries, so lengths do
     # not simply add up.
     low, high, best = 0, len(starts) - 1, None
-
     while low <= high:
         middle = (low + high) // 2
         candidate = build(history[starts[middle]:])
@@ -645,7 +642,6 @@ def memory_note(memory):
 MEMORY_MODES = ("end", "system", "off")
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Generation: prefill once, then one token at a time with the KV cache; sampling; streaming text
 # ----------------------------------------------------------------------------------------------------------------
@@ -774,7 +770,6 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
         common = 0
         engine.cache = DynamicCache(config=engine.model.config)
         engine.cached_ids = []
-
     generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
     stop_strings = list(stop_strings) + engine.stop_strings
     stats.update(reused=common, prompt_tokens=len(prompt_ids), tokens=0, finish_reason="length", text="")
@@ -803,7 +798,6 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
             # "\ufffd", so nothing is shown until the rest arrives. Decoding only a short window (not the whole
             # reply every step) keeps the cost per token constant instead of growing with the reply.
             # Streaming text. Tokens are not characters: a token can be half of a multi-byte character (decoded as
-
             # U+FFFD), and some tokenizers drop a leading space when a piece is decoded alone. So decode a short
             # window that starts one step back, and emit only what it adds; wait while it ends in U+FFFD.
             before = engine.tokenizer.decode(reply_ids[window[0]:window[1]], skip_special_tokens=True)
@@ -908,7 +902,6 @@ def chat_turn(engine, conversation, user_text, sampling, stats=None):
     # all behave the same. Why the caller holds the lock and not this function: the caller consumes the
     # generator, and the model (and its single cache) is busy until the last piece has been read.
     started = time.perf_counter()          # TTFT counts from here: trimming and rendering are part of the wait
-
     user_text = clean_text(user_text, engine.tokenizer)
     if conversation.memory_mode != "off":
         remember(conversation.memory, user_text)      # before generating: the reply may already use the new fact
@@ -1081,7 +1074,6 @@ def terminal_chat(engine, conversation, sampling, folder):
             # The lock matters even here with one user: the warm-up pass may still be running in its thread.
             # flush=True on every piece: print buffers until a newline otherwise, and streaming would be invisible.
             with engine.lock:
-
                 for piece in chat_turn(engine, conversation, line, sampling, stats):
                     print(piece, end="", flush=True)
         except KeyboardInterrupt:  # Ctrl-C stops the reply, not the program
@@ -1449,7 +1441,6 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.wfile.write(f"data: {data}\n\n".encode("utf-8"))
         self.wfile.flush()
 
-
     # Why a local server needs this: any web page you visit can make your browser send requests to
     # http://127.0.0.1:8000, and the same-origin policy only stops it READING the answers from a different host
     # name. DNS rebinding defeats that: evil.example first resolves to the attacker's server, then to 127.0.0.1,
@@ -1576,7 +1567,6 @@ class ChatHandler(BaseHTTPRequestHandler):
                     self.send_failure(500, f"internal error: {type(error).__name__}: {error}", kind="server_error")
             except OSError:
                 pass                       # the socket is already broken: nobody is left to tell
-
             self.close_connection = True
 
     def wait_turn_or_refuse(self):
@@ -1663,7 +1653,6 @@ class ChatHandler(BaseHTTPRequestHandler):
         # a prompt that starts with the previous prompt + reply, so generate() reuses the KV cache here as well,
         # provided no other request ran in between.
         engine = self.server.engine
-
         system, history, sampling, stream, include_usage, stop = parse_chat_request(body, engine,
                                                                                      self.server.sampling)
         self.wait_turn_or_refuse()
@@ -1773,9 +1762,8 @@ BENCH_HISTORY = [
 BENCH_QUESTION = "Great. Can you suggest a simple dinner I can cook on a camping stove?"
 
 
-# (Two tiny helpers instead of numpy or statistics: this file's only heavy dependency is torch + transformers.)
+# (Written out rather than numpy.percentile, so the interpolation is visible and no array is needed for a list.)
 def percentile(values, q):
-
     """The q-th percentile (0-100) by linear interpolation between the sorted values."""
     # position = (n - 1) * q / 100 in the sorted list; between two neighbours, interpolate linearly. Example with
     # n = 50 latencies: p90 sits at position 44.1 = 90% of value[44] + 10% of value[45] (numpy's default method).
@@ -1790,6 +1778,7 @@ def percentile(values, q):
 
 
 def median(values):
+    # the middle of the sorted values (for an even count, the mean of the two middle ones): robust to one outlier
     return percentile(values, 50)
 
 
@@ -1876,8 +1865,8 @@ def run_bench(engine, sampling, startup):
 
 
 def post_json(url, payload, timeout=600):
-
     """POST JSON with urllib; return (status, headers, body bytes) also for HTTP errors."""
+    # urllib raises HTTPError for 4xx/5xx; the load test wants those as results to count, not as exceptions.
     request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"),
                                      headers={"Content-Type": "application/json"}, method="POST")
     try:
@@ -2027,7 +2016,6 @@ def run_memory_eval(engine, sampling, personas=len(MEMORY_PERSONAS)):
         # memory_mode "off" while the conversation is built: with a note in the prompt, later replies could echo
         # the facts back into the window, and each mode would then be tested on a different history
         conversation = Conversation(memory_mode="off")
-
         with engine.lock:
             for text in statements + [SMALL_TALK[(p * 7 + i) % len(SMALL_TALK)] for i in range(filler)]:
                 for _ in chat_turn(engine, conversation, text, greedy):
@@ -2043,7 +2031,6 @@ def run_memory_eval(engine, sampling, personas=len(MEMORY_PERSONAS)):
                     for _ in chat_turn(engine, branch, question, greedy, stats):
                         pass
                     hit = expected in stats["text"].lower()   # a generous check: the expected word anywhere in the reply
-
                     correct[mode] += hit
                     outside += mode == "off" and branch.start > 2   # were the stating messages (0 and 2) dropped?
                     print(f"  after {filler} turns, memory {mode:6s}: {question} -> {stats['text'][:60]!r} "
@@ -2142,7 +2129,6 @@ def main():
             threading.Thread(target=warm_up, args=(engine,), daemon=True).start()   # while the user types
         else:
             warm_up(engine)     # measurements must not include the one-off first-pass cost: warm up first, wait
-
         warm = time.perf_counter()
         startup = {"imports": imports_done - START_TIME, "load": ready - imports_done, "ready": ready - START_TIME,
                    "warm": warm - ready, "total": warm - START_TIME}
