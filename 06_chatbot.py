@@ -95,6 +95,7 @@ MAX_BODY_BYTES = 1_000_000   # larger request bodies get 413 before a byte of th
 MAX_MESSAGE_CHARS = 20_000   # one chat message from the web page
 MAX_SESSIONS = 500           # browser sessions kept in memory (least recently used dropped first)
 MAX_WAITING = 64             # requests waiting for the model; more get 503 "busy" instead of piling up
+                             # (at ~5 s per reply on a CPU, the 64th waits over 5 minutes: a client would give up)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 
@@ -773,6 +774,8 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
     stop_strings = list(stop_strings) + engine.stop_strings
     stats.update(reused=common, prompt_tokens=len(prompt_ids), tokens=0, finish_reason="length", text="")
+    # Three views of the same reply, kept in step: token ids (what the model made), text (decoded so far, cut at a
+    # stop string) and `shown` (how much of text the reader already has; never more than is safe to show).
     reply_ids, text, shown = [], "", 0    # tokens so far, the reply text, how many of its characters were yielded
     penalized = set(said)                  # the repetition penalty's targets: earlier replies + this one so far
     window = [0, 0]                        # incremental decoding: [context start, read position] in reply_ids
@@ -824,6 +827,10 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
         if len(text) > shown:
             yield text[shown:]                                # whatever was held back
             shown = len(text)
+    # When the cache must be thrown away: a GeneratorExit arrives only at a `yield`, i.e. between two complete
+    # forward passes, so cache and cached_ids agree and the next turn can reuse them. Any other exception (Ctrl-C,
+    # out of memory) may strike INSIDE forward(), after some layers appended their keys/values and before
+    # cached_ids was extended: the two disagree, and reusing them would silently corrupt the next reply.
     except GeneratorExit:
         raise               # the reader stopped between two steps (client gone, Ctrl-C): the cache is consistent
     except BaseException:
