@@ -431,7 +431,9 @@ def tokenizer_from_dict(d):
 
 def prepare_data(text, tokenizer, block_size):
     """Encode the text, split it 90/10 into train/val token tensors, check both are long enough."""
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)  # (N,) the whole text as one token stream
+    # A contiguous split (not random windows): validation text the model never trained on, not even in
+    # overlapping windows, so a low val loss means generalisation rather than recall.
     n_train = int(0.9 * len(ids))
     train_ids, val_ids = ids[:n_train], ids[n_train:]
     if len(val_ids) < block_size + 2:
@@ -447,11 +449,14 @@ def get_batch(ids, batch_size, block_size, generator):
     The random start offsets come from `generator` (on the CPU, so runs repeat exactly on any device); `ids` may
     live on the GPU, and one indexing operation then cuts all B windows there.
     """
+    # the largest start leaves room for T inputs plus the one extra target token: start + T < len(ids)
     starts = torch.randint(len(ids) - block_size - 1, (batch_size, 1), generator=generator)  # (B, 1)
     if ids.device.type == "cuda":
         # page-locked memory + non_blocking: the copy does not make the CPU wait for the GPU to finish its queue
         starts = starts.pin_memory().to(ids.device, non_blocking=True)
+    # broadcasting (B, 1) + (T,) -> (B, T): row b holds the indices start_b, start_b + 1, ..., start_b + T - 1
     positions = starts + torch.arange(block_size, device=ids.device)                         # (B, T)
+    # y[b, t] = x[b, t + 1]: the target at every position is the token that follows it in the text
     return ids[positions], ids[positions + 1]                                                # (B, T), (B, T)
 
 
@@ -843,7 +848,12 @@ def hf_config_for(config, tokenizer):
 
 
 def our_state_to_hf(state):
-    """Our state dict -> GPT2LMHeadModel's (same names; transpose the Conv1D weights)."""
+    """Our state dict -> GPT2LMHeadModel's (same names; transpose the Conv1D weights).
+
+    nn.Linear stores W as (out, in) and computes x @ W^T; GPT-2's Conv1D stores W as (in, out) and computes x @ W.
+    Same numbers, transposed storage: w.t() converts either way (contiguous() makes a real copy, not a view,
+    because safetensors saves tensors by their memory).
+    """
     return {name: (w.t().contiguous() if name.endswith(TRANSPOSED) else w) for name, w in state.items()}
 
 
@@ -929,6 +939,8 @@ def export_hf(model, tokenizer, folder, log):
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     hf_model = GPT2LMHeadModel(hf_config_for(model.config, tokenizer))
+    # strict=False and then our own check: depending on the transformers version, GPT-2 may register causal-mask
+    # buffers (attn.bias, attn.masked_bias) that show up as "missing"; they are not weights, our model has none.
     missing, unexpected = hf_model.load_state_dict(our_state_to_hf(model.state_dict()), strict=False)
     missing = [m for m in missing if not m.endswith(("attn.bias", "attn.masked_bias"))]  # buffers, not weights
     if missing or unexpected:
@@ -1180,6 +1192,8 @@ def flops_per_token(config, n_params):
     Attention's q k^T and att @ v add 2 * 2 * T * C per layer forward, times 3 with backward: 12 L T C.
     MFU = (FLOPs per token * tokens per second) / the hardware's peak FLOP/s.
     """
+    # (n_params includes the embeddings, whose lookups cost no multiply; but the tied matrix is used again by the
+    # head, a real matmul, so counting it once is about right: the usual approximation.)
     return 6 * n_params + 12 * config.n_layer * config.block_size * config.n_embd
 
 
@@ -1342,6 +1356,9 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
     # torch.compile: fuses the model's many small kernels (big win on GPU). If compilation fails (no compiler,
     # unsupported platform), fall back to eager mode rather than crash. The trial step runs inside fork_rng so
     # it does not shift the random streams.
+    # torch.compile traces forward (and, via AOTAutograd, backward) into a graph and generates fused kernels:
+    # e.g. LayerNorm + bias + GELU become one kernel that reads memory once instead of several. The first call
+    # pays the compilation (tens of seconds); later calls with the same shapes reuse the result.
     model = raw_model
     if s["compile"]:
         try:
@@ -1698,6 +1715,8 @@ def run(args):
     # ---- settings, weights, data ----
     s, resume_ckpt = settings_for_run(args, out, device)
     validate_settings(s)
+    # Seed every generator before the model is built: the initial weights come from torch's global generator,
+    # so the same seed gives the same model, and (with the data generator in train()) the same run, on CPU.
     torch.manual_seed(s["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     random.seed(s["seed"])
     np.random.seed(s["seed"])
@@ -1722,6 +1741,8 @@ def run(args):
         f"({model.num_params() - cfg.block_size * cfg.n_embd:,} without position embeddings)")
 
     # ---- self-checks before training: HF parity (on the CPU, fp32), attention paths, loss at init ----
+    # Each check compares this script's code with an independent implementation (transformers' GPT-2, PyTorch's
+    # SDPA, the formula ln V) and prints the difference: a learner can see that the code does what it claims.
     probe = torch.stack([val_ids[:s["block_size"] + 1]])  # (1, T+1): one window of validation text
     if master and hf_model is not None:
         diff = logit_parity(model, hf_model, probe[:, :-1][:, :64])
@@ -1744,6 +1765,7 @@ def run(args):
         return finish(dist_info, 130)
     if not master:
         return finish(dist_info, 0)
+    # sample from the lowest-validation-loss weights, not the last ones (on GPU the last ones have overfitted)
     if (out / "best.pt").exists():
         best = load_checkpoint(out / "best.pt")
         model.load_state_dict(best["model"])
