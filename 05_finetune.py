@@ -102,6 +102,7 @@ def pick_device(requested="auto"):
         return torch.device(requested)
     if torch.cuda.is_available():
         return torch.device("cuda")
+    # mps: the GPU of Apple-silicon Macs (getattr: older torch builds have no torch.backends.mps)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
@@ -151,6 +152,8 @@ def ensure_smollm2():
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
     config = gguf_model.config.to_dict()
     config.pop("quantization_config", None)  # a plain fp32 model: no GGUF reader needed to load it again
+    # same class, same config minus quantization: a model with ordinary fp32 parameters; copy the (already
+    # dequantised) weights into it. strict=True: every name must match, nothing left random.
     plain = type(gguf_model)(type(gguf_model.config).from_dict(config))
     plain.load_state_dict(gguf_model.state_dict(), strict=True)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +162,7 @@ def ensure_smollm2():
     try:
         plain.save_pretrained(building)
         tokenizer.save_pretrained(building)
-        os.chmod(building, 0o755)
+        os.chmod(building, 0o755)  # mkdtemp makes a private (0o700) folder; a model cache should be readable
         os.replace(building, target)
     except OSError:
         if not (target / "config.json").exists():  # not "stage 06 finished first": a real error
@@ -192,6 +195,7 @@ def hub_reachable(timeout=3.0):
 
 def hub_model(name):
     """A hub name -> (name, local_only) when it is in the local cache or downloadable, else None."""
+    # a cached config.json means an earlier download: load from the cache, no network needed
     from huggingface_hub import try_to_load_from_cache
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return name, True
@@ -310,6 +314,10 @@ def tour(lm, tok, device, args):
     say("  next token: " + ", ".join(f"{tok.decode([int(i)])!r} {float(p):.2f}" for p, i in zip(*top)))
     # Greedy takes the argmax every time; temperature T divides the logits before the softmax (T < 1 sharpens, T > 1
     # flattens); top-k samples among the k likeliest tokens; top-p among the fewest whose probabilities add up to p.
+    # In symbols: p_T(v) = exp(z_v / T) / sum_u exp(z_u / T). Top-k and top-p set every other token's probability
+    # to 0 and renormalise. Top-p adapts to the model's certainty: after "EUR 13.1" a handful of tokens cover 90%,
+    # after "The" thousands do; top-k uses the same k for both. Greedy is deterministic but tends to loop.
+    # (top_k=0, top_p=1.0 below switch those filters off, so each line shows one strategy alone.)
     # generate() runs that loop: predict, pick a token, append it, repeat; the KV cache (stage 04) keeps the keys and
     # values of earlier positions, so each new token costs one position's work, not the whole sequence's.
     prompt = "The company said that next year"
@@ -331,6 +339,7 @@ def tour(lm, tok, device, args):
 # Data: the project's stance CSV, and the labelled files --eval-file accepts
 # ----------------------------------------------------------------------------------------------------------------
 def normalise_label(raw, where):
+    """A label as written (e.g. " Positive") -> "positive"; anything else is an error naming the file and line."""
     label = raw.strip().lower()
     if label not in LABELS:
         fail(f"{where}: unknown label {raw.strip()!r} (expected one of {', '.join(LABELS)})")
@@ -339,6 +348,8 @@ def normalise_label(raw, where):
 
 def read_stance_csv(path, need_split=True):
     """CSV with a header text,label[,split] -> [(text, label, split)]. Errors name the file and the line."""
+    # csv.DictReader, not line.split(","): financial sentences contain commas ("EUR 1,2 mn", "said, ..."), which
+    # the CSV format protects with quotes
     path = Path(path)
     if not path.is_file():
         fail(f"data file {path} not found")
@@ -386,6 +397,7 @@ def read_eval_file(path):
     path = Path(path)
     if not path.is_file():
         fail(f"evaluation file {path} not found")
+    # PhraseBank files are latin-1; reading the first line as latin-1 never fails, whatever the encoding
     with open(path, encoding="latin-1") as f:
         first = f.readline()
     if not first.strip():
@@ -399,7 +411,7 @@ def read_eval_file(path):
 # ----------------------------------------------------------------------------------------------------------------
 # Metrics
 # ----------------------------------------------------------------------------------------------------------------
-def evaluate(true, pred):
+def evaluate(true, pred):  # true, pred: lists of class ids 0..2
     """Class ids -> accuracy, macro-F1 and the confusion matrix (rows: true class, columns: predicted class).
     Macro-F1 is the mean over classes of F1 = 2PR / (P + R): every class counts the same, so a model that neglects
     the small negative class is punished even when its accuracy looks fine."""
@@ -443,6 +455,7 @@ def train_bow(train_texts, train_y, val_texts, val_y, steps=300, lr=0.5):
     for text in train_texts:
         for term in bow_terms(text):
             counts[term] = counts.get(term, 0) + 1
+    # terms seen once are mostly names and numbers: as features they only help memorise the training set
     vocab = {t: j for j, t in enumerate(sorted(t for t, n in counts.items() if n >= 2))}  # terms seen twice or more
     # x (N, V) 0/1 features; y (N, K) one-hot targets (row i of the identity picks class train_y[i])
     x, x_val, y = bow_matrix(train_texts, vocab), bow_matrix(val_texts, vocab), np.eye(len(LABELS))[train_y]
@@ -536,11 +549,16 @@ def label_scores(lm, tok, examples, texts, device, batch_size, max_len):
     prefix_cache = lm(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
     before, after = [tok(piece, add_special_tokens=False).input_ids if piece else [] for piece in suffix.split(MARKER)]
     label_ids = [tok(label_lead + lab, add_special_tokens=False).input_ids for lab in LABELS]
+    # With one token per label (SmolLM2: "positive", "negative", "neutral" are one token each), the three scores are
+    # three entries of the SAME next-token distribution: one row per sentence. Otherwise a row per (sentence, label),
+    # since the label's second token depends on its first.
     single = all(len(ids) == 1 for ids in label_ids)  # one token per label: one row per sentence is enough
     # what the model's positions leave for the sentence itself (a stage-04 model may have only 256 positions)
+    # (a sentence longer than that is cut at the end: the beginning usually carries the news)
     room = max_positions(lm.config) - len(prefix_ids) - len(before) - len(after) - max(map(len, label_ids))
     # " " + text: BPE tokenises a word with its leading space, as in the examples' "Sentence: The ..."
     text_ids = [tok(" " + t, add_special_tokens=False).input_ids[:min(max_len, room)] for t in texts]
+    # scores (N, 3) on the CPU, filled batch by batch in the sorted order below; row i stays sentence i
     # We call lm.base_model (embeddings + blocks + final norm -> hidden states) and apply the output layer ourselves,
     # only at the few positions we read: the full (R, T, V) logits would be ~50k numbers per token, mostly unused.
     output_layer = lm.get_output_embeddings()  # (C -> V): as costly as several blocks, so only run where needed
@@ -669,7 +687,8 @@ class Replay(nn.Module):
 # same output. The price is memory: T_i x C floats per sentence (~30 x 576 x 4 bytes = 70 kB for SmolLM2).
 @torch.no_grad()
 def bottom_features(model, rows, n_bottom, pad_id, device, batch_size):
-    """The output of block n_bottom - 1 for each token list -> [(T_i, C)] tensors (without padding)."""
+    """The output of block n_bottom - 1 for each token list -> [(T_i, C)] tensors (without padding).
+    Shapes: ids (B, T) -> embeddings (B, T, C) -> blocks 0 .. n_bottom - 1, each (B, T, C) -> (B, T, C)."""
     blocks = list(block_stack(model))
     captured = []
     # A forward hook is called with (module, inputs, output) after the module runs: here it keeps the output of the
@@ -790,7 +809,7 @@ def make_batches(lengths, batch_size, rng):
     order = list(range(len(lengths)))
     rng.shuffle(order)
     batches = []
-    for start in range(0, len(order), batch_size * 8):
+    for start in range(0, len(order), batch_size * 8):  # e.g. 16 x 8 = 128 random sentences, sorted by length
         chunk = sorted(order[start:start + batch_size * 8], key=lambda i: lengths[i])
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
@@ -808,6 +827,7 @@ def classifier_logits(clf, ids, mask, replay=None, features=None):
     if replay is not None:
         replay.features = features  # (B, T, C): the frozen bottom's output, computed once
     hidden = clf.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
+    # .float(): under bf16 autocast the head's output is bf16; the loss and the softmax are computed in fp32
     return clf.score(pool_last_token(hidden, mask)).float()                        # (B, 3)
 
 
@@ -1082,11 +1102,13 @@ def part_classify(lm, tok, source, local_only, rows, device, args, timings):
     # reload it the way a user would (AutoModelForSequenceClassification, no code from this script) and compare.
     best_clf, best_name, best_logits = clf_full, "full fine-tuning", full_logits
     if lora["best_val_f1"] > full["best_val_f1"]:
+        # merged: save_pretrained writes ordinary weights, loadable without the LoRA class
         best_clf, best_name, best_logits = clf_lora, "LoRA (merged)", merged_logits
     stance_dir = Path(args.out) / "stance"
     save_dir_atomic(stance_dir, lambda d: (best_clf.save_pretrained(d), tok.save_pretrained(d)))
     reloaded, reloaded_tok = load_classifier(stance_dir, device)
     probs = classify_texts(reloaded, reloaded_tok, texts["test"], device, args.max_len)
+    # should be all of them (a near-tie flipped by the different batching/autocast would show here)
     same = int((probs.argmax(1) == best_logits.argmax(1)).sum())
     say(f"saved {best_name} (better on val) to {stance_dir}; reloaded with AutoModelForSequenceClassification: "
         f"{same}/{len(test_y)} test predictions identical")
@@ -1186,6 +1208,7 @@ CHATTERBOT_FILES = ["greetings", "conversations", "computers", "ai", "science", 
 
 def chatterbot_conversations(limit, rng):
     """Conversations from the chatterbot-corpus package: each YAML list alternates user, assistant, user, ..."""
+    # find_spec finds the package's folder without importing it: the data are plain YAML files inside it
     spec = importlib.util.find_spec("chatterbot_corpus")
     if spec is None or not spec.submodule_search_locations:
         say("note: chatterbot-corpus is not installed (pip install chatterbot-corpus): persona conversations only")
@@ -1205,6 +1228,7 @@ def chatterbot_conversations(limit, rng):
 
 def to_messages(turns, system):
     """[user, assistant, user, ...] texts -> chat messages, with a system message unless `system` is None."""
+    # the format every chat template expects: a list of {"role": "system" | "user" | "assistant", "content": text}
     messages = [{"role": "system", "content": system}] if system else []
     return messages + [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
 
@@ -1244,6 +1268,7 @@ def render_with_mask(tok, messages):
 
 def show_mask(tok, ids, mask):
     """The conversation as text, with the trained tokens inside [[...]]."""
+    # walk the mask and cut it into runs of equal values; decode each run, bracketing the runs with mask 1
     out, start = [], 0
     for end in range(1, len(ids) + 1):
         if end == len(ids) or mask[end] != mask[start]:
@@ -1267,12 +1292,15 @@ def chat_answer(lm, tok, question, device, max_new_tokens, system=SYSTEM_PROMPT)
         out = lm.eval().generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
                                  do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop,
                                  pad_token_id=tok.pad_token_id)
+    # out (1, prompt + new): keep the new tokens; skip_special_tokens drops <|im_end|> and the like
     answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     return " ".join(answer.split("User:")[0].split())  # a plain-template model may run on into the next turn
 
 
 def persona_check(lm, tok, device, args, system):
     """Ask the 10 held-out questions; an answer is correct when it contains one of the expected words."""
+    # Phrasings never trained on: the check measures whether the model learned the facts, not whether it memorised
+    # the training questions. A substring match is crude, but it is cheap, transparent and hard to fool by chance.
     lines, score = [], 0
     for question, expected in HELD_OUT:
         answer = chat_answer(lm, tok, question, device, args.max_new_tokens, system)
@@ -1290,6 +1318,7 @@ def part_chat(lm, tok, device, args, timings):
         tok.chat_template = PLAIN_CHAT_TEMPLATE
         say("the tokenizer has no chat template: using the plain one (system, then User: ... / Assistant: ...<eos>)")
     trained_questions = {c[i].lower() for c in PERSONA_CONVERSATIONS for i in range(0, len(c), 2)}
+    # a guard against editing mistakes: a held-out question also trained on would make the check meaningless
     if any(q.lower() in trained_questions for q, _ in HELD_OUT):
         fail("a held-out persona question is also in the training conversations")
     # several system prompts, and none (the template's default), so the persona holds whatever an app sends
@@ -1308,6 +1337,8 @@ def part_chat(lm, tok, device, args, timings):
     chats = [(c, systems[i % 3]) for i, c in enumerate(persona * 2)]  # the persona twice: it is the lesson
     extra = chatterbot_conversations(args.chatterbot_pairs, rng)
     chats += [(c, systems[i % 3]) for i, c in enumerate(extra)]
+    # long conversations are cut at chat_max_len tokens (the cost of attention grows with T); the persona chats
+    # are short, so mostly long chatterbot ones are cut
     limit = min(args.chat_max_len, max_positions(lm.config))
     # each example: (token ids, loss mask), both of length T_i <= limit; the mask is 1 on the assistant's tokens
     examples = [(ids[:limit], mask[:limit]) for ids, mask in (render_with_mask(tok, to_messages(c, s)) for c, s in chats)]
@@ -1413,6 +1444,7 @@ def part_chat(lm, tok, device, args, timings):
 # Pictures
 # ----------------------------------------------------------------------------------------------------------------
 def save_plots(out, results, train_info, chat_info):
+    """stance_results.png (the results table as bars, and the training losses) and chat_sft_loss.png."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -1430,6 +1462,7 @@ def save_plots(out, results, train_info, chat_info):
         left.legend()
         left.set_title("financial stance, test split")
         for name, info in train_info.items():
+            # a moving average over 5 steps: single-batch losses of 16 sentences are noisy
             right.plot(np.convolve(info["losses"], np.ones(5) / 5, mode="valid"), label=name)
         right.set_xlabel("step")
         right.set_ylabel("training loss (mean of 5 steps)")
@@ -1478,6 +1511,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-file", help="evaluate the saved classifier on a CSV (text,label) or sentence@label file")
     p.add_argument("--load", help="the saved classifier folder (default: OUT/stance)")
     args, unknown = p.parse_known_args(argv)  # a notebook passes -f kernel.json: ignore what we do not know
+    # (say, not fail: a typo'd flag should not cost a learner a run, but they should see it was ignored)
     if [u for u in unknown if not (u == "-f" or u.endswith(".json"))]:
         say(f"note: ignoring unknown arguments {unknown}")
     # Presets fill only the knobs left unset on the command line: --tiny --epochs 2 trains 2 epochs.
@@ -1509,6 +1543,7 @@ def parse_args(argv=None):
 
 def run_saved_classifier(args, device):
     """--predict TEXT and --eval-file FILE, with a classifier saved by an earlier run."""
+    # No training, no frozen features: the saved folder is a whole model (LoRA merged in), as any user would load it.
     rows = read_eval_file(args.eval_file) if args.eval_file else None  # read first: a bad file fails fast
     clf, tok = load_classifier(Path(args.load or Path(args.out) / "stance"), device)
     adapt_max_len(tok, clf.config, args)
@@ -1532,6 +1567,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    # transformers and huggingface_hub are imported here, not at the top: importing this script (the tests do) and
+    # --help stay fast, and the flag errors of parse_args need neither
     import huggingface_hub.utils
     import transformers
     transformers.logging.set_verbosity_error()       # no "newly initialised weights" banners: we say what we do
@@ -1555,6 +1592,8 @@ def main(argv=None):
     except (OSError, ValueError) as e:
         fail(f"cannot load a causal LM from {source}: {str(e).splitlines()[0]}")
     timings["load model"], cpu["load model"] = time.time() - t0, time.process_time() - c0
+    # How many blocks learn decides the run time on a CPU: each trained block costs its forward AND backward pass
+    # in every epoch, each frozen one a single forward pass in total (see bottom_features).
     if args.train_layers is None:  # a GPU, or a small model: every block learns; a big model on a CPU: the top 16
         # (SmolLM2 on 2 CPU cores, whole run: top 8 6:44, 0.873 accuracy, persona 7/10; top 16 10:36, LoRA 0.890,
         # persona 8/10; all 30 would take ~18 min. On an H100 all 30 learn: 0.911, 10/10, 4:10.)
@@ -1589,6 +1628,7 @@ def main(argv=None):
         timings[part + " (total)"], cpu[part + " (total)"] = time.time() - t0, time.process_time() - c0
     if not args.no_plots:
         save_plots(args.out, results, train_info, chat_info)
+    # the load average tells a reader whether other programs slowed this run (0 to 1 per core: quiet)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     say(f"\nmodel {source} on {device}; time per part (load average now {load:.1f}):")
     say(f"  {'':<34} {'wall':>8} {'CPU':>8}")
