@@ -46,8 +46,10 @@ import math
 import os
 import random
 import shutil
+import signal
 import string
 import sys
+import threading
 import urllib.request
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -1411,6 +1413,21 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
     window_start, window_steps = time.time(), 0
     pending = []  # (step, loss tensor): read to Python floats only at log time, so the GPU never waits for us
     reached = {}  # first wall time (since process start) at which val loss went below a few marks
+    # Ctrl-C arrives as SIGINT at any instant, e.g. halfway through optimizer.step() when some weights are updated
+    # and others not. So on one process we only note it, finish the step, and stop at the step's end with weights,
+    # optimizer state and step counter in agreement; a second Ctrl-C stops at once. (Under torchrun every rank gets
+    # the signal at a slightly different point; the ranks could then disagree on the last step and wait for each
+    # other forever, so there Ctrl-C interrupts immediately, as Python does by default.)
+    stop = {"asked": False}
+
+    def on_ctrl_c(signum, frame):
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        log("Ctrl-C: finishing this step, then saving (press Ctrl-C again to stop at once)")
+
+    defer_ctrl_c = dist_info is None and threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGINT, on_ctrl_c) if defer_ctrl_c else None
     model.train()
     try:
         while True:
@@ -1528,13 +1545,12 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                         f"{dt * 1000:.1f} ms/step  {tokens_per_step / dt:,.0f} tok/s{mfu}  "
                         f"elapsed {format_time(elapsed)}  ETA {format_time(eta)}")
                 window_start, window_steps = time.time(), 0
-            if args.interrupt_at is not None and step == args.interrupt_at:
-                raise KeyboardInterrupt  # the tests' stand-in for a real Ctrl-C
+            if stop["asked"] or (args.interrupt_at is not None and step == args.interrupt_at):
+                raise KeyboardInterrupt  # at the end of a step (--interrupt-at: the tests' stand-in for Ctrl-C)
     except KeyboardInterrupt:
-        # Ctrl-C (or --interrupt-at, raised at the end of a step): save the state as it is, so that --resume
-        # loses at most the step in progress (its partial gradients are not saved: the step is simply redone);
-        # then re-raise so the caller exits with 130. A real Ctrl-C landing in the instants between
-        # scaler.step() and `step += 1` would save weights one update ahead of their step counter.
+        # Ctrl-C: save the state as it is, so that --resume continues exactly where we stopped (on one process the
+        # interrupt always lands here at the end of a step, see on_ctrl_c); then re-raise so the caller exits
+        # with 130.
         for st, l in pending:
             history["steps"].append(st)
             history["losses"].append(float(l))
@@ -1543,6 +1559,9 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
             log(f"interrupted: saved {out / 'ckpt.pt'} at step {step}; continue with --resume")
             (out / "history.json").write_text(json.dumps(history))
         raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)  # Ctrl-C behaves as usual again (sampling, export)
     for st, l in pending:
         history["steps"].append(st)
         history["losses"].append(float(l))

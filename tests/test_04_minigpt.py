@@ -283,6 +283,34 @@ def test_train_then_exact_resume(text_file, tmp_path):
     assert [e[0] for e in extended["evals"]] == [0, 8, 16, 24, 32]  # each evaluation once
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX-only")
+def test_real_ctrl_c_saves_a_consistent_checkpoint(text_file, tmp_path):
+    """A real SIGINT mid-training: exit 130, and the checkpoint's step counter agrees with the optimizer's."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(script_path("04")), "--data", str(text_file), *TINY, "--max-iters", "100000",
+           "--eval-interval", "100000", "--log-interval", "5", "--no-export", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=offline_env(),
+                            cwd=str(ROOT))
+    try:
+        for line in proc.stdout:  # wait until training is under way, then press "Ctrl-C"
+            if line.startswith("step") and "/100000" in line:
+                proc.send_signal(subprocess.signal.SIGINT)
+                break
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Ctrl-C: finishing this step" in stdout and "continue with --resume" in stdout
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    adam_steps = {int(state["step"]) for state in ckpt["optimizer"]["state"].values()}
+    assert adam_steps == {ckpt["step"]}  # every weight was updated exactly `step` times: nothing half-done
+    assert ckpt["history"]["steps"] == list(range(1, ckpt["step"] + 1))
+    resumed = run_script("04", "--data", text_file, *TINY, "--max-iters", str(ckpt["step"] + 4), "--eval-interval",
+                         "100000", "--no-export", "--out", out, "--resume", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resume: continuing at step {ckpt['step']}" in resumed.stdout
+
+
 def test_default_style_run_exports_and_sample_only(text_file, tmp_path):
     out = tmp_path / "out"
     proc = run_script("04", "--data", text_file, *TINY, "--max-iters", "30", "--eval-interval", "15",
