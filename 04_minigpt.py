@@ -88,7 +88,7 @@ def fail(message, code=2):
 @dataclass
 class ModelConfig:
     """The shape of the network. Saved in every checkpoint: a model can only be rebuilt with its own shape."""
-    vocab_size: int = 67      # number of distinct tokens (65 characters of tiny-shakespeare + eos + unk)
+    vocab_size: int = 67      # distinct tokens; always replaced by the tokenizer's size (66 for the offline default)
     block_size: int = 128     # context length: the most tokens the model sees at once (= learned positions)
     n_layer: int = 4          # transformer blocks stacked on top of each other
     n_head: int = 4           # attention heads per block; each head has n_embd // n_head dimensions
