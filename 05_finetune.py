@@ -187,6 +187,7 @@ def hub_reachable(timeout=3.0):
             answer.append(True)
         except OSError:
             pass
+    # only a TCP connection to port 443, no request: enough to know whether from_pretrained could download
     thread = threading.Thread(target=probe, daemon=True)  # in a thread: a stuck DNS lookup cannot hold us
     thread.start()
     thread.join(timeout)
@@ -859,6 +860,7 @@ def train_classifier(clf, data, split_idx, n_bottom, lr, args, device, title):
     looked at before the end: they only report."""
     replay = Replay() if n_bottom > 0 else None
     blocks = list(block_stack(clf))
+    # only what requires grad goes to the optimizer: full = the top blocks + head, LoRA = A, B + head
     params = [p for p in clf.parameters() if p.requires_grad]
     # two parameter groups: the pretrained weights need small nudges (lr), the random head a bigger step (head_lr)
     head = {id(p) for p in clf.score.parameters()}
@@ -866,6 +868,7 @@ def train_classifier(clf, data, split_idx, n_bottom, lr, args, device, title):
                                    dict(params=[p for p in params if id(p) in head], lr=max(lr, args.head_lr))],
                                   weight_decay=0.0)
     train, rng = split_idx["train"], random.Random(args.seed)
+    # planned steps (batches per epoch x epochs); early stopping may end sooner, which the schedule ignores
     total = math.ceil(len(train) / args.batch_size) * args.epochs
     warmup = max(1, total // 10)
     # step size: linear warm-up over the first 10% of the steps, then linear decay to zero. Warm-up: the random
@@ -884,6 +887,7 @@ def train_classifier(clf, data, split_idx, n_bottom, lr, args, device, title):
                 ids, mask = pad_batch([data["ids"][i] for i in items], data["pad_id"])
                 features = pad_features([data["features"][i] for i in items], ids.shape[1]) if replay else None
                 y = torch.tensor([data["y"][i] for i in items], device=device)  # (B,) class ids 0..2
+                # logits (B, 3), y (B,) -> the mean over the batch of -log softmax(logits)[y]
                 with autocast(device):
                     loss = F.cross_entropy(classifier_logits(clf, ids.to(device), mask.to(device), replay, features), y)
                 # the usual step: clear old gradients, backpropagate, rescale the gradient vector if its norm is
