@@ -176,7 +176,7 @@ def ensure_smollm2():
     try:
         plain.save_pretrained(building)
         tokenizer.save_pretrained(building)   # keeps the ChatML chat template
-        os.chmod(building, 0o755)
+        os.chmod(building, 0o755)             # mkdtemp makes it private (0700); a model folder may be shared
         os.replace(building, target)
     except OSError:
         if not (target / "config.json").exists():
@@ -272,6 +272,7 @@ class Engine:
 
 def load_engine(model_name, context=CONTEXT_CAP, threads=0, int8=False, say=print):
     """Load tokenizer + model, choose a chat template and stop tokens, warm the model up."""
+    # (`say` is where notes go: print for the app; a caller such as a test can pass its own function)
     source = resolve_model(model_name)
     if threads:
         torch.set_num_threads(threads)
@@ -392,6 +393,8 @@ def control_tokens(tokenizer):
     """The special tokens of the vocabulary as text, longest first (e.g. '<|im_start|>', '<|im_end|>')."""
     # Longest first, so that a token that contains a shorter one ('<|endoftext|>' vs a hypothetical '<|end|>') is
     # removed whole rather than leaving fragments behind.
+    # Both lists: all_special_tokens names the declared ones (bos, eos, pad, ...); added_tokens_decoder also holds
+    # tokens added later for chat formats, which some tokenizers do not declare special.
     tokens = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()}
     return sorted((t for t in tokens if t and not t.isspace()), key=len, reverse=True)
 
@@ -1859,6 +1862,8 @@ def run_bench(engine, sampling, startup):
     first.messages.append({"role": "user", "content": BENCH_QUESTION})
     prompt_ids = prepare_prompt(engine, first, reply)
     # 3. Decode speed: 128 new tokens after that prompt (min_new_tokens keeps it from stopping early).
+    #    With the app's own sampling settings (top-k, top-p, penalty all cost a little per token), seeded so runs
+    #    differ only in timing, and a fresh cache each run so every run pays the same prefill.
     long_run = Sampling(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                         repetition_penalty=sampling.repetition_penalty, max_new_tokens=128, seed=0)
     speeds = []
@@ -1927,6 +1932,8 @@ def check_completion(status, body, stream):
         return None, f"malformed answer ({error}): {body[:200]!r}"
 
 
+# Everyday questions, cycled over all the clients' requests. The load test checks each answer's SHAPE (complete,
+# well-formed, non-empty), not its content: what matters here is the serving, not the 135M model's knowledge.
 LOAD_QUESTIONS = ["What is the capital of France?", "Give me a tip for learning to cook.", "Why is the sky blue?",
                   "Suggest a name for a cat.", "What is 12 times 12?", "How do I make tea?",
                   "Tell me a short joke.", "What rhymes with moon?"]
@@ -2008,6 +2015,8 @@ MEMORY_PERSONAS = [
      [("What is my name?", "mei"), ("Where do I live?", "chengdu"), ("What is my favourite animal?", "panda"),
       ("What is my job?", "teacher")], 30),
 ]
+# Filler that never mentions the personas' facts, so the only way to recall them is from the stating messages
+# (while still inside the window) or from the long-term memory.
 SMALL_TALK = ["Can you tell me a fun fact about space?", "What is a good way to start the morning?",
               "How do plants make their food?", "Why do cats purr?", "What is a haiku?",
               "Give me a tip for sleeping better.", "How many legs does a spider have?", "What is the tallest mountain?",
@@ -2155,6 +2164,8 @@ def main():
         else:
             warm_up(engine)     # measurements must not include the one-off first-pass cost: warm up first, wait
         warm = time.perf_counter()
+        # start-up split in parts, since each has its own fix: imports (torch, transformers: seconds, unavoidable),
+        # load (tokenizer + weights: the GGUF conversion once, then a memory-mapped read), warm-up (first pass)
         startup = {"imports": imports_done - START_TIME, "load": ready - imports_done, "ready": ready - START_TIME,
                    "warm": warm - ready, "total": warm - START_TIME}
         # The reply length, adjusted to the window: max_new_tokens is carved out of the context (budget_of), so a
@@ -2180,7 +2191,7 @@ def main():
         elif args.loadtest:
             results = run_loadtest(engine, sampling, args.clients, args.requests)
             if any(r["problem"] for r in results) or len(results) != args.clients * args.requests:
-                sys.exit(1)
+                sys.exit(1)       # a failed load test fails the command too (exit 1), so a script or CI notices
         elif args.memory_eval:
             run_memory_eval(engine, sampling, args.personas)
         elif args.serve:
