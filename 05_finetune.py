@@ -62,7 +62,7 @@ DEFAULTS = dict(
     max_len=64,            # tokens per sentence (financial sentences average ~28 SmolLM2 tokens): cuts rare long ones
     batch_size=16,         # sentences per step; each batch is padded only to its own longest sentence
     epochs=3,              # passes over the training split; the best epoch on val is kept (early stopping)
-    patience=1,            # stop after this many epochs without a better val score
+    patience=1,            # stop when more than this many epochs in a row bring no better val score
     lr=1e-4,               # AdamW step size when all weights of the trained blocks move
     head_lr=1e-3,          # the new classification head starts from random numbers: a larger step
     lora_lr=1e-3,          # LoRA's small matrices start at zero: a larger step too
@@ -1290,8 +1290,10 @@ def chat_answer(lm, tok, question, device, max_new_tokens, system=SYSTEM_PROMPT)
     # the prompt plus the answer must fit the model's positions; cutting the START keeps the question and the header
     ids = ids[:, -(max_positions(lm.config) - max_new_tokens):]  # a small stage-04 model: keep the end of the prompt
     end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")    # ChatML's end of turn, if the vocabulary has it
-    # stop at the end of the assistant's turn; an unknown "<|im_end|>" came back as the unk id: not a stop token
-    stop = [i for i in {tok.eos_token_id, end_of_turn} if isinstance(i, int) and i >= 0 and i != tok.unk_token_id]
+    # stop at the end of the assistant's turn or of the text. An unknown "<|im_end|>" comes back as the unk id, which
+    # is no stop token, unless it is also the end-of-text id (GPT-2 uses <|endoftext|> for both)
+    stop = [i for i in {tok.eos_token_id, end_of_turn} if isinstance(i, int) and i >= 0
+            and (i != tok.unk_token_id or i == tok.eos_token_id)]
     with autocast(device):
         out = lm.eval().generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
                                  do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop,
