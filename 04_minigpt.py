@@ -126,6 +126,7 @@ COMMON_DEFAULTS = dict(
     grad_clip=1.0,      # clip the global gradient norm to this (0 = off): protects against rare huge updates
     seed=1337,          # one seed drives the initialisation, the batches and dropout
 )
+CKPT_EVERY_S = 60.0  # rewrite ckpt.pt (the full training state) at an evaluation at most this often
 
 
 def build_parser():
@@ -1400,15 +1401,21 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
     # weights_only=True) can read it back without unpickling arbitrary objects. A closure: it reads the loop's
     # current step, best_val and history when called. raw_model, not the DDP/compiled wrapper, so the names
     # carry no "module."/"_orig_mod." prefix and any later run (or 05/06) can load them.
-    def make_checkpoint():
-        return {"format": CHECKPOINT_FORMAT, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+    # weights_only=True here means "only what sampling needs" (best.pt): the model, its shape and tokenizer, no
+    # optimizer state. AdamW keeps two numbers per weight (m and v), so that makes best.pt 3x smaller and faster to
+    # write, which matters on a GPU that evaluates every few seconds.
+    def make_checkpoint(weights_only=False):
+        ckpt = {"format": CHECKPOINT_FORMAT, "model": raw_model.state_dict(),
                 "model_config": asdict(raw_model.config), "settings": s, "tokenizer": tokenizer.to_dict(),
                 "step": step, "best_val": best_val, "elapsed": elapsed_before + (time.time() - loop_start),
-                "history": history, "rng": rng_states(data_generator)}
+                "history": history}
+        if not weights_only:
+            ckpt.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler.is_enabled() else {},
+                        rng=rng_states(data_generator))
+        return ckpt
 
     log(f"train: starting the loop {time.time() - _PROCESS_START:.1f} s after the process started")
-    loop_start = time.time()
+    loop_start = last_save = time.time()
     fastest_step, slow_steps = float("inf"), 0  # for the switch to one thread when the CPU gets busy
     window_start, window_steps = time.time(), 0
     pending = []  # (step, loss tensor): read to Python floats only at log time, so the GPU never waits for us
@@ -1459,14 +1466,18 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                 log(f"eval step {step:6d}: train {losses['train']:.4f}  val {losses['val']:.4f}  "
                     f"({since_start:.1f} s since start){marks}")
                 # Two files: best.pt is the model we keep (lowest validation loss: on GPU the validation loss
-                # bottoms out around step 1300-1800 and then rises; sampling uses best.pt); ckpt.pt is the latest
-                # state, which --resume continues from. best_val is updated first, so ckpt.pt records the new best.
+                # bottoms out around step 1300-1800 and then rises; sampling uses best.pt; weights only); ckpt.pt
+                # is the whole state, which --resume continues from, rewritten at most every CKPT_EVERY_S seconds
+                # (a GPU evaluates every ~2 s, and 130 MB per save would cost more than the evaluation). Ctrl-C and
+                # the end of training always save it, so only a hard kill can lose work: at most that long.
+                # best_val is updated first, so ckpt.pt records the new best.
                 if losses["val"] < best_val:
                     best_val = losses["val"]
                     if step > 0:
-                        save_checkpoint(out / "best.pt", make_checkpoint())
-                if step > 0:
+                        save_checkpoint(out / "best.pt", make_checkpoint(weights_only=True))
+                if step > 0 and time.time() - last_save >= CKPT_EVERY_S:
                     save_checkpoint(out / "ckpt.pt", make_checkpoint())
+                    last_save = time.time()
                 window_start, window_steps = time.time(), 0  # keep eval time out of the ms/step figure
             if done:
                 break
@@ -1670,6 +1681,9 @@ def settings_for_run(args, out, device):
         return resolve_settings(args, device.type), None
     path = out / "ckpt.pt" if args.resume == "auto" else Path(args.resume)
     resume_ckpt = load_checkpoint(path)
+    if "optimizer" not in resume_ckpt:
+        raise UserError(f"{path} holds weights only (a best.pt), not the optimizer state a resume needs; "
+                        f"resume from {path.with_name('ckpt.pt')}")
     saved = dict(resume_ckpt["settings"])
     for key in ("n_layer", "n_head", "n_embd", "block_size"):  # a model's shape cannot change on resume
         if getattr(args, key) is not None and getattr(args, key) != saved[key]:

@@ -275,6 +275,12 @@ def test_train_then_exact_resume(text_file, tmp_path):
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
     assert ckpt["step"] == 24 and set(ckpt["rng"]) >= {"python", "numpy", "torch", "cuda", "data"}
 
+    best = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)  # weights for sampling, no optimizer state
+    assert "optimizer" not in best and set(best["model"]) == set(ckpt["model"])
+    from_best = run_script("04", *common, "--out", tmp_path / "cut", "--resume", tmp_path / "cut" / "best.pt",
+                           timeout=60)
+    assert_one_line_error(from_best, contains="resume from")
+
     # a finished run can be extended: --resume with a larger --max-iters continues from step 24
     longer = run_script("04", *common, "--out", tmp_path / "cut", "--resume", "--max-iters", "32", timeout=120)
     assert longer.returncode == 0, longer.stderr[-2000:]
