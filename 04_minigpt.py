@@ -446,6 +446,18 @@ def prepare_data(text, tokenizer, block_size):
     return train_ids, val_ids
 
 
+def batch_generator(seed, step, stream):
+    """The random generator of one micro-batch: a fresh one for every (step, stream), seeded from both.
+
+    stream = rank * grad_accum + micro: the micro-batch's place in the global batch of a step. So the windows of
+    step t are a pure function of (seed, t), however they are split: 1 process accumulating 2 micro-batches draws
+    streams 0 and 1, exactly what 2 DDP processes with 1 each draw, and the two runs train on the same data (with
+    dropout 0 their losses agree to rounding). Nothing to save for a resume either: step t draws what it always
+    would. Large odd multipliers keep different (step, stream) pairs from sharing a seed.
+    """
+    return torch.Generator().manual_seed(((seed * 1_000_003 + stream) * 1_000_000_007 + step) % 2**63)
+
+
 def get_batch(ids, batch_size, block_size, generator):
     """A batch of random windows. x: (B, T) input tokens; y: (B, T) the same windows shifted by one (the targets).
 
@@ -987,17 +999,17 @@ def check_export(folder, model, tokenizer, prompt, n_tokens, log):
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints: atomic writes, everything needed for an exact resume, weights_only loading
 # ----------------------------------------------------------------------------------------------------------------
-def rng_states(data_generator):
-    """Every random state that influences training: python, numpy, torch CPU (dropout), CUDA, and the batches.
+def rng_states():
+    """Every random state that influences training: python, numpy, torch CPU (dropout) and CUDA.
 
     Why exact resume needs them: after a restart, the weights and optimizer moments alone would continue the run,
-    but with *different* batches and dropout masks than the uninterrupted run would have drawn, so the two runs
-    drift apart. Saving the generators' states makes step k+1 after a resume draw exactly what it would have.
+    but with *different* dropout masks than the uninterrupted run would have drawn, so the two runs drift apart.
+    Saving the generators' states makes step k+1 after a resume draw exactly what it would have.
     (On GPUs some kernels are not bit-deterministic, so there "exact" becomes "statistically the same".)
     """
-    # Which generator drives what: `data` picks the batch windows (get_batch); `torch` (the global CPU generator)
-    # draws the dropout masks on CPU, `cuda` on each GPU; python and numpy are saved for completeness (any
-    # library call that draws from them would otherwise break the exactness silently).
+    # Which generator drives what: `torch` (the global CPU generator) draws the dropout masks on CPU, `cuda` on
+    # each GPU; the batch windows need nothing saved (batch_generator derives them from the step); python and
+    # numpy are saved for completeness (a library call that draws from them would otherwise break exactness).
     # Converted to lists/ints/floats/uint8 tensors: weights_only loading refuses numpy arrays and tuples of
     # arbitrary objects, and these plain types go through it.
     py_version, py_state, py_gauss = random.getstate()
@@ -1007,11 +1019,10 @@ def rng_states(data_generator):
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "torch": torch.get_rng_state(),           # a uint8 tensor: the Mersenne Twister's state bytes
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],  # one state per GPU
-        "data": data_generator.get_state(),
     }
 
 
-def restore_rng_states(states, data_generator):
+def restore_rng_states(states):
     """The inverse of rng_states: rebuild the tuples/arrays the set_state functions expect, then set them."""
     random.setstate((states["python"][0], tuple(states["python"][1]), states["python"][2]))
     n = states["numpy"]
@@ -1021,7 +1032,6 @@ def restore_rng_states(states, data_generator):
     # continues with fresh CUDA streams (dropout masks then differ, the learning does not suffer)
     if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
-    data_generator.set_state(states["data"])
 
 
 def save_checkpoint(path, payload):
@@ -1328,10 +1338,9 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
     # The optimizer must be built after .to(device): it keeps references to these very parameter tensors.
     optimizer = configure_optimizer(raw_model, s, device)
 
-    # The batches come from their own generator (seeded per rank so GPUs see different data); its state is the
-    # "data position" a checkpoint saves. Eval batches are drawn once from a fixed seed: identical every eval.
-    # (If all ranks drew the same windows, N GPUs would compute N identical gradients: no gain at all.)
-    data_generator = torch.Generator().manual_seed(s["seed"] + rank)
+    # Training batches come from batch_generator(seed, step, stream): each rank and micro-step draws its own part
+    # of the global batch (if all ranks drew the same windows, N GPUs would compute N identical gradients: no gain
+    # at all). Eval batches are drawn once from a fixed seed: identical every eval.
     eval_generator = torch.Generator().manual_seed(s["seed"] + 10_000)
     train_ids, val_ids = train_ids.to(device), val_ids.to(device)  # the whole token stream lives on the device
     eval_batches = {}
@@ -1353,7 +1362,7 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
             scaler.load_state_dict(resume_ckpt["scaler"])
         step, best_val = resume_ckpt["step"], resume_ckpt["best_val"]
         elapsed_before, history = resume_ckpt["elapsed"], resume_ckpt["history"]
-        restore_rng_states(resume_ckpt["rng"], data_generator)
+        restore_rng_states(resume_ckpt["rng"])
         log(f"resume: continuing at step {step} (best val {best_val:.4f}, {format_time(elapsed_before)} trained)")
 
     # torch.compile: fuses the model's many small kernels (big win on GPU). If compilation fails (no compiler,
@@ -1411,7 +1420,7 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                 "history": history}
         if not weights_only:
             ckpt.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler.is_enabled() else {},
-                        rng=rng_states(data_generator))
+                        rng=rng_states())
         return ckpt
 
     log(f"train: starting the loop {time.time() - _PROCESS_START:.1f} s after the process started")
@@ -1495,7 +1504,9 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                 group["lr"] = lr
             step_loss = 0.0  # the step's loss for the log: sum of the k scaled micro-losses = their mean
             for micro in range(s["grad_accum"]):
-                x, y = get_batch(train_ids, s["batch_size"], s["block_size"], data_generator)  # (B, T) each
+                stream = rank * s["grad_accum"] + micro  # this micro-batch's place in the step's global batch
+                x, y = get_batch(train_ids, s["batch_size"], s["block_size"],
+                                 batch_generator(s["seed"], step, stream))                  # (B, T) each
                 # Under DDP, all-reduce the gradients only on the last micro-step (no_sync skips it before).
                 # An all-reduce after every micro-step would send the whole gradient k times for one update;
                 # inside no_sync() DDP's hooks stay silent and gradients just accumulate locally in .grad, and the
