@@ -1308,6 +1308,26 @@ def choose_cpu_threads(args, device, dist_info):
     return True, note
 
 
+def flush_losses(pending, history, dist_info):
+    """Move the logged steps' losses (tensors, maybe on the GPU) into history as floats, then empty `pending`.
+
+    Under DDP each rank only knows the loss of its own share of the batch; the mean over ranks (all-reduce of the
+    sum, divided by their number) is the loss of the whole global batch, the number a one-GPU run with the same
+    global batch would log. Every rank must call this at the same steps (it is a collective operation).
+    """
+    if not pending:
+        return
+    losses = torch.stack([torch.as_tensor(l, dtype=torch.float32) for _, l in pending])  # (n,)
+    if dist_info is not None:
+        import torch.distributed as dist
+        dist.all_reduce(losses, op=dist.ReduceOp.SUM)  # SUM: gloo (CPU) has no AVG
+        losses = losses / dist_info["world"]
+    for (st, _), value in zip(pending, losses.tolist()):
+        history["steps"].append(st)
+        history["losses"].append(value)
+    pending.clear()
+
+
 def format_time(seconds):
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -1549,10 +1569,7 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
 
             # ---- log (calmly) ----
             if step % s["log_interval"] == 0 or step == s["max_iters"]:
-                for st, l in pending:
-                    history["steps"].append(st)
-                    history["losses"].append(float(l))  # .item() waits for the GPU: only here, in a batch
-                pending.clear()
+                flush_losses(pending, history, dist_info)  # .item() waits for the GPU: only here, in a batch
                 if master:
                     sync(device)
                     dt = (time.time() - window_start) / max(1, window_steps)
@@ -1584,9 +1601,7 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)  # Ctrl-C behaves as usual again (sampling, export)
-    for st, l in pending:
-        history["steps"].append(st)
-        history["losses"].append(float(l))
+    flush_losses(pending, history, dist_info)  # every rank gets here after the same last step
     if master:
         save_checkpoint(out / "ckpt.pt", make_checkpoint())
         (out / "history.json").write_text(json.dumps(history))

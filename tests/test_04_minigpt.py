@@ -364,6 +364,9 @@ def test_ddp_two_gloo_processes(text_file, tmp_path):
     ddp_evals = [v for e in ddp_ckpt["history"]["evals"] for v in e[1:3]]  # train and val loss at steps 0, 3, 6
     one_evals = [v for e in one_ckpt["history"]["evals"] for v in e[1:3]]
     assert len(ddp_evals) == 6 and ddp_evals == pytest.approx(one_evals, abs=1e-5)
+    # the logged training loss under DDP is the mean over ranks: the whole global batch's loss, as in one process
+    assert ddp_ckpt["history"]["steps"] == one_ckpt["history"]["steps"] == list(range(1, 7))
+    assert ddp_ckpt["history"]["losses"] == pytest.approx(one_ckpt["history"]["losses"], abs=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
