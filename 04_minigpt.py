@@ -31,8 +31,9 @@ On a busy shared CPU add `--threads 1` (two threads that keep waiting for each o
 
 The flags that matter: --max-minutes / --max-iters (how long), --n-layer --n-head --n-embd --block-size (how big),
 --batch-size --lr (how it learns), --resume, --sample-only, --export DIR, --compile, --attention manual|sdpa.
-Outputs (under --out, default out/04_minigpt): ckpt.pt (last), best.pt (best validation loss), history.json,
-loss.png, sample.txt and hf/ (a Hugging Face model folder: AutoModelForCausalLM + AutoTokenizer load it offline).
+Outputs (under --out, default out/04_minigpt): ckpt.pt (the whole training state, for --resume), best.pt (the
+weights at the best validation loss), history.json, loss.png, sample.txt and hf/ (a Hugging Face model folder:
+AutoModelForCausalLM + AutoTokenizer load it offline).
 """
 import time
 
@@ -1775,7 +1776,7 @@ def run(args):
     s, resume_ckpt = settings_for_run(args, out, device)
     validate_settings(s)
     # Seed every generator before the model is built: the initial weights come from torch's global generator,
-    # so the same seed gives the same model, and (with the data generator in train()) the same run, on CPU.
+    # so the same seed gives the same model, and (with batch_generator for the batches) the same run, on CPU.
     torch.manual_seed(s["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     random.seed(s["seed"])
     np.random.seed(s["seed"])
