@@ -1455,12 +1455,13 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
     # optimizer state and step counter in agreement; a second Ctrl-C stops at once. (Under torchrun every rank gets
     # the signal at a slightly different point; the ranks could then disagree on the last step and wait for each
     # other forever, so there Ctrl-C interrupts immediately, as Python does by default.)
-    stop = {"asked": False}
+    stop_asked = False
 
     def on_ctrl_c(signum, frame):
-        if stop["asked"]:
+        nonlocal stop_asked  # assign to train()'s variable, not a new local one
+        if stop_asked:
             raise KeyboardInterrupt
-        stop["asked"] = True
+        stop_asked = True
         log("Ctrl-C: finishing this step, then saving (press Ctrl-C again to stop at once)")
 
     defer_ctrl_c = dist_info is None and threading.current_thread() is threading.main_thread()
@@ -1585,15 +1586,13 @@ def train(args, s, model, tokenizer, train_ids, val_ids, device, dist_info, out,
                         f"{dt * 1000:.1f} ms/step  {tokens_per_step / dt:,.0f} tok/s{mfu}  "
                         f"elapsed {format_time(elapsed)}  ETA {format_time(eta)}")
                 window_start, window_steps = time.time(), 0
-            if stop["asked"] or (args.interrupt_at is not None and step == args.interrupt_at):
+            if stop_asked or (args.interrupt_at is not None and step == args.interrupt_at):
                 raise KeyboardInterrupt  # at the end of a step (--interrupt-at: the tests' stand-in for Ctrl-C)
     except KeyboardInterrupt:
         # Ctrl-C: save the state as it is, so that --resume continues exactly where we stopped (on one process the
         # interrupt always lands here at the end of a step, see on_ctrl_c); then re-raise so the caller exits
         # with 130.
-        for st, l in pending:
-            history["steps"].append(st)
-            history["losses"].append(float(l))
+        flush_losses(pending, history, None)  # no all-reduce here: under DDP the other ranks may be elsewhere
         if master:
             save_checkpoint(out / "ckpt.pt", make_checkpoint())
             log(f"interrupted: saved {out / 'ckpt.pt'} at step {step}; continue with --resume")
