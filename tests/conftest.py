@@ -19,7 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def script_path(name):
-    """'04' or '04_minigpt' or '04_minigpt.py' -> the path of that stage script."""
+    """'04' or '04_minigpt' or '04_minigpt.py' -> the path of that lesson; 'companions/x.py' -> that companion."""
+    if "/" in name:  # a companion (or any file) given by its path from the repository root
+        path = ROOT / name
+        if not path.exists():
+            raise FileNotFoundError(f"no script {name!r} in {ROOT}")
+        return path
     stem = name[:-3] if name.endswith(".py") else name
     matches = sorted(ROOT.glob(f"{stem}*.py")) if len(stem) == 2 else [ROOT / f"{stem}.py"]
     if not matches or not matches[0].exists():
@@ -34,7 +39,8 @@ def load_script(name):
     """Import a stage script as a module (cached per test session), without running its main()."""
     path = script_path(name)
     if path not in _loaded:
-        module_name = "stage_" + path.stem  # e.g. stage_04_minigpt: a valid identifier
+        # e.g. stage_04_minigpt, companion_04_ddp: valid identifiers, distinct for a lesson and its companions
+        module_name = ("companion_" if path.parent.name == "companions" else "stage_") + path.stem
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
