@@ -41,6 +41,7 @@ CODES = {"+": "positive", "-": "negative", "0": "neutral"}
 LABELS = ["negative", "neutral", "positive"]  # the order 05 uses for id2label
 TOKENISED_SHARE = 0.08                        # this share of sentences gets detached punctuation ("mn ( EUR 4.1 mn ) .")
 MIN_WORDS, MAX_WORDS = 6, 50                  # the length range every sentence should fall in (the test allows 1% out)
+FROZEN_BATCHES = 28                           # batches 01-28, the first edition: their splits and order never change
 
 
 def fail(message, code=2):
@@ -142,6 +143,39 @@ def assign_splits(rows, seed=SEED):
     return split_of, groups
 
 
+def assign_later_splits(rows, n_frozen, frozen_split, seed=SEED):
+    """Splits for the rows of the later batches (rows[n_frozen:]), leaving the frozen rows (rows[:n_frozen],
+    split frozen_split) where they are. A later sentence that shares an 8-word run with a frozen one joins that
+    one's split; the other later groups are placed among themselves by the same greedy, stratified rule as
+    assign_splits, with targets counted on the later rows alone. -> (splits of rows[n_frozen:], groups)."""
+    texts = [t for t, _, _ in rows]
+    groups = [g for g in near_duplicate_groups(texts) if max(g) >= n_frozen]   # groups holding a later row
+    split_of = {}
+    free = []
+    for group in groups:
+        frozen = {frozen_split[i] for i in group if i < n_frozen}
+        if len(frozen) > 1:
+            fail(f"{rows[max(group)][2]} shares 8-word runs with first-edition sentences in different splits")
+        if frozen:
+            split_of.update({i: frozen.pop() for i in group if i >= n_frozen})
+        else:
+            free.append(group)
+    rng = random.Random(seed + 2)
+    free.sort(key=lambda g: texts[g[0]])
+    rng.shuffle(free)
+    free.sort(key=len, reverse=True)
+    later = range(n_frozen, len(rows))
+    label_totals = Counter(rows[i][1] for i in later)
+    target = {s: {l: SHARES[s] * label_totals[l] for l in LABELS} for s in SHARES}
+    filled = {s: Counter(rows[i][1] for i in split_of if split_of[i] == s) for s in SHARES}
+    for group in free:
+        need = Counter(rows[i][1] for i in group)
+        best = min(SHARES, key=lambda s: max((filled[s][l] + k) / max(target[s][l], 1e-9) for l, k in need.items()))
+        filled[best].update(need)
+        split_of.update({i: best for i in group})
+    return [split_of[i] for i in later], groups
+
+
 def detach_punctuation(text):
     """'EUR 5.2 mn (EUR 4.1 mn), the company's CEO said.' -> 'EUR 5.2 mn ( EUR 4.1 mn ) , the company 's CEO said .'
     The spacing of tokenised news corpora: punctuation split off, decimal points and thousands commas kept."""
@@ -157,16 +191,35 @@ def tokenised_style(text):
     return digest % 1000 < TOKENISED_SHARE * 1000 and len(text.split()) <= 40
 
 
+def batch_number(where):
+    """'07_ratings_analysts.txt:12' -> 7."""
+    return int(where.split("_", 1)[0])
+
+
 def build(rows, seed=SEED):
-    """-> list of dicts text/label/split in file order: train, val, test, each shuffled (seeded)."""
-    split_of, groups = assign_splits(rows, seed)
+    """-> list of dicts text/label/split: train, val, test, each block shuffled (seeded); and the groups.
+
+    The first edition (batches 01-28, FROZEN_BATCHES) is split and ordered exactly as when it was published, so a
+    new batch never moves an existing sentence to another split: the rows of later batches get their own
+    stratified split (assign_later_splits) and are written after the first-edition rows of their split, each such
+    block shuffled with its own seed."""
+    frozen = [r for r in rows if batch_number(r[2]) <= FROZEN_BATCHES]
+    later = [r for r in rows if batch_number(r[2]) > FROZEN_BATCHES]
+    split_of, groups = assign_splits(frozen, seed)
+    later_split, later_groups = assign_later_splits(frozen + later, len(frozen), split_of, seed) if later else ([], [])
     out = []
     rng = random.Random(seed + 1)
+    rng_later = random.Random(seed + 3)
     for s in SHARES:
         part = [{"text": detach_punctuation(t) if tokenised_style(t) else t, "label": l, "split": s}
-                for (t, l, _), sp in zip(rows, split_of) if sp == s]
+                for (t, l, _), sp in zip(frozen, split_of) if sp == s]
         rng.shuffle(part)
         out.extend(part)
+        part = [{"text": detach_punctuation(t) if tokenised_style(t) else t, "label": l, "split": s}
+                for (t, l, _), sp in zip(later, later_split) if sp == s]
+        rng_later.shuffle(part)
+        out.extend(part)
+    groups = groups + [[i for i in g] for g in later_groups if min(g) >= len(frozen)]
     return out, groups
 
 
