@@ -1,46 +1,21 @@
-"""
-03_attention.py: attention, step by step, and proven against PyTorch.
+"""03_attention.py: attention, Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, step by step in NumPy.
 
-Stage 3 of llm-from-scratch. Stage 02 turned words into vectors; this stage lets those vectors look at each other.
-Attention is one line of math,
-
-    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V
-
-and this script takes that line apart:
-
-  1. By hand, in NumPy: a short sentence, small embeddings, the Q/K/V projections, the scores, the scaling, the
-     softmax, the attention weights printed as a table labelled with the words, and the output vectors.
-  2. Why divide by sqrt(d_k): without it, dot products grow with the width d_k and the softmax saturates
-     (one weight near 1, the rest near 0, gradients near 0). Measured, not asserted.
-  3. Masks: a causal mask (a token may not look at the future) and a padding mask (no one looks at filler);
-     a proof that changing future tokens leaves every earlier output EXACTLY unchanged.
-  4. Multi-head attention: split the width into heads, attend per head, concatenate, project; parameter count.
-  5. Proof: our NumPy attention equals torch.nn.functional.scaled_dot_product_attention and our multi-head block
-     equals torch.nn.MultiheadAttention (weights copied), in float32 and float64; the largest differences printed.
-  6. Memory-efficient attention: the tiled "online softmax" (the idea behind FlashAttention) never builds the
-     T x T matrix; equal to the naive result; peak memory measured; a timing table naive vs tiled vs torch.
-  7. Attention vs an LSTM on a long-range task (recall the FIRST token of a sequence) at lengths 4..128, same
-     parameter count and training budget; accuracy table + PNG, and the gradient measurement that explains it.
-  8. Pictures (heatmaps, curves) under out/03_attention/; a text version is printed when matplotlib is missing.
+You learn: queries, keys and values by hand on a short sentence (part 1); why the scores are divided by sqrt(d_k)
+(2); causal and padding masks, with a proof that the future cannot leak (3); multi-head attention (4); that all of
+it equals F.scaled_dot_product_attention and nn.MultiheadAttention (5); the tiled "online softmax" behind
+FlashAttention (6); and why attention recalls a token far back where an LSTM cannot (7). Pictures: part 8.
 
 Run it:
-    python 03_attention.py                      # everything, about a minute on a laptop CPU
+    python 03_attention.py                                           # everything, on CPU; PNGs in out/03_attention/
     python 03_attention.py --sentence "my dog chased the red ball"   # parts 1 and 4 on your own words
-    python 03_attention.py --steps 100 --lengths 8,16 --timing-lengths 64,128 --no-plots   # seconds (tests)
-
-Flags that matter: --sentence, --d-model/--heads (multi-head demo), --lengths/--steps/--batch (the long-range
-experiment), --lstm-forget-bias (try 2), --timing-lengths/--block (part 6), --out DIR, --no-plots, --seed.
+    python 03_attention.py --steps 100 --lengths 8,16 --no-plots     # a quick run
+Beyond the lesson: python companions/03_bench.py times and measures naive vs tiled vs torch SDPA over lengths T.
 """
-
-# ----------------------------------------------------------------------------------------------------------------
-# Imports. NumPy does the by-hand math; torch is only the yardstick (part 5) and the trainer (part 7).
-# ----------------------------------------------------------------------------------------------------------------
 import argparse
 import math
 import os
 import sys
 import time
-import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -49,85 +24,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ----------------------------------------------------------------------------------------------------------------
-# Config: every knob with its default. Flags (see parse_args) override the ones a learner may want to change.
-# ----------------------------------------------------------------------------------------------------------------
-SENTENCE = "the cat sat on the mat"  # parts 1, 4: short enough that the weight table fits on a screen
-BY_HAND_DIM = 4                      # part 1: d_model = d_k = d_v = 4, so you can read (and redo) every number
-D_MODEL, N_HEADS = 8, 2              # parts 4, 5: multi-head demo width and number of heads (head size 4)
-SCALING_DIMS = (2, 8, 32, 128, 512, 2048)  # part 2: the widths d_k we try
-SCALING_KEYS, SCALING_TRIALS = 16, 400     # part 2: keys per query, random trials per width
-TIMING_LENGTHS = (256, 512, 1024, 2048, 4096)  # part 6: sequence lengths for the memory and timing table
-TIMING_HEAD_DIM = 64                 # part 6: head size (GPT-2's)
-BLOCK = 128                          # part 6: tile size (FlashAttention picks it so a tile fits in on-chip SRAM)
-LENGTHS = (4, 8, 16, 32, 64, 128)    # part 7: sequence lengths of the long-range experiment
-STEPS, BATCH, LR = 500, 64, 3e-3     # part 7: the SAME training budget for both models at every length
-VOCAB, WIDTH = 16, 32                # part 7: token values 0..15 (chance = 1/16), width 32 for both models
-POSITIONS = 129                      # part 7: rows of the attention model's position table (T <= 128 plus "?");
-                                     #   fixed, so its parameter count (9,488 vs the LSTM's 9,520) never depends on T
-EVAL_SEQUENCES = 2000                # part 7: fresh test sequences per (model, length)
-THREADS = 1                          # torch CPU threads: tiny tensors gain nothing from more (and lose under load)
-OUT_DIR = Path("out") / "03_attention"  # pictures; relative to where you run the script
+# Config: every flag's default (python 03_attention.py --help lists the flags; names match).
+SENTENCE = "the cat sat on the mat"   # --sentence: parts 1 and 4; short, so the weight table fits on a screen
+D_MODEL = 8                           # --d-model: width of the multi-head demo (parts 4 and 5)
+HEADS = 2                             # --heads: number of heads; must divide D_MODEL
+BLOCK = 64                            # --block: tile size of the tiled attention (part 6)
+LENGTHS = (4, 8, 16, 32, 64, 128)     # --lengths: sequence lengths of the long-range experiment (part 7)
+STEPS = 500                           # --steps: training steps per model and length, the same for both models
+BATCH = 64                            # --batch: sequences per training step (part 7)
+THREADS = 1                           # --threads: torch CPU threads; tiny tensors gain nothing from more
+SEED = 0                              # --seed
+OUT = Path("out") / "03_attention"    # --out: folder for the pictures, relative to where you run the script
 
 
-def fail(message, code=2):
-    """One-line error on stderr and a non-zero exit: how every expected problem ends (never a traceback)."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-def banner(title):
-    print("\n" + "=" * 100 + f"\n{title}\n" + "=" * 100)
-
-
-# ================================================================================================================
-# The core: softmax and scaled dot-product attention, in NumPy
-# ================================================================================================================
+# ---- The core: softmax and scaled dot-product attention, in NumPy ------------------------------------------------
 def softmax(scores, axis=-1):
     """softmax(x)_i = exp(x_i) / sum_j exp(x_j), computed stably.
 
     exp(1000) overflows, so subtract the row maximum first: softmax(x) = softmax(x - c) for any constant c, because
     exp(x_i - c) / sum_j exp(x_j - c) = exp(-c) exp(x_i) / (exp(-c) sum_j exp(x_j)). After the shift the largest
-    exponent is exp(0) = 1, so nothing overflows. Masked entries are -inf and become exp(-inf) = 0 exactly.
-    """
+    exponent is exp(0) = 1, so nothing overflows. Masked entries are -inf and become exp(-inf) = 0 exactly."""
     exps = np.exp(scores - scores.max(axis=axis, keepdims=True))
     return exps / exps.sum(axis=axis, keepdims=True)
-
-
-def causal_mask(t_q, t_k):
-    """(T_q, T_k) boolean, True where query i may look at key j, i.e. j <= i (lower triangle incl. the diagonal).
-
-    Aligned top-left like torch's is_causal=True: query 0 sees key 0 only, query 1 sees keys 0-1, and so on.
-    """
-    return np.tril(np.ones((t_q, t_k), dtype=bool))
-
-
-def check_attention_shapes(q, k, v, mask=None):
-    """Raise a ValueError that names the expected shapes when q, k, v (and mask) do not fit together.
-
-    Without this, a wrong shape surfaces three calls later as NumPy's "matmul: mismatch in its core dimension",
-    which says nothing about queries and keys. Checking at the door costs a few lines and saves an afternoon.
-    """
-    expected = "expected q (..., T_q, d_k), k (..., T_k, d_k), v (..., T_k, d_v), mask broadcastable to (..., T_q, T_k)"
-    got = f"got q {q.shape}, k {k.shape}, v {v.shape}" + ("" if mask is None else f", mask {np.shape(mask)}")
-    problem = None
-    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
-        problem = "q, k and v need at least 2 dims (time, features)"
-    elif q.shape[-1] != k.shape[-1]:
-        problem = "q and k must have the same feature size d_k (they are dotted together)"
-    elif k.shape[-2] != v.shape[-2]:
-        problem = "k and v must have the same length T_k (one value per key)"
-    else:
-        try:  # leading (batch, head) dims must broadcast, as in NumPy's matmul
-            lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-            if mask is not None:
-                np.broadcast_shapes(np.shape(mask), lead + (q.shape[-2], k.shape[-2]))
-        except ValueError:
-            problem = "leading (batch/head) dims or the mask do not broadcast"
-    if problem is None and mask is not None and np.asarray(mask).dtype != bool:
-        problem = f"mask must be boolean (True = may attend), not {np.asarray(mask).dtype}"
-    if problem:
-        raise ValueError(f"attention: {problem}; {expected}; {got}")
 
 
 def attention(q, k, v, mask=None, causal=False):
@@ -138,8 +56,7 @@ def attention(q, k, v, mask=None, causal=False):
     v (..., T_k, d_v)   one value per position: "what do I hand over if you pick me?"
     mask                boolean, broadcastable to (..., T_q, T_k); True = may attend (torch SDPA's convention)
     causal              also forbid looking ahead (key j > query i)
-    output (..., T_q, d_v), weights (..., T_q, T_k): every row of weights sums to 1.
-    """
+    output (..., T_q, d_v), weights (..., T_q, T_k): every row of weights sums to 1."""
     check_attention_shapes(q, k, v, mask)
     # scores[i, j] = q_i . k_j: large when query i and key j point the same way. Divided by sqrt(d_k) (part 2).
     # math.sqrt returns a Python float, which NumPy treats as "weak": float32 inputs stay float32.
@@ -157,22 +74,42 @@ def attention(q, k, v, mask=None, causal=False):
     return weights @ v, weights         # (..., T_q, d_v): each output is a weighted average of the values
 
 
-# ================================================================================================================
-# Multi-head attention, in NumPy
-# ================================================================================================================
-def check_heads(d_model, n_heads):
-    """Heads split the width evenly: d_model must be a positive multiple of n_heads."""
-    if n_heads < 1 or d_model < 1 or d_model % n_heads != 0:
-        raise ValueError(f"multi-head attention: d_model ({d_model}) must be a positive multiple of the number of "
-                         f"heads ({n_heads}), e.g. --d-model 8 --heads 2")
+def causal_mask(t_q, t_k):
+    """(T_q, T_k) boolean, True where query i may look at key j, i.e. j <= i (lower triangle incl. the diagonal).
+    Aligned top-left like torch's is_causal=True: query 0 sees key 0 only, query 1 sees keys 0-1, and so on."""
+    return np.tril(np.ones((t_q, t_k), dtype=bool))
 
 
+def check_attention_shapes(q, k, v, mask=None):
+    """A ValueError naming the expected shapes when q, k, v (and mask) do not fit together: clearer than NumPy's
+    "matmul: mismatch in its core dimension", which says nothing about queries and keys."""
+    problem = None
+    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
+        problem = "q, k and v need at least 2 dims (time, features)"
+    elif q.shape[-1] != k.shape[-1]:
+        problem = "q and k must have the same feature size d_k (they are dotted together)"
+    elif k.shape[-2] != v.shape[-2]:
+        problem = "k and v must have the same length T_k (one value per key)"
+    else:
+        try:  # leading (batch, head) dims must broadcast, as in NumPy's matmul; so must the mask
+            lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+            np.broadcast_shapes(np.shape(True if mask is None else mask), lead + (q.shape[-2], k.shape[-2]))
+        except ValueError:
+            problem = "leading (batch/head) dims or the mask do not broadcast"
+    if problem is None and mask is not None and np.asarray(mask).dtype != bool:
+        problem = f"mask must be boolean (True = may attend), not {np.asarray(mask).dtype}"
+    if problem:
+        got = f"got q {q.shape}, k {k.shape}, v {v.shape}" + ("" if mask is None else f", mask {np.shape(mask)}")
+        raise ValueError(f"attention: {problem}; expected q (..., T_q, d_k), k (..., T_k, d_k), v (..., T_k, d_v), "
+                         f"mask broadcastable to (..., T_q, T_k); {got}")
+
+
+# ---- Multi-head attention, in NumPy ------------------------------------------------------------------------------
 def init_multi_head(d_model, rng, dtype=np.float64):
     """The four projections of one attention block: W_q, W_k, W_v, W_o (each d_model x d_model) and their biases.
 
     We multiply on the right (x @ W) so a row vector x of width d_model stays a row. The 1/sqrt(d_model) scale keeps
-    outputs about as large as inputs. Biases are random (not zero) so that the proof in part 5 checks them too.
-    """
+    outputs about as large as inputs. Biases are random (not zero) so that the proof in part 5 checks them too."""
     params = {}
     for name in "qkvo":
         params["W_" + name] = (rng.standard_normal((d_model, d_model)) / math.sqrt(d_model)).astype(dtype)
@@ -187,15 +124,14 @@ def multi_head_attention(x, params, n_heads, key_padding=None, causal=False):
     look at; output (B, T, C); weights (B, n_heads, T, T).
     Why heads: one softmax gives each query ONE weighted average. With h heads, each in its own C/h-wide subspace,
     a position can gather h different things at once ("who is the subject", "what came just before", ...), for
-    the same number of parameters as one full-width head.
-    """
-    if x.ndim != 3:
-        raise ValueError(f"multi-head attention: expected x of shape (B, T, d_model); got {x.shape}")
+    the same number of parameters as one full-width head."""
+    if x.ndim != 3 or params["W_q"].shape != (x.shape[-1], x.shape[-1]):
+        raise ValueError(f"multi-head attention: expected x of shape (B, T, d_model) and W_q (d_model, d_model); "
+                         f"got x {x.shape}, W_q {params['W_q'].shape}")
     batch, t, c = x.shape
-    check_heads(c, n_heads)
-    if params["W_q"].shape != (c, c):
-        raise ValueError(f"multi-head attention: x has d_model {c} but W_q is {params['W_q'].shape}; "
-                         f"expected ({c}, {c})")
+    if n_heads < 1 or c % n_heads:  # heads split the width evenly
+        raise ValueError(f"multi-head attention: d_model ({c}) must be a positive multiple of the number of heads "
+                         f"({n_heads}), e.g. --d-model 8 --heads 2")
     # 1. Project: the same x is read three ways (one matmul each for all heads together).
     q, k, v = (x @ params["W_" + n] + params["b_" + n] for n in "qkv")  # (B, T, C) each
     # 2. Split the width into heads: (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs). No number changes, only the view:
@@ -221,9 +157,7 @@ def multi_head_param_count(d_model):
     return 4 * d_model * d_model + 4 * d_model
 
 
-# ================================================================================================================
-# Tiled attention with an online softmax (the idea behind FlashAttention), in NumPy
-# ================================================================================================================
+# ---- Tiled attention with an online softmax (the idea behind FlashAttention), in NumPy ---------------------------
 def tiled_attention(q, k, v, block=BLOCK, causal=False):
     """softmax(q k^T / sqrt(d)) v without ever holding the (T_q, T_k) matrix: only (block, block) tiles.
 
@@ -238,8 +172,7 @@ def tiled_attention(q, k, v, block=BLOCK, causal=False):
     shift; multiplying by exp(m - m_new) converts it: exp(s - m) * exp(m - m_new) = exp(s - m_new). At the end,
     output = acc / l, which is exactly sum_j softmax(s)_j v_j. Memory: O(T * d) for m, l, acc and the output, plus
     one (block, block) tile, instead of the O(T^2) score matrix. (On a GPU the bigger win is speed: the tiles stay
-    in fast on-chip memory instead of a T x T matrix going to and from slow GPU memory.)
-    """
+    in fast on-chip memory instead of a T x T matrix going to and from slow GPU memory.)"""
     check_attention_shapes(q, k, v)
     if block < 1:
         raise ValueError(f"tiled attention: block must be >= 1; got {block}")
@@ -272,30 +205,11 @@ def tiled_attention(q, k, v, block=BLOCK, causal=False):
     return out
 
 
-def peak_bytes(fn, *args, **kwargs):
-    """Peak memory that NumPy allocates while fn runs, measured by tracemalloc (NumPy reports its buffers to it)."""
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    try:
-        fn(*args, **kwargs)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+# ---- Part 1: attention by hand -----------------------------------------------------------------------------------
+def banner(title):
+    print("\n" + "=" * 100 + f"\n{title}\n" + "=" * 100)
 
 
-def best_time(fn, repeats=3):
-    """Fastest of a few runs, in milliseconds: the minimum is the run least disturbed by other programs."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
-
-
-# ================================================================================================================
-# Printing and picture helpers
-# ================================================================================================================
 def print_matrix(title, matrix, row_labels, col_labels, fmt="{:7.2f}"):
     """A labelled table: rows and columns named (by words, dims...) so you can read it like a spreadsheet."""
     width = max(len(fmt.format(0.0)), max(len(str(c)) for c in col_labels) + 1)
@@ -305,58 +219,12 @@ def print_matrix(title, matrix, row_labels, col_labels, fmt="{:7.2f}"):
         print(str(label).rjust(left) + " " + "".join(fmt.format(x).rjust(width) for x in row))
 
 
-def print_text_heatmap(title, matrix, row_labels, col_labels):
-    """The text fallback for a heatmap: one character per cell, darker = larger weight (0..1)."""
-    shades = " .:-=+*#%@"  # 10 levels, light to dark
-    left = max(len(str(r)) for r in row_labels) + 1
-    print(f"  {title}   (shades: ' '=0 ... '@'=1)\n" + " " * (left + 1) + " ".join(str(c)[:1] for c in col_labels))
-    for label, row in zip(row_labels, matrix):
-        print(str(label).rjust(left) + " " + " ".join(shades[min(9, int(round(float(x) * 9)))] for x in row))
+BY_HAND_DIM = 4  # d_model = d_k = d_v = 4, so you can read (and redo) every number
 
 
-def get_pyplot():
-    """matplotlib.pyplot with the file-only Agg backend, or None when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # no window: works on servers, in CI and over ssh
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        return None
-
-
-def save_figure(plt, fig, path):
-    """Write the PNG to a temporary name, then rename: an interrupted run never leaves half a picture."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    print(f"  saved {path}")
-    return path
-
-
-def heatmap(ax, matrix, row_labels, col_labels, title):
-    """One labelled attention heatmap on a matplotlib axis, with the weights written in the cells."""
-    ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(row_labels)), row_labels)
-    ax.set(xlabel="key (looked at)", ylabel="query (looking)")
-    ax.set_title(title, fontsize=10)
-    if matrix.size <= 144:  # numbers only while they still fit in the cells
-        for (i, j), w in np.ndenumerate(matrix):
-            ax.text(j, i, f"{w:.2f}", ha="center", va="center", fontsize=7, color="white" if w < 0.6 else "black")
-
-
-# ================================================================================================================
-# Part 1: attention by hand
-# ================================================================================================================
 def word_vector(word, dim):
-    """A made-up but reproducible embedding: the same word always gets the same vector (seeded by its CRC32).
-
-    Stage 02 learns real embeddings; here any fixed vectors do, because we only follow the arithmetic. Rounded to
-    2 decimals so the printed tables show exactly the numbers used.
-    """
+    """A made-up but reproducible embedding, seeded by the word's CRC32: stage 02 learns real ones; here any fixed
+    vectors do, because we only follow the arithmetic. Rounded so the printed tables show the numbers used."""
     return np.round(np.random.default_rng(zlib.crc32(word.encode("utf-8"))).standard_normal(dim), 2)
 
 
@@ -365,8 +233,7 @@ def part1_by_hand(sentence, seed):
     words, dim = sentence.split(), BY_HAND_DIM
     dims = [f"d{i}" for i in range(dim)]
     x = np.stack([word_vector(w, dim) for w in words])  # (T, d_model): one row per word
-    print(f"Sentence {sentence!r}: T = {len(words)} tokens, each a vector of d_model = {dim} numbers.")
-    print_matrix("X, the embeddings (T, d_model)", x, words, dims)
+    print_matrix(f"X, the embeddings of {sentence!r} (T = {len(words)}, d_model = {dim})", x, words, dims)
     # Three matrices read the same embedding three ways. Random here; training (stage 04) is what tunes them so
     # that, say, a verb's query matches its subject's key.
     rng = np.random.default_rng(seed)
@@ -377,39 +244,34 @@ def part1_by_hand(sentence, seed):
         print_matrix(name, m, words, dims)
     # Every query against every key: one matrix product gives all T x T dot products at once.
     scores = q @ k.T  # (T_q, T_k)
-    print("\nScores = Q K^T: row i = how strongly word i's query matches each word's key.")
-    print_matrix("Q K^T (T_q, T_k)", scores, words, words)
+    print_matrix("\nScores = Q K^T (T_q, T_k): row i = how well word i's query matches each key", scores, words, words)
     scaled = scores / math.sqrt(dim)
-    print(f"\nScaled by 1/sqrt(d_k) = 1/sqrt({dim}) = {1 / math.sqrt(dim):.3f} (part 2 shows why).")
-    print_matrix("Q K^T / sqrt(d_k)", scaled, words, words)
+    print_matrix(f"\nQ K^T / sqrt(d_k): scaled by 1/sqrt({dim}) = {1 / math.sqrt(dim):.3f} (part 2 shows why)",
+                 scaled, words, words)
     # Softmax per row: exp makes every score positive, dividing by the row sum makes the row a distribution.
     weights = softmax(scaled)
-    print("\nSoftmax along each row turns scores into weights: positive, and every row sums to 1.")
-    print_matrix("attention weights (rows: who is looking; columns: at whom)", weights, words, words, fmt="{:7.3f}")
+    print_matrix("\nSoftmax of each row = attention weights (rows: who is looking; columns: at whom)",
+                 weights, words, words, fmt="{:7.3f}")
     print(f"  row sums: {np.round(weights.sum(axis=1), 12).tolist()}  (untrained weights spread evenly; training"
           " sharpens them)")
     # Output row i = sum_j weights[i, j] * V[j]: a blend of the values, mostly of the words i attends to.
     out = weights @ v  # (T, d_v)
-    print("\nOutput = weights @ V: each word's new vector is a weighted average of all the words' values.")
-    print_matrix("output (T, d_v)", out, words, dims)
+    print_matrix("\nOutput = weights @ V: each word's new vector is a weighted average of the values", out, words, dims)
     # Identical words get identical rows: nothing above depends on WHERE a word is. Attention is blind to order
     # until positions are added to the embeddings (part 7's model and stage 04 do that).
     repeated = [w for w in dict.fromkeys(words) if words.count(w) > 1]
     if repeated:
         i, j = [n for n, w in enumerate(words) if w == repeated[0]][:2]
-        print(f"\nNote: {repeated[0]!r} at positions {i} and {j} gets identical outputs (max diff "
+        print(f"Note: {repeated[0]!r} at positions {i} and {j} gets identical outputs (max diff "
               f"{np.abs(out[i] - out[j]).max():.1e}): attention alone ignores word order; positions fix that.")
     print(f"attention(Q, K, V), the function used from here on, gives the same output: max abs diff "
           f"{np.abs(attention(q, k, v)[0] - out).max():.1e}")
     return words, weights
 
 
-# ================================================================================================================
-# Part 2: why divide by sqrt(d_k)
-# ================================================================================================================
-def entropy_bits(weights):
-    """H(w) = -sum_j w_j log2 w_j: log2(T) bits for an even spread, 0 when one key takes all the weight."""
-    return -(weights * np.log2(np.clip(weights, 1e-300, None))).sum(axis=-1)
+# ---- Part 2: why divide by sqrt(d_k) -----------------------------------------------------------------------------
+SCALING_DIMS = (2, 8, 32, 128, 512, 2048)  # the widths d_k we try
+SCALING_KEYS, SCALING_TRIALS = 16, 400     # keys per query, random trials per width
 
 
 def scaling_experiment(dims=SCALING_DIMS, n_keys=SCALING_KEYS, trials=SCALING_TRIALS, seed=0):
@@ -418,8 +280,7 @@ def scaling_experiment(dims=SCALING_DIMS, n_keys=SCALING_KEYS, trials=SCALING_TR
     q . k is a sum of d_k products, each with mean 0 and variance 1, so its variance is d_k: its typical size
     grows like sqrt(d_k). Unscaled, wide models get huge score gaps, softmax puts nearly all weight on the top
     score, and its gradient (dw_i/ds_i = w_i (1 - w_i)) goes to 0: the model stops learning where to look.
-    Dividing by sqrt(d_k) brings the spread back to about 1 at every width.
-    """
+    Dividing by sqrt(d_k) brings the spread back to about 1 at every width."""
     rng = np.random.default_rng(seed)
     rows = []
     for d_k in dims:
@@ -427,9 +288,10 @@ def scaling_experiment(dims=SCALING_DIMS, n_keys=SCALING_KEYS, trials=SCALING_TR
         k = rng.standard_normal((trials, n_keys, d_k))
         scores = (q @ k.transpose(0, 2, 1))[:, 0]  # (trials, n_keys)
         raw, scaled = softmax(scores), softmax(scores / math.sqrt(d_k))
-        rows.append(dict(d_k=d_k, score_std=scores.std(),
-                         raw_max=raw.max(-1).mean(), raw_entropy=entropy_bits(raw).mean(),
-                         scaled_max=scaled.max(-1).mean(), scaled_entropy=entropy_bits(scaled).mean()))
+        # entropy H(w) = -sum_j w_j log2 w_j: log2(n_keys) bits for an even spread, 0 when one key takes it all
+        raw_bits, scaled_bits = (-(w * np.log2(np.clip(w, 1e-300, None))).sum(-1).mean() for w in (raw, scaled))
+        rows.append(dict(d_k=d_k, score_std=scores.std(), raw_max=raw.max(-1).mean(), raw_entropy=raw_bits,
+                         scaled_max=scaled.max(-1).mean(), scaled_entropy=scaled_bits))
     return rows
 
 
@@ -438,19 +300,15 @@ def part2_scaling(seed):
     rows = scaling_experiment(seed=seed)
     print(f"{SCALING_KEYS} keys per query, {SCALING_TRIALS} random trials per width, entries ~ N(0, 1). "
           f"An even spread: max weight {1 / SCALING_KEYS:.3f}, entropy {math.log2(SCALING_KEYS):.1f} bits.")
-    print(f"  {'d_k':>5} {'std(q.k)':>9} | {'unscaled: max w':>15} {'entropy':>8} | "
-          f"{'scaled: max w':>13} {'entropy':>8}")
+    print(f"  {'d_k':>5} {'std(q.k)':>9} | {'unscaled: max w':>15} {'entropy':>8} | {'scaled: max w':>13} entropy")
     for r in rows:
         print(f"  {r['d_k']:>5} {r['score_std']:>9.2f} | {r['raw_max']:>15.3f} {r['raw_entropy']:>8.2f} | "
               f"{r['scaled_max']:>13.3f} {r['scaled_entropy']:>8.2f}")
-    print("Reading: std(q.k) grows like sqrt(d_k). Unscaled, the softmax saturates (max weight -> 1, entropy -> 0\n"
-          "bits: one key takes everything, gradients vanish). Scaled, the weights look alike at every width.")
+    print("Unscaled, the softmax saturates as d_k grows (max weight -> 1, entropy -> 0 bits); scaled, it does not.")
     return rows
 
 
-# ================================================================================================================
-# Part 3: masks, and a proof of causality
-# ================================================================================================================
+# ---- Part 3: masks, and a proof of causality ---------------------------------------------------------------------
 def part3_masks(seed):
     banner("Part 3. Masks: causal (no peeking ahead) and padding (ignore filler)")
     rng = np.random.default_rng(seed)
@@ -458,8 +316,7 @@ def part3_masks(seed):
     # A language model learns to predict token t+1 from tokens 0..t. If position t could see t+1, training would
     # just copy the answer and the model would learn nothing usable for generation, where the future is unknown.
     print(f"Causal mask for T = {t} (1 = may look, 0 = forbidden): position t sees tokens 0..t only.")
-    for row in causal_mask(t, t).astype(int):
-        print("   ", " ".join(map(str, row)))
+    print("\n".join("    " + " ".join(map(str, row)) for row in causal_mask(t, t).astype(int)))
     x = rng.standard_normal((t, d))
     w_q, w_k, w_v = (rng.standard_normal((d, d)) for _ in range(3))
 
@@ -492,14 +349,11 @@ def part3_masks(seed):
     return exact, w[1]
 
 
-# ================================================================================================================
-# Part 4: multi-head attention
-# ================================================================================================================
+# ---- Part 4: multi-head attention --------------------------------------------------------------------------------
 def part4_multi_head(words, d_model, n_heads, seed):
     banner(f"Part 4. Multi-head attention: {n_heads} heads of size {d_model // n_heads}")
     x = np.stack([word_vector(w, d_model) for w in words])[None]  # (1, T, C): a batch of one sentence
-    params = init_multi_head(d_model, np.random.default_rng(seed))
-    out, weights = multi_head_attention(x, params, n_heads, causal=True)
+    out, weights = multi_head_attention(x, init_multi_head(d_model, np.random.default_rng(seed)), n_heads, causal=True)
     print(f"x {x.shape} -> Q, K, V {x.shape} -> split {(1, n_heads, len(words), d_model // n_heads)} -> attend "
           f"per head -> concat {x.shape} -> W_o -> output {out.shape}")
     for h in range(n_heads):  # same words, different subspaces: each head looks at the sentence differently
@@ -508,14 +362,11 @@ def part4_multi_head(words, d_model, n_heads, seed):
     torch_count = sum(p.numel() for p in nn.MultiheadAttention(d_model, n_heads).parameters())
     print(f"Parameters: 4 d_model^2 + 4 d_model = 4*{d_model}^2 + 4*{d_model} = {count} "
           f"(torch.nn.MultiheadAttention({d_model}, {n_heads}): {torch_count}). More heads = the same parameters,\n"
-          f"cut into narrower subspaces. GPT-2 small (d_model 768, 12 heads): {multi_head_param_count(768):,} "
-          "per block.")
+          f"cut into narrower subspaces. GPT-2 small (d_model 768, 12 heads): {multi_head_param_count(768):,}/block.")
     return weights[0], count == torch_count
 
 
-# ================================================================================================================
-# Part 5: proof against PyTorch
-# ================================================================================================================
+# ---- Part 5: proof against PyTorch -------------------------------------------------------------------------------
 TOLERANCE = {np.float32: 1e-6, np.float64: 1e-12}  # the figures to reach: rounding noise, nothing more
 
 
@@ -523,31 +374,26 @@ def compare_with_sdpa(dtype, seed=0):
     """Our attention vs F.scaled_dot_product_attention on (B, nh, T, hs) inputs: {case: max abs diff}.
 
     SDPA is what real models call (nn.MultiheadAttention and Hugging Face models use it, and on a GPU it picks a
-    FlashAttention kernel). If ours matches it to rounding, everything this script explains is what they compute.
-    Sentence 2 has 4 real tokens and 3 pads, so the padding mask really removes keys.
-    """
+    FlashAttention kernel). If ours matches it to rounding, everything this script explains is what they compute."""
     rng = np.random.default_rng(seed)
     t = 7
     q, k, v = (rng.standard_normal((2, 3, t, 8)).astype(dtype) for _ in range(3))  # (B, nh, T, hs)
-    pad = (np.arange(t)[None, :] < np.array([7, 4])[:, None])[:, None, None, :]  # (B, 1, 1, T), True = real key
+    pad = (np.arange(t)[None, :] < np.array([7, 4])[:, None])[:, None, None, :]  # (B, 1, 1, T): 2nd has 3 pads
     tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
-    sdpa = F.scaled_dot_product_attention
     # torch refuses attn_mask together with is_causal=True, so for that case we combine the masks ourselves.
     cases = {"SDPA, no mask": (dict(), dict()),
              "SDPA, is_causal=True": (dict(causal=True), dict(is_causal=True)),
              "SDPA, padding mask": (dict(mask=pad), dict(attn_mask=torch.from_numpy(pad))),
              "SDPA, causal + padding": (dict(mask=pad, causal=True),
                                         dict(attn_mask=torch.from_numpy(pad & causal_mask(t, t))))}
-    return {name: np.abs(attention(q, k, v, **ours)[0] - sdpa(tq, tk, tv, **theirs).numpy()).max()
-            for name, (ours, theirs) in cases.items()}
+    return {name: np.abs(attention(q, k, v, **ours)[0] - F.scaled_dot_product_attention(tq, tk, tv, **theirs).numpy())
+            .max() for name, (ours, theirs) in cases.items()}
 
 
-def compare_with_torch_mha(dtype, d_model=D_MODEL, n_heads=N_HEADS, seed=0):
+def compare_with_torch_mha(dtype, d_model=D_MODEL, n_heads=HEADS, seed=0):
     """Our multi_head_attention vs torch.nn.MultiheadAttention with the same weights: outputs and per-head weights.
-
     Equal outputs with copied weights prove more than "similar": the projections, the head split (which columns
-    go to which head), the masks, the concatenation and the output projection all match torch's layout exactly.
-    """
+    go to which head), the masks, the concatenation and the output projection all match torch's layout exactly."""
     rng = np.random.default_rng(seed)
     t = 6
     x = rng.standard_normal((2, t, d_model)).astype(dtype)
@@ -582,83 +428,50 @@ def part5_proof(d_model, n_heads, seed):
     for dtype in (np.float32, np.float64):
         results = {**compare_with_sdpa(dtype, seed), **compare_with_torch_mha(dtype, d_model, n_heads, seed)}
         for name, diff in results.items():
-            ok = bool(diff <= TOLERANCE[dtype])
-            all_ok &= ok
+            all_ok &= bool(diff <= TOLERANCE[dtype])
             print(f"  {name:<50} {np.dtype(dtype).name:>8} {diff:>13.2e} {TOLERANCE[dtype]:>7.0e}  "
-                  f"{'yes' if ok else 'NO'}")
+                  f"{'yes' if diff <= TOLERANCE[dtype] else 'NO'}")
     # Not zero because floating-point addition is not associative: torch sums in a different order (and may fuse
-    # steps), so the last bits differ. ~1e-7 is float32's relative precision, ~1e-16 float64's.
+    # steps), so the last bits differ.
     print("The differences are rounding only: ~1e-7 is float32's precision, ~1e-16 float64's.")
     return all_ok
 
 
-# ================================================================================================================
-# Part 6: tiled attention (FlashAttention's idea): equality, memory, time
-# ================================================================================================================
-def part6_tiled(timing_lengths, block, seed):
+# ---- Part 6: tiled attention (FlashAttention's idea) equals the naive one -----------------------------------------
+def part6_tiled(block, seed):
     banner(f"Part 6. Tiled attention with an online softmax (block {block})")
     rng = np.random.default_rng(seed)
     worst = 0.0
     for t, causal in ((300, False), (300, True), (257, True)):  # lengths that are not multiples of the block, too
         q, k, v = (rng.standard_normal((2, t, 16)) for _ in range(3))
-        diff = np.abs(tiled_attention(q, k, v, block=min(block, 64), causal=causal)
-                      - attention(q, k, v, causal=causal)[0]).max()
-        worst = max(worst, diff)
-        print(f"  T={t:<4} causal={str(causal):<5} block={min(block, 64)}: max |tiled - naive| = {diff:.2e} (float64)")
-    ok = worst <= 1e-10
-    print(f"Tiled equals naive to {worst:.1e} (figure to reach: <= 1e-10): {'yes' if ok else 'NO'}")
-
-    # Memory (tracemalloc: every NumPy buffer allocated during the call, inputs excluded) and time (best of 3),
-    # float32, one head of size 64, causal: the setting of a GPT layer.
-    print(f"\nfloat32, causal, head size {TIMING_HEAD_DIM}, torch threads {torch.get_num_threads()}. "
-          f"Naive holds T x T scores; tiled one {block} x {block} tile.")
-    print(f"  {'T':>6} | {'peak MB naive':>13} {'tiled':>7} | {'ms naive':>9} {'tiled':>8} {'torch SDPA':>11}")
-    rows = []
-    for t in timing_lengths:
-        q, k, v = (rng.standard_normal((t, TIMING_HEAD_DIM)).astype(np.float32) for _ in range(3))
-        tq, tk, tv = (torch.from_numpy(a)[None] for a in (q, k, v))
-        row = dict(t=t, naive_mb=peak_bytes(attention, q, k, v, causal=True) / 2**20,
-                   tiled_mb=peak_bytes(tiled_attention, q, k, v, block=block, causal=True) / 2**20,
-                   naive_ms=best_time(lambda: attention(q, k, v, causal=True)),
-                   tiled_ms=best_time(lambda: tiled_attention(q, k, v, block=block, causal=True)),
-                   torch_ms=best_time(lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)))
-        rows.append(row)
-        print(f"  {t:>6} | {row['naive_mb']:>13.2f} {row['tiled_mb']:>7.2f} | {row['naive_ms']:>9.1f} "
-              f"{row['tiled_ms']:>8.1f} {row['torch_ms']:>11.1f}")
-    first, last = rows[0], rows[-1]
-    if len(rows) > 1:
-        print(f"T x{last['t'] / first['t']:.0f}: naive memory x{last['naive_mb'] / first['naive_mb']:.0f} (~T^2), "
-              f"tiled x{last['tiled_mb'] / first['tiled_mb']:.1f} (~T: the output, plus one fixed-size tile).")
-    # Which is faster is an empirical question here, so the sentence is computed, not written in advance.
-    # The tiled loop skips tiles wholly in the future (causal: about half the work) and works on cache-sized
-    # pieces, but pays Python overhead per tile; multi-threaded BLAS also stalls on small tiles when the machine
-    # is busy (OPENBLAS_NUM_THREADS=1 steadies it). torch's SDPA is one fused C++ call; on a GPU it dispatches to
-    # FlashAttention, this same algorithm written in CUDA.
-    print(f"At T={last['t']}: tiled takes {last['tiled_ms'] / last['naive_ms']:.2f}x the naive time, torch SDPA "
-          f"{last['torch_ms'] / last['naive_ms']:.2f}x. The tiled version's guaranteed gain is memory; its speed\n"
-          "depends on T, the block size and BLAS threads. On a GPU, SDPA runs FlashAttention: this algorithm in CUDA.")
-    return ok, worst, rows
+        diff = np.abs(tiled_attention(q, k, v, block=block, causal=causal) - attention(q, k, v, causal=causal)[0])
+        worst = max(worst, diff.max())
+        print(f"  T={t:<4} causal={str(causal):<5} block={block}: max |tiled - naive| = {diff.max():.2e} (float64)")
+    print(f"Tiled equals naive to {worst:.1e} (figure to reach: <= 1e-10): {'yes' if worst <= 1e-10 else 'NO'}")
+    # The point of tiling is memory: count the scores each version holds at once (a count, not a measurement).
+    print(f"At T=300 the naive version holds all T x T = 90,000 scores per head, the tiled one at most one tile of "
+          f"{min(block, 300) ** 2:,}.\nMemory and time over longer T, naive vs tiled vs SDPA: "
+          "python companions/03_bench.py")
+    return worst <= 1e-10, worst
 
 
-# ================================================================================================================
-# Part 7: attention vs an LSTM on a long-range task (torch)
-# ================================================================================================================
+# ---- Part 7: attention vs an LSTM on a long-range task (torch) ---------------------------------------------------
 # The task: T random tokens (values 0..15) followed by a "?" token; the answer is the FIRST token.
 #     7 3 12 0 5 ... 9 ?   ->  7
 # Both models read the sequence and answer from their state at "?". Nothing in between matters, so the evidence
 # is always T steps back: the distance is the whole point. Chance is 1/16 = 6.25%.
-# Fairness: same width (32), about the same number of parameters (9,488 vs 9,520 for T <= 128), the same
-# data (same seed), the same optimizer, learning rate, batch and number of steps, trained from scratch at each length.
-# The LSTM needs no position table: it reads left to right, so order is built in.
-QUERY_TOKEN = VOCAB  # id 16 is the "?"
+# Fairness: same width, about the same number of parameters (the run prints both), the same data (same seed), the
+# same optimizer, learning rate, batch and number of steps, trained from scratch at each length.
+VOCAB, WIDTH = 16, 32    # token values 0..15 (chance = 1/16); width 32 for both models
+QUERY_TOKEN = VOCAB      # id 16 is the "?"
+LR = 3e-3                # Adam's learning rate, the same for both models
+POSITIONS = 129          # position-table rows (T <= 128 plus "?"): fixed, so the parameter count does not vary
+EVAL_SEQUENCES = 2000    # fresh test sequences per (model, length)
 
 
 def first_token_batch(batch, length, generator):
     """tokens (B, T+1): T random values then the query token; answers (B,): the first value of each row.
-
-    Fresh random sequences every call (from the given generator, so runs are reproducible): there are 16^T
-    possible sequences, far too many to memorise, so a model can only succeed by learning the rule.
-    """
+    There are 16^T possible sequences, far too many to memorise: a model can only succeed by learning the rule."""
     values = torch.randint(0, VOCAB, (batch, length), generator=generator)
     tokens = torch.cat([values, torch.full((batch, 1), QUERY_TOKEN)], dim=1)
     return tokens, values[:, 0]
@@ -671,10 +484,8 @@ class TinyAttentionNet(nn.Module):
     read there carries token 0. Whatever T is, the answer is one weighted sum away: no chain of steps in between.
 
     Positions: attention is blind to order (part 1), so each position p gets its own learned vector added to the
-    token's embedding, from a table of max_len rows. (We first tried the original Transformer's fixed sin/cos code:
-    there neighbouring positions look alike, and with some seeds the single query got stuck blending positions 0, 1,
-    2 at 76-86% accuracy. A learned table gives position 0 a vector of its own, and the query finds it.)
-    """
+    token's embedding, from a table of max_len rows. Learned rather than fixed sin/cos codes, in which neighbouring
+    positions look alike: position 0 gets a vector of its own, and the query finds it."""
 
     def __init__(self, max_len, width=WIDTH):
         super().__init__()
@@ -683,11 +494,10 @@ class TinyAttentionNet(nn.Module):
         self.query, self.key, self.value, self.proj = (nn.Linear(width, width) for _ in range(4))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, VOCAB))
 
-    def forward(self, tokens):
-        return self.from_embeddings(self.embed(tokens))
-
-    def from_embeddings(self, e):
-        """e (B, T, C) -> logits (B, 16), weights (B, T) of the "?" position over all positions."""
+    def forward(self, tokens, e=None):
+        """tokens (B, T) -> logits (B, 16), weights (B, T) of the "?" position over all positions.
+        e: the embeddings self.embed(tokens), when the caller made them (to read their gradient)."""
+        e = self.embed(tokens) if e is None else e      # (B, T, C)
         if e.shape[1] > self.position.num_embeddings:
             raise ValueError(f"sequence of {e.shape[1]} tokens but only {self.position.num_embeddings} positions")
         x = e + self.position.weight[: e.shape[1]]      # (B, T, C) token + position
@@ -699,51 +509,44 @@ class TinyAttentionNet(nn.Module):
 
 
 class TinyLSTMNet(nn.Module):
-    """embed -> LSTM (hidden 32) -> 16-way classifier from the state after reading "?".
+    """embed -> LSTM (hidden 32) -> 16-way classifier from the state after reading "?". No position table: it
+    reads left to right, so order is built in.
 
     An LSTM keeps a memory vector c and, at every step t, updates it with gates (sigmoids, each between 0 and 1):
         f_t = sigmoid(W_f [x_t, h_{t-1}] + b_f)      forget gate: how much of the old memory to keep
         i_t = sigmoid(W_i [x_t, h_{t-1}] + b_i)      input gate:  how much of the new candidate to write
         c_t = f_t * c_{t-1} + i_t * tanh(W_g [x_t, h_{t-1}] + b_g)
         h_t = o_t * tanh(c_t)                        o_t: an output gate; h_T is what the classifier reads
-    To keep token 0 until "?", it needs f_t ~ 1 and i_t ~ 0 for T steps. The gradient that teaches it so flows
-    back along the memory: d c_T / d c_0 = f_T * ... * f_1 (plus paths through h, which also shrink). With torch's
-    initialisation the biases are ~0, so f_t ~ sigmoid(0) = 0.5 and the product is ~0.5^T: 1e-3 at T=10,
-    3e-39 at T=128 (part 7 measures the real decay: about x0.6 per step). That is the "vanishing gradient";
-    --lstm-forget-bias sets b_f higher, so f_t starts nearer 1 and the signal fades more slowly.
-    """
+    To keep token 0 until "?", it needs f_t ~ 1 and i_t ~ 0 for T steps. It can (its gated cell was invented for
+    that), but it must LEARN to, and the gradient that teaches it flows back along the memory:
+    d c_T / d c_0 = f_T * ... * f_1 (plus paths through h, which also shrink). With torch's initialisation the
+    biases are ~0, so f_t ~ sigmoid(0) = 0.5 and the product is ~0.5^T: 1e-3 at T=10, 3e-39 at T=128 (part 7
+    measures the real decay). That is the "vanishing gradient". Attention connects "?" to position 0 directly, so
+    its signal does not decay with distance. (A higher initial b_f lets the signal fade more slowly: try it with
+    python companions/03_long_range.py --lstm-forget-bias 2.)"""
 
-    def __init__(self, width=WIDTH, forget_bias=None):
+    def __init__(self, width=WIDTH):
         super().__init__()
         self.embed = nn.Embedding(VOCAB + 1, width)
         self.lstm = nn.LSTM(width, width, batch_first=True)
         self.head = nn.Linear(width, VOCAB)
-        if forget_bias is not None:  # torch stacks the gates [input, forget, cell, output] in each bias vector
-            with torch.no_grad():
-                for bias in (self.lstm.bias_ih_l0, self.lstm.bias_hh_l0):
-                    bias[width:2 * width].fill_(forget_bias / 2)  # the two biases add up to forget_bias
 
-    def forward(self, tokens):
-        return self.from_embeddings(self.embed(tokens))
-
-    def from_embeddings(self, e):
+    def forward(self, tokens, e=None):
+        e = self.embed(tokens) if e is None else e   # (B, T, C)
         states, _ = self.lstm(e)                 # (B, T, C): the memory is carried step by step, left to right
         return self.head(states[:, -1]), None    # (B, 16)
 
 
 def gradient_to_first_token(build, length, seed):
-    """|d loss / d embedding of token 0| at initialisation (float64, so tiny values do not round to 0).
-
-    This is the training signal that could teach a model to keep the first token. In an LSTM it must travel back
-    through T recurrent steps, each multiplying it by gates < 1; in attention it takes one hop at any T.
-    """
+    """|d loss / d embedding of token 0| at initialisation: the training signal that could teach a model to keep
+    the first token. In an LSTM it travels back through T recurrent steps; in attention it takes one hop."""
     torch.manual_seed(seed)
     model = build().double()  # a fresh, untrained model: the same initial weights as the one about to be trained
     tokens, answers = first_token_batch(256, length, torch.Generator().manual_seed(seed + 1))
     # Detach the embeddings and ask autograd for their gradient directly: e.grad[:, 0] is the part of the signal
     # that reaches the one token that matters. (float32 would round 1e-39 to 0; float64 goes down to ~1e-308.)
     e = model.embed(tokens).detach().requires_grad_(True)  # (B, T+1, C)
-    F.cross_entropy(model.from_embeddings(e)[0], answers).backward()
+    F.cross_entropy(model(tokens, e)[0], answers).backward()
     return e.grad[:, 0].norm(dim=-1).mean().item()
 
 
@@ -768,14 +571,13 @@ def train_and_evaluate(model, length, steps, batch, seed, device):
     return accuracy, None if weights is None else weights[:, 0].mean().item(), loss.item()
 
 
-def long_range_experiment(lengths, steps, batch, seed, device, forget_bias=None, log=print):
-    """Train both models at each length; return one row (dict) per length."""
-    # Each length trains both models from scratch, so a model cannot carry what it learned at T=8 over to T=128:
-    # every cell of the table is its own experiment with the same budget.
+def long_range_experiment(lengths, steps, batch, seed, device, log=print, lstm=TinyLSTMNet):
+    """Train both models from scratch at each length (same budget, nothing carried over); one row per length.
+    lstm: what builds the LSTM model (companions/03_long_range.py passes one with another forget-gate bias)."""
     rows, start, done, total = [], time.time(), 0, 2 * sum(lengths)  # rough ETA: a run costs about T
     max_len = max(POSITIONS, max(lengths) + 1)  # the position table grows only for lengths beyond 128
     builders = {"attention": lambda: TinyAttentionNet(max_len=max_len),
-                "lstm": lambda: TinyLSTMNet(forget_bias=forget_bias)}
+                "lstm": lstm}
     for length in lengths:
         row = dict(length=length)
         for name, build in builders.items():
@@ -794,11 +596,11 @@ def long_range_experiment(lengths, steps, batch, seed, device, forget_bias=None,
     return rows
 
 
-def part7_long_range(lengths, steps, batch, seed, device, forget_bias):
+def part7_long_range(lengths, steps, batch, seed, device):
     banner("Part 7. Attention vs LSTM: recall the FIRST token of a sequence of length T")
     print(f"Task: T random tokens (0..{VOCAB - 1}) then '?'; answer: the first token. Chance {1 / VOCAB:.2%}. "
           f"Budget per model and length: {steps} steps x batch {batch}, Adam lr {LR}; device {device}.")
-    rows = long_range_experiment(lengths, steps, batch, seed, device, forget_bias)
+    rows = long_range_experiment(lengths, steps, batch, seed, device)
     print(f"\nParameters: attention {rows[0]['attention_params']:,}, LSTM {rows[0]['lstm_params']:,}. "
           f"Gradient = |d loss / d first token| at initialisation (before any training).")
     print(f"  {'T':>5} {'attention acc':>14} {'LSTM acc':>9} {'chance':>7} | {'attn weight on 1st':>18} | "
@@ -809,169 +611,149 @@ def part7_long_range(lengths, steps, batch, seed, device, forget_bias):
     if len(rows) >= 2:  # fit log(grad) = a + T log(factor): how much of the signal survives one more step
         slope = np.polyfit([r["length"] for r in rows], np.log([max(r["lstm_grad"], 1e-300) for r in rows]), 1)[0]
         print(f"LSTM gradient shrinks by about x{math.exp(slope):.2f} per step of distance; attention's only ~1/T.")
-    explain_long_range(rows)
+    # What THIS run's table shows, computed from its numbers so it stays true when you change the flags.
+    lstm_lost = [r["length"] for r in rows if r["lstm_acc"] <= 2 / VOCAB]  # within twice chance
+    print("Attention is right at every length: '?' looks at position 0 (column 'attn weight on 1st')."
+          if all(r["attention_acc"] >= 0.9 for r in rows) else
+          "Attention stayed under 90% at some lengths: the budget is too small; try more --steps.")
+    print(f"The LSTM is near chance from T = {min(lstm_lost)} on: the signal that would teach it to keep the first "
+          "token\nshrinks geometrically with T (gradient column)." if lstm_lost else
+          "The LSTM did not fall to chance here: longer sequences or fewer --steps show the cliff (gradient column).")
     return rows
 
 
-def explain_long_range(rows):
-    """Say what THIS run's table shows: computed from the numbers, so it stays true when you change the flags.
-
-    The reason, in short: the LSTM must carry the token through T updates of its state. It can (its gated cell was
-    invented for exactly this), but it has to LEARN to, and the learning signal for that travels back through the
-    same T steps, multiplied at each by forget gates that start near 0.5 (the gradient column). Attention connects
-    "?" to position 0 directly, so its signal does not decay geometrically with distance.
-    """
-    good, near_chance = 0.9, 2 / VOCAB
-    lstm_good = [r["length"] for r in rows if r["lstm_acc"] >= good]
-    lstm_lost = [r["length"] for r in rows if r["lstm_acc"] <= near_chance]
-    print("What it shows:")
-    if all(r["attention_acc"] >= good for r in rows):
-        print("  - Attention is right at every length: '?' puts most of its weight on position 0 (column 'attn weight\n"
-              "    on 1st') and reads the token there. Answer and evidence are one step apart, whatever T is.")
-    else:
-        print(f"  - Attention stayed under {good:.0%} at some lengths: the budget is too small; try more --steps.")
-    if lstm_good and lstm_lost and max(lstm_good) < min(lstm_lost):
-        print(f"  - The LSTM solves T <= {max(lstm_good)} and is at chance from T = {min(lstm_lost)} on.\n"
-              "    Not because it cannot hold a token for long (its gated cell was invented for that), but because\n"
-              "    the signal that would TEACH it to shrinks geometrically with T (gradient column): usable at short\n"
-              "    T, effectively zero at long T. A high initial forget-gate bias (--lstm-forget-bias 2) slows the\n"
-              "    decay and moves the cliff out; it does not remove it.")
-    elif len(lstm_good) == len(rows):
-        print("  - The LSTM did NOT fall here: at these lengths and this budget the signal through its forget gates\n"
-              "    was still strong enough (gradient column). Longer sequences or fewer --steps show the cliff.")
-    else:
-        print("  - The LSTM falls short at some lengths. The gradient column shows why: the signal that would teach\n"
-              "    it to keep the first token shrinks geometrically with distance.")
+# ---- Part 8: pictures --------------------------------------------------------------------------------------------
+def get_pyplot():
+    """matplotlib.pyplot with the file-only Agg backend (no window needed), or None when it is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        return None
 
 
-# ================================================================================================================
-# Part 8: pictures
-# ================================================================================================================
 def make_pictures(out_dir, words, by_hand_weights, padded_weights, head_weights, scaling_rows, long_rows):
-    """PNGs under out_dir when matplotlib is installed; otherwise the text version of each heatmap."""
+    """PNGs under out_dir when matplotlib is installed; otherwise a text version of each heatmap."""
     banner(f"Part 8. Pictures -> {out_dir}/")
-    plt = get_pyplot()
-    t = padded_weights.shape[0]
+    plt, t = get_pyplot(), padded_weights.shape[0]
     q_labels = [f"q{i}" for i in range(t)]
     k_labels = [f"k{j}" if padded_weights[:, j].any() else "pad" for j in range(t)]
-    if plt is None:
+    maps = [("Part 1: softmax(QK^T/sqrt(d_k)), no mask", by_hand_weights, words, words),
+            ("Part 3: causal + padding mask", padded_weights, q_labels, k_labels)]
+    heads = [(f"Part 4: head {h} (causal)", w, words, words) for h, w in enumerate(head_weights)]
+    if plt is None:  # text fallback: one character per cell, darker = larger weight
         print("matplotlib is not installed (pip install matplotlib); text versions instead:")
-        print_text_heatmap("part 1 weights", by_hand_weights, words, words)
-        print_text_heatmap("part 3 causal + padding weights", padded_weights, q_labels, k_labels)
-        for h, w in enumerate(head_weights):
-            print_text_heatmap(f"part 4 head {h}", w, words, words)
+        for title, matrix, rows, cols in maps + heads:
+            print(f"  {title}   (shades: ' '=0 ... '@'=1)\n      " + " ".join(str(c)[:1] for c in cols))
+            for label, row in zip(rows, matrix):
+                print(f"{str(label)[:5]:>5} " + " ".join(" .:-=+*#%@"[min(9, round(float(x) * 9))] for x in row))
         for r in long_rows:  # one bar per model: 40 characters = 100%
             print(f"  T={r['length']:<4} attention |{'#' * round(40 * r['attention_acc']):<40}|\n"
                   f"         LSTM      |{'#' * round(40 * r['lstm_acc']):<40}|")
         return []
     saved = []
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    heatmap(axes[0], by_hand_weights, words, words, "Part 1: softmax(QK^T/sqrt(d_k)), no mask")
-    heatmap(axes[1], padded_weights, q_labels, k_labels, "Part 3: causal + padding mask")
-    saved.append(save_figure(plt, fig, out_dir / "attention_weights.png"))
 
-    fig, axes = plt.subplots(1, len(head_weights), figsize=(5 * len(head_weights), 4.5), squeeze=False)
-    for h, w in enumerate(head_weights):
-        heatmap(axes[0, h], w, words, words, f"Part 4: head {h} (causal)")
-    saved.append(save_figure(plt, fig, out_dir / "multi_head.png"))
+    def save(fig, name):  # write to a temporary name, then rename: an interrupted run never leaves half a PNG
+        path = out_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path.with_name(name + ".tmp"), format="png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        os.replace(path.with_name(name + ".tmp"), path)
+        print(f"  saved {path}")
+        saved.append(path)
 
+    for name, panels in (("attention_weights.png", maps), ("multi_head.png", heads)):
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8), squeeze=False)
+        for ax, (title, matrix, rows, cols) in zip(axes[0], panels):
+            ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+            ax.set_yticks(range(len(rows)), rows)
+            ax.set(xlabel="key (looked at)", ylabel="query (looking)", title=title)
+            for (i, j), w in np.ndenumerate(matrix if matrix.size <= 144 else []):  # numbers while they fit
+                ax.text(j, i, f"{w:.2f}", ha="center", va="center", fontsize=7, color="white" if w < 0.6 else "k")
+        save(fig, name)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     d = [r["d_k"] for r in scaling_rows]
-    for ax, key, label in ((axes[0], "max", "mean largest weight"),
-                           (axes[1], "entropy", "entropy of the weights (bits)")):
+    for ax, key, label in ((axes[0], "max", "mean largest weight"), (axes[1], "entropy", "entropy (bits)")):
         ax.semilogx(d, [r["raw_" + key] for r in scaling_rows], "o-", label="unscaled  QK^T")
         ax.semilogx(d, [r["scaled_" + key] for r in scaling_rows], "s-", label="scaled  QK^T/sqrt(d_k)")
-        ax.set(xlabel="d_k", ylabel=label)
+        ax.set(xlabel="d_k", ylabel=label, title=f"Part 2: {SCALING_KEYS} keys; unscaled, the softmax saturates")
         ax.legend()
-        ax.grid(alpha=0.3)
-    axes[0].set_title("Part 2: without scaling the softmax saturates")
-    axes[1].set_title(f"{SCALING_KEYS} keys: an even spread = {math.log2(SCALING_KEYS):.0f} bits")
-    saved.append(save_figure(plt, fig, out_dir / "scaling.png"))
-
+    save(fig, "scaling.png")
     if long_rows:
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
         ts = [r["length"] for r in long_rows]
         for name, marker in (("attention", "o-"), ("lstm", "s-")):
-            label = "LSTM" if name == "lstm" else name
-            axes[0].plot(ts, [100 * r[name + "_acc"] for r in long_rows], marker, label=label)
-            axes[1].plot(ts, [r[name + "_grad"] for r in long_rows], marker, label=label)
+            axes[0].plot(ts, [100 * r[name + "_acc"] for r in long_rows], marker, label=name)
+            axes[1].semilogy(ts, [r[name + "_grad"] for r in long_rows], marker, label=name)
         axes[0].axhline(100 / VOCAB, color="gray", ls="--", label="chance")
         axes[0].set(ylabel="test accuracy (%)", ylim=(0, 105), title="Part 7: recall the first token (same budget)")
-        axes[1].set(ylabel="|d loss / d first token| at init", yscale="log", title="why: the learning signal over T")
+        axes[1].set(ylabel="|d loss / d first token| at init", title="why: the learning signal over T")
         for ax in axes[:2]:
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("sequence length T")
+            ax.set(xscale="log", xlabel="sequence length T")
             ax.legend()
-            ax.grid(alpha=0.3)
         # What the trained attention model looks at, for one test sequence of the longest length.
         model, length = long_rows[-1]["attention_model"].cpu(), long_rows[-1]["length"]
         with torch.no_grad():
-            _, w = model(first_token_batch(1, length, torch.Generator().manual_seed(7))[0])
+            w = model(first_token_batch(1, length, torch.Generator().manual_seed(7))[0])[1]
         axes[2].bar(range(length + 1), w[0].numpy())
         axes[2].set(xlabel="position looked at", ylabel="attention weight of '?'",
                     title=f"trained attention model, T={length}: it looks at position 0")
-        saved.append(save_figure(plt, fig, out_dir / "long_range.png"))
+        save(fig, "long_range.png")
     return saved
 
 
-# ================================================================================================================
-# Command line
-# ================================================================================================================
-def parse_int_list(text, flag):
-    """'8,16,32' -> [8, 16, 32], or a one-line error naming the flag."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        fail(f"{flag} expects comma-separated positive integers like 8,16,32; got {text!r}")
-    return values
+# ---- Command line --------------------------------------------------------------------------------------------------
+def positive_int(text):
+    """argparse type: an integer >= 1 (a bad value gets argparse's usage line plus one error line, exit 2)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return int(text)
+
+
+def int_list(text):
+    """argparse type: '8,16,32' -> [8, 16, 32], each from 1 to 4096 (the LSTM walks long sequences slowly)."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or not all(v.isdigit() and 1 <= int(v) <= 4096 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers from 1 to 4096 like 8,16,32; got {text!r}")
+    return [int(v) for v in values]
+
+
+MOVED = {"--timing-lengths": "companions/03_bench.py --lengths",
+         "--lstm-forget-bias": "companions/03_long_range.py --lstm-forget-bias"}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Attention step by step, proven against PyTorch.")
     parser.add_argument("--sentence", default=SENTENCE, help="parts 1 and 4: the words to attend over")
-    parser.add_argument("--d-model", type=int, default=D_MODEL, help="parts 4-5: width of the multi-head demo")
-    parser.add_argument("--heads", type=int, default=N_HEADS, help="parts 4-5: number of heads (must divide --d-model)")
-    parser.add_argument("--timing-lengths", default=",".join(map(str, TIMING_LENGTHS)), help="part 6: T values")
-    parser.add_argument("--block", type=int, default=BLOCK, help="part 6: tile size of the tiled attention")
-    parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="part 7: T values (comma list)")
-    parser.add_argument("--steps", type=int, default=STEPS, help="part 7: training steps per model and length")
-    parser.add_argument("--batch", type=int, default=BATCH, help="part 7: sequences per training step")
-    parser.add_argument("--lstm-forget-bias", type=float, default=None,
-                        help="part 7: initial forget-gate bias of the LSTM (default: torch's random init)")
-    parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(OUT_DIR), help="folder for the PNGs")
+    parser.add_argument("--d-model", type=positive_int, default=D_MODEL, help="parts 4-5: width of the multi-head demo")
+    parser.add_argument("--heads", type=positive_int, default=HEADS, help="parts 4-5: heads (must divide --d-model)")
+    parser.add_argument("--block", type=positive_int, default=BLOCK, help="part 6: tile size of the tiled attention")
+    parser.add_argument("--lengths", type=int_list, default=list(LENGTHS), help="part 7: T values, e.g. 8,16,32")
+    parser.add_argument("--steps", type=positive_int, default=STEPS, help="part 7: training steps per model and T")
+    parser.add_argument("--batch", type=positive_int, default=BATCH, help="part 7: sequences per training step")
+    parser.add_argument("--threads", type=positive_int, default=THREADS, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for the PNGs")
     parser.add_argument("--no-plots", action="store_true", help="skip the pictures")
+    for flag, companion in MOVED.items():  # old flags, kept only to say where their work went
+        parser.add_argument(flag, help=f"moved: python {companion}")
     # parse_known_args: a notebook kernel passes its own "-f kernel.json"; anything else unknown is a typo.
     args, unknown = parser.parse_known_args(argv)
     if unknown and not all(u.startswith("-f") or u.endswith(".json") for u in unknown):
-        fail(f"unknown argument(s) {' '.join(unknown)}; see --help")
-    # Validate right away: one clear line per problem, exit code 2.
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    for flag, companion in MOVED.items():
+        if getattr(args, flag[2:].replace("-", "_")) is not None:
+            print(f"{flag} moved: run python {companion} {getattr(args, flag[2:].replace('-', '_'))}", file=sys.stderr)
+            sys.exit(2)
+    # Rules argparse cannot express, reported its way (usage plus one line, exit 2).
     if len(args.sentence.split()) < 2:
-        fail(f"--sentence needs at least 2 words to attend between; got {args.sentence!r}")
-    try:
-        check_heads(args.d_model, args.heads)
-    except ValueError as err:
-        fail(str(err))
-    args.timing_lengths = parse_int_list(args.timing_lengths, "--timing-lengths")
-    args.lengths = parse_int_list(args.lengths, "--lengths")
-    if max(args.lengths) > 4096:
-        fail(f"--lengths up to 4096 please (the LSTM walks long sequences slowly); got {max(args.lengths)}")
-    for flag in ("block", "steps", "batch", "threads"):
-        if getattr(args, flag) < 1:
-            fail(f"--{flag} must be >= 1; got {getattr(args, flag)}")
+        parser.error(f"--sentence needs at least 2 words to attend between; got {args.sentence!r}")
+    if args.d_model % args.heads:
+        parser.error(f"--d-model ({args.d_model}) must be a multiple of the number of heads (--heads {args.heads})")
     return args
-
-
-def pick_device():
-    """cuda > mps > cpu. Part 7 trains on it; parts 1-6 are NumPy, or CPU comparisons by design."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def main(argv=None):
@@ -979,36 +761,36 @@ def main(argv=None):
     start = time.time()
     np.set_printoptions(suppress=True)
     torch.manual_seed(args.seed)
-    # One torch thread by default: our tensors are tiny, so extra threads mostly add start-up cost, and on a busy
-    # machine (CI, shared cores) they wait for each other; --threads 4 on a quiet laptop speeds up the timing table.
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # tiny tensors: extra threads mostly add start-up cost and wait on busy CPUs
+    # Part 7 trains on the best device there is (cuda > mps > cpu); parts 1-6 are NumPy, or CPU comparisons.
+    device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     words, by_hand_weights = part1_by_hand(args.sentence, args.seed)
     scaling_rows = part2_scaling(args.seed)
     causal_exact, padded_weights = part3_masks(args.seed)
     head_weights, count_ok = part4_multi_head(words, args.d_model, args.heads, args.seed)
     torch_ok = part5_proof(args.d_model, args.heads, args.seed)
-    tiled_ok, tiled_diff, _ = part6_tiled(args.timing_lengths, args.block, args.seed)
-    long_rows = part7_long_range(args.lengths, args.steps, args.batch, args.seed, pick_device(), args.lstm_forget_bias)
+    tiled_ok, tiled_diff = part6_tiled(args.block, args.seed)
+    long_rows = part7_long_range(args.lengths, args.steps, args.batch, args.seed, device)
     if not args.no_plots:
-        make_pictures(Path(args.out), words, by_hand_weights, padded_weights, head_weights, scaling_rows, long_rows)
-
+        make_pictures(args.out, words, by_hand_weights, padded_weights, head_weights, scaling_rows, long_rows)
     # Proofs must hold whatever the flags; the experiment's outcome depends on the budget, so it is reported only.
+    banner("Summary")
     proofs = [("causal outputs unchanged by future tokens (bitwise)", causal_exact),
               ("parameter count == torch.nn.MultiheadAttention's", count_ok),
               ("attention == torch SDPA / nn.MultiheadAttention (1e-6 f32, 1e-12 f64)", torch_ok),
               (f"tiled online-softmax == naive (max diff {tiled_diff:.1e} <= 1e-10)", tiled_ok)]
-    banner("Summary")
     for name, ok in proofs:
         print(f"  [{'ok' if ok else 'FAILED'}] {name}")
     print("  long-range accuracy (attention / LSTM): " + ", ".join(
         f"T={r['length']}: {r['attention_acc']:.0%} / {r['lstm_acc']:.0%}" for r in long_rows))
     print(f"Done in {time.time() - start:.1f}s.")
     if not all(ok for _, ok in proofs):
-        fail("some checks failed (see [FAILED] above)", code=1)
+        sys.exit("error: some checks failed (see [FAILED] above)")  # exit status 1
 
 
 if __name__ == "__main__":
     try:
         main()
-    except KeyboardInterrupt:
-        fail("interrupted", code=130)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,10 +1,13 @@
 """Tests for 03_attention.py: our NumPy attention against PyTorch, causality, the tiled online softmax, the
-long-range experiment on tiny settings, and clear errors for bad shapes and bad flags.
+long-range experiment on tiny settings, and clear errors for bad shapes and bad flags. The memory benchmark of
+naive vs tiled attention is tested with its companion in test_03_bench.py.
 
 Most tests import the script (load_script) and call its functions: fast, and a failure points at one function.
 Two tests run it as a learner would (run_script) with tiny flags. Each comparison is checked against an
 independent computation (torch, or a recomputation), never against numbers copied from a previous run.
 """
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -147,20 +150,6 @@ def test_tiled_equals_naive(att, t, block, causal):
     assert np.abs(tiled - naive).max() <= 1e-10
 
 
-def test_tiled_memory_grows_like_t_not_t_squared(att):
-    rng = np.random.default_rng(7)
-    peaks = {}
-    for t in (512, 1024):
-        q, k, v = (rng.standard_normal((t, 64)).astype(np.float32) for _ in range(3))
-        peaks[t] = (att.peak_bytes(att.attention, q, k, v, causal=True),
-                    att.peak_bytes(att.tiled_attention, q, k, v, block=128, causal=True))
-    naive_ratio = peaks[1024][0] / peaks[512][0]
-    tiled_ratio = peaks[1024][1] / peaks[512][1]
-    assert naive_ratio > 3.5          # doubling T: ~4x (T^2)
-    assert tiled_ratio < 2.5          # doubling T: <= ~2x (T)
-    assert peaks[1024][1] < peaks[1024][0] / 8
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the long-range experiment, tiny
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,7 +159,9 @@ def test_long_range_tiny_runs_and_attention_beats_chance(att):
     (row,) = rows
     chance = 1 / att.VOCAB
     assert row["attention_acc"] > 3 * chance
-    assert 0.0 <= row["lstm_acc"] <= 1.0
+    # same budget, same data: at this budget the LSTM has not learned the rule, attention has
+    assert row["lstm_acc"] < 0.5 < row["attention_acc"]
+    assert row["lstm_grad"] < row["attention_grad"]   # its learning signal to token 0 is already weaker at T=8
     assert row["attention_weight_on_first"] > 0.3      # it learned to look at position 0
     # parameter counts similar (within 10%)
     assert abs(row["attention_params"] - row["lstm_params"]) < 0.1 * row["lstm_params"]
@@ -221,31 +212,64 @@ def test_bad_shapes_raise_clear_errors(att):
         att.multi_head_attention(rng.standard_normal((4, 6)), att.init_multi_head(6, rng), 2)
 
 
+def assert_argparse_error(proc, contains):
+    """argparse's convention: exit 2, a usage block, then one line '03_attention.py: error: ...'; nothing on stdout."""
+    assert_one_line_error(proc, code=2, contains=contains)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("usage: 03_attention.py"), proc.stderr
+    assert lines[-1].startswith("03_attention.py: error: ") and contains in lines[-1], proc.stderr
+    assert proc.stdout == ""  # rejected before any work
+
+
+# one bad-flag test per kind of rule: a malformed value (type=), a value out of range (type=), a rule between
+# flags (parser.error), an unknown flag
 @pytest.mark.parametrize("args,contains", [
-    (["--heads", "3"], "multiple of the number of heads"),
     (["--lengths", "8,x"], "--lengths"),
     (["--steps", "0"], "--steps"),
-    (["--sentence", "hello"], "--sentence"),
+    (["--heads", "3"], "multiple of the number of heads"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
-def test_bad_flags_give_one_line_error(args, contains):
-    proc = run_script("03", *args, timeout=120)
-    assert_one_line_error(proc, code=2, contains=contains)
-    assert len(proc.stderr.strip().splitlines()) == 1
+def test_bad_flags_give_argparse_error(args, contains):
+    assert_argparse_error(run_script("03", *args, timeout=120), contains)
+
+
+def test_notebook_kernel_arguments_are_ignored(att):
+    args = att.parse_args(["-f", "/tmp/kernel-1.json", "--steps", "7"])
+    assert args.steps == 7 and args.lengths == list(att.LENGTHS)
+
+
+@pytest.mark.parametrize("flag,value,pointer", [
+    ("--timing-lengths", "64,128", "run python companions/03_bench.py --lengths 64,128"),
+    ("--lstm-forget-bias", "2", "run python companions/03_long_range.py --lstm-forget-bias 2"),
+])
+def test_moved_flags_point_to_their_companion(flag, value, pointer):
+    proc = run_script("03", flag, value, timeout=120)
+    assert_one_line_error(proc, code=2)
+    assert proc.stderr.strip() == f"{flag} moved: {pointer}"
+    assert proc.stdout == ""
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the whole script, tiny
 # ---------------------------------------------------------------------------------------------------------------
 def test_script_runs_tiny_and_writes_pictures(out_dir):
-    proc = run_script("03", "--steps", "60", "--lengths", "6", "--timing-lengths", "32,64", "--out", out_dir,
-                      timeout=240)
+    proc = run_script("03", "--steps", "60", "--lengths", "6", "--out", out_dir, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "max abs diff" in out and "FAILED" not in out
+    # part 5's table: 8 comparisons x 2 dtypes, each difference printed and within its limit
+    rows = re.findall(r"^  ((?:SDPA|nn\.MultiheadAttention).+?)\s+(float32|float64)\s+([0-9.e+-]+)\s+([0-9.e+-]+)  (yes|NO)$",
+                      out, flags=re.M)
+    assert len(rows) == 16, out
+    assert all(float(diff) <= float(limit) and ok == "yes" for _, _, diff, limit, ok in rows)
+    assert max(float(diff) for _, dtype, diff, _, _ in rows if dtype == "float64") < 1e-12
+    assert "FAILED" not in out
     assert out.count("[ok]") == 4 and "long-range accuracy (attention / LSTM): T=6:" in out
     assert "bitwise identical: True" in out
+    tiled = float(re.search(r"Tiled equals naive to ([0-9.e+-]+)", out).group(1))
+    assert tiled <= 1e-10
     for name in ("attention_weights.png", "multi_head.png", "scaling.png", "long_range.png"):
         assert (out_dir / name).stat().st_size > 5000, name
+    assert not list(out_dir.glob("*.tmp"))
 
 
 def test_text_fallback_without_matplotlib(att, monkeypatch, capsys, tmp_path):
