@@ -1,28 +1,16 @@
 """
 01_xor.py: one neuron, then two layers, then backpropagation by hand, in NumPy.
 
-What you will learn
--------------------
-- Why XOR is the classic problem a single neuron cannot solve (a picture-level argument, then a demonstration:
-  a logistic neuron trained on XOR never gets more than 3 of the 4 points right).
-- How a hidden layer fixes that: a 2 -> H -> 1 multi-layer perceptron (MLP) written out by hand.
-- How backpropagation works: every layer's forward computation sits right beside its backward computation,
-  and every gradient line carries the chain-rule step it implements, so you can check each one with pen and paper.
-- Why binary cross-entropy on a sigmoid output has the famously simple gradient `p - y`.
-- How to PROVE your gradients are right: a central finite-difference check in float64 (the tests also compare
-  them with PyTorch's autograd to 1e-10).
-- How robust training is: `--seeds 100` trains 100 differently initialised networks and counts the successes.
+You learn why a single neuron cannot solve XOR (a geometric argument, then a demonstration: it never gets more than
+3 of the 4 points right); how a hidden layer fixes that (a 2 -> H -> 1 multi-layer perceptron written out by hand);
+how backpropagation works (every layer's forward computation sits beside its backward computation, each gradient
+line with the chain-rule step it implements); why binary cross-entropy on a sigmoid has the gradient `p - y`; how to
+PROVE the gradients right (finite differences in float64); and how robust training is (--seeds 100).
 
-How to run it
--------------
-    python 01_xor.py                        # the whole lesson, about a second on a laptop CPU
+    python 01_xor.py                        # the whole lesson, on a laptop CPU; PNGs in out/01_xor/
     python 01_xor.py --activation relu      # try sigmoid / tanh / relu hidden units
     python 01_xor.py --hidden 2 --seeds 100 # the smallest possible net: how often does it get stuck?
-    python 01_xor.py --seeds 100            # robustness of the default configuration (success rate, epochs)
-
-Flags that matter: --hidden, --activation, --lr, --momentum, --epochs, --seed, --seeds, --no-plots, --out.
-Pictures (decision boundary, loss curve) go to out/01_xor/ when matplotlib is installed; an ASCII map of the
-decision boundary is printed in every case. Only NumPy is needed.
+Only NumPy is needed; with matplotlib the decision boundary and loss curve are also saved as PNGs.
 """
 import argparse
 import os
@@ -32,42 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-# ----------------------------------------------------------------------------------------------------------------
-# Configuration: every knob with its default. All of them can be changed from the command line (see parse_args).
-# ----------------------------------------------------------------------------------------------------------------
-# How the defaults were chosen: a sweep over hidden size {2, 4, 8, 16}, lr {0.1, 0.3, 0.5, 1.0}, momentum {0, 0.9}
-# for all three activations, 1000 seeds each, counting the seeds that end at 100% accuracy.
-# - HIDDEN = 16. Two hidden units are enough IN PRINCIPLE (each draws one of the two lines that cut the square),
-#   but gradient descent then gets stuck in a bad local minimum for about 40% of random starts (tanh: 597/1000
-#   succeed; relu: about 1 in 4). Extra units are extra lottery tickets: some of them almost always start in a
-#   useful place. With 8 units tanh and sigmoid already succeed 1000/1000, but relu only about 98% (a ReLU unit
-#   whose line leaves all four points on its zero side is "dead": no gradient ever reaches it); with 16 units all
-#   three activations succeed for 5000 of 5000 seeds. The cost is nothing: 65 parameters.
-# - LR = 0.5 with MOMENTUM = 0.9. The data set has only 4 points, so every step uses all of them (full batch) and
-#   the gradient is exact, not noisy: a large step is safe. Momentum carries the weights across the flat plateau
-#   near the start (all outputs about 0.5, tiny gradients) several times faster: sigmoid hidden units need a median
-#   of 273 epochs to reach 100% without momentum and 45 with it.
-# - EPOCHS = 500. The slowest of 5000 seeds reached 100% at epoch 117 (sigmoid; tanh 22, relu 25): 500 leaves a
-#   wide margin, and the extra epochs drive the loss down so the printed probabilities are close to 0 and 1.
-# - Initialisation (see init_params): weights ~ N(0, gain^2 / fan_in), small random hidden biases.
-HIDDEN = 16           # number of hidden units H (>= 1)
-ACTIVATION = "tanh"   # hidden nonlinearity: "sigmoid", "tanh" or "relu"
-LR = 0.5              # learning rate (step size) of SGD
-MOMENTUM = 0.9        # SGD momentum in [0, 1); 0 gives plain gradient descent
-EPOCHS = 500          # training steps (one step = one pass over the 4 examples = one epoch)
-SEED = 0              # random seed of the initialisation (the only randomness in this script)
-SEEDS = 1             # > 1: instead of the lesson, train this many seeds (SEED, SEED+1, ...) and report robustness
-NEURON_LR = 0.5       # learning rate of the single logistic neuron of section 2 (it trains for --epochs too)
-GRAD_CHECK_EPS = 1e-3 # step h of the (fourth-order) central finite differences, float64
-GRAD_CHECK_TOL = 1e-6 # the gradient check passes when the largest relative error is below this (why: section 4)
-
-ACTIVATION_NAMES = ("sigmoid", "tanh", "relu")
-
-
-def fail(message, code=2):
-    """A clean, one-line error on stderr and a non-zero exit: no traceback for mistakes a user can fix."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+# Config: every flag's default (python 01_xor.py --help lists the flags; names match). Why these values: HIDDEN 16,
+# because 2 units suffice in principle but training often gets stuck with so few, and each extra unit is one more
+# chance of a useful start; LR 0.5 with MOMENTUM 0.9, because every step sees all 4 examples (an exact gradient,
+# so a big step is safe) and momentum crosses the flat start quickly; EPOCHS 500, a wide margin that also drives
+# the probabilities close to 0 and 1. Check any of it yourself with --seeds 100 (README lists the measured rates).
+HIDDEN = 16                     # --hidden: hidden units H (>= 1)
+ACTIVATION = "tanh"             # --activation: hidden nonlinearity, "sigmoid", "tanh" or "relu"
+LR = 0.5                        # --lr: learning rate (step size) of SGD
+MOMENTUM = 0.9                  # --momentum: SGD momentum in [0, 1); 0 gives plain gradient descent
+EPOCHS = 500                    # --epochs: training steps (one step = one pass over the 4 examples = one epoch)
+SEED = 0                        # --seed: random seed of the initialisation (the only randomness in this script)
+SEEDS = 1                       # --seeds: > 1 trains this many seeds (SEED, SEED+1, ...) and reports robustness
+OUT = Path("out") / "01_xor"    # --out: folder for the PNGs (--no-plots skips them)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -152,6 +117,7 @@ def relu(z):
 def relu_backward(dout, z, out):
     # dr/dz = 1 where z > 0, 0 where z < 0 (at exactly z = 0 we pick 0, as PyTorch does)
     # dL/dz = dL/dr * dr/dz = dout * [z > 0]
+    # So a ReLU unit whose line leaves all four points on its zero side is "dead": no gradient ever reaches it.
     return dout * (z > 0.0)
 
 
@@ -208,6 +174,9 @@ def bce_with_logits_backward(z, y):
 # ----------------------------------------------------------------------------------------------------------------
 # 2. A single neuron (logistic regression) trained on XOR
 # ----------------------------------------------------------------------------------------------------------------
+NEURON_LR = 0.5  # learning rate of the single logistic neuron (it trains for --epochs too)
+
+
 def train_neuron(X, y, epochs=EPOCHS, lr=NEURON_LR, seed=SEED):
     """Gradient descent on one logistic unit p = sigmoid(X @ w + b). Returns a dict with its history.
 
@@ -338,17 +307,21 @@ def backward(params, cache, y):
 # A classic trick (Richardson extrapolation) removes the c*h^2 term: D(2h) = dL/dtheta + 4c*h^2 + ..., so
 #     (4*D(h) - D(2h)) / 3 = (8*(L(+h) - L(-h)) - (L(+2h) - L(-2h))) / (12h) = dL/dtheta + O(h^4)
 # is still a central difference (symmetric around theta), and now a larger h = 1e-3 is safe: truncation is about
-# h^4 = 1e-12 times a small constant, rounding about 1e-16 / h = 1e-13. Analytic and numerical gradients then agree to about 1e-10 relative,
-# while a wrong backward line (a missing transpose, a forgotten factor) gives errors near 1: the check separates
-# right from wrong by many orders of magnitude. The only entries that do worse are those whose gradient is itself
-# tiny: finite differences resolve a gradient to about 1e-13 absolute, so an entry of size 1e-7 is only checked to
-# about 1e-6 relative (with the default seed the worst entry is about 5e-10; over 500 seeds the worst is 7e-7).
-# Hence the tolerance GRAD_CHECK_TOL = 1e-6; it is the yardstick that is blunt there, not the gradient.
+# h^4 = 1e-12 times a small constant, rounding about 1e-16 / h = 1e-13. Analytic and numerical gradients then agree to
+# about 1e-10 relative, while a wrong backward line (a missing transpose, a forgotten factor) gives errors near 1:
+# the check separates right from wrong by many orders of magnitude. The only entries that do worse are those whose
+# gradient is itself tiny: finite differences resolve a gradient to about 1e-13 absolute, so an entry of size 1e-7
+# is only checked to about 1e-6 relative. Hence the tolerance GRAD_CHECK_TOL = 1e-6: where an entry misses a tighter
+# one, it is the yardstick that is blunt, not the gradient.
 #
 # One trap: ReLU has a kink at z = 0. A difference whose two points straddle the kink measures the average of two
 # different slopes, not the derivative, and the check fails although backward() is right. Moving any first-layer
 # parameter by s moves each z1 by at most |s| (the inputs are 0 or 1), so for ReLU we shrink h below a quarter of
 # the smallest |z1|: then even the 2h steps cannot cross a kink.
+GRAD_CHECK_EPS = 1e-3  # step h of the (fourth-order) central finite differences, float64
+GRAD_CHECK_TOL = 1e-6  # the gradient check passes when the largest relative error is below this
+
+
 def relative_error(a, b):
     """|a - b| / max(|a| + |b|, 1e-8), elementwise: scale-free, and 0/0-safe where both gradients vanish."""
     return np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), 1e-8)
@@ -499,7 +472,8 @@ def save_plots(out_dir, params, activation, history, neuron):
     w, b = neuron["best"]["w"], neuron["best"]["b"]
     if abs(w[1]) > 1e-12:                              # draw the neuron's best line w1 x1 + w2 x2 + b = 0
         xs = np.array([lo, hi])
-        ax.plot(xs, -(w[0] * xs + b) / w[1], "g--", lw=1.5, label=f"best single-neuron line ({neuron['best']['acc']:.0%})")
+        ax.plot(xs, -(w[0] * xs + b) / w[1], "g--", lw=1.5,
+                label=f"best single-neuron line ({neuron['best']['acc']:.0%})")
     for (x1, x2), label in zip(X_XOR, Y_XOR.ravel()):
         ax.scatter(x1, x2, s=160, c="white" if label == 0 else "black", edgecolors="k", zorder=3)
     ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="x1", ylabel="x2",
@@ -556,36 +530,47 @@ def seed_study(args):
 # ----------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------
+def positive(cast):
+    """An argparse type: the value converted by cast (int or float), finite and > 0; else argparse's usage + error."""
+    def convert(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {cast.__name__}, got {text!r}") from None
+        if not (np.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be a positive {cast.__name__}, got {text!r}")
+        return value
+    return convert
+
+
+def momentum_value(text):
+    """An argparse type: a float in [0, 1) (1 or more makes the velocity grow without bound)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
 def parse_args(argv=None):
+    """Flags -> args, named like the config constants. A bad value ends in argparse's usage line plus one error
+    line and exit status 2, before any work starts."""
     parser = argparse.ArgumentParser(description="XOR with one neuron and with a hand-written 2-layer MLP (NumPy).")
-    parser.add_argument("--hidden", type=int, default=HIDDEN, help=f"hidden units (default {HIDDEN})")
-    parser.add_argument("--activation", default=ACTIVATION, help="sigmoid | tanh | relu (default tanh)")
-    parser.add_argument("--lr", type=float, default=LR, help=f"learning rate (default {LR})")
-    parser.add_argument("--momentum", type=float, default=MOMENTUM, help=f"SGD momentum in [0, 1) (default {MOMENTUM})")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs (default {EPOCHS})")
+    parser.add_argument("--hidden", type=positive(int), default=HIDDEN, help=f"hidden units (default {HIDDEN})")
+    parser.add_argument("--activation", choices=tuple(ACTIVATIONS), default=ACTIVATION, help="hidden nonlinearity")
+    parser.add_argument("--lr", type=positive(float), default=LR, help=f"learning rate (default {LR})")
+    parser.add_argument("--momentum", type=momentum_value, default=MOMENTUM, help="SGD momentum in [0, 1)")
+    parser.add_argument("--epochs", type=positive(int), default=EPOCHS, help=f"training epochs (default {EPOCHS})")
     parser.add_argument("--seed", type=int, default=SEED, help=f"random seed (default {SEED})")
-    parser.add_argument("--seeds", type=int, default=SEEDS, help="> 1: train this many seeds, report success rate")
+    parser.add_argument("--seeds", type=positive(int), default=SEEDS, help="> 1: train this many seeds (robustness)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNGs (the ASCII map is always printed)")
-    parser.add_argument("--out", default=str(Path("out") / "01_xor"), help="folder for the PNGs (default out/01_xor)")
-    # argparse prints a usage block plus the error; we want the house style: one line, exit code 2
-    parser.error = lambda message: fail(f"{message} (see --help)")
-    # parse_known_args: Jupyter/Colab pass their own arguments (e.g. -f kernel.json); ignore those
+    parser.add_argument("--out", type=Path, default=OUT, help=f"folder for the PNGs (default {OUT})")
+    # parse_known_args: Jupyter/Colab pass their own arguments (e.g. -f kernel.json); ignore those, note the rest
     args, unknown = parser.parse_known_args(argv)
     if unknown and not any(u.endswith(".json") for u in unknown):
         print(f"note: ignoring unknown arguments {' '.join(unknown)}", file=sys.stderr)
-    # validate values right after parsing: a clear message naming the flag and the fix
-    if args.hidden < 1:
-        fail(f"--hidden must be at least 1, got {args.hidden}")
-    if args.activation not in ACTIVATIONS:
-        fail(f"unknown --activation {args.activation!r}; choose one of {', '.join(ACTIVATION_NAMES)}")
-    if not args.lr > 0 or not np.isfinite(args.lr):
-        fail(f"--lr must be a positive number, got {args.lr}")
-    if not 0.0 <= args.momentum < 1.0:
-        fail(f"--momentum must be in [0, 1), got {args.momentum}")
-    if args.epochs < 1:
-        fail(f"--epochs must be at least 1, got {args.epochs}")
-    if args.seeds < 1:
-        fail(f"--seeds must be at least 1, got {args.seeds}")
     return args
 
 
@@ -653,7 +638,7 @@ def main(argv=None):
         print(ascii_boundary(lambda pts: forward(params, pts, args.activation)[0].ravel()))
     if not args.no_plots:
         with np.errstate(over="ignore", invalid="ignore"):                # absurd --lr values give absurd losses
-            written = save_plots(Path(args.out), params, args.activation, history, neuron)
+            written = save_plots(args.out, params, args.activation, history, neuron)
         for path in written:
             print(f"  wrote {path}")
 
