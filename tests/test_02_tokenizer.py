@@ -1,0 +1,40 @@
+"""Tests for companions/02_tokenizer.py: --encode-file prints exactly tiktoken's ids of the file, --bench runs."""
+import json
+
+import pytest
+
+from conftest import assert_one_line_error, load_script, run_script
+
+stage = load_script("02")
+SCRIPT = "companions/02_tokenizer.py"
+
+
+@pytest.fixture(scope="module")
+def tiktoken_gpt2():
+    return stage.tiktoken_gpt2()
+
+
+def test_encode_file_prints_only_tiktoken_ids(tmp_path, tiktoken_gpt2):
+    path = tmp_path / "varied.txt"
+    path.write_text(stage.VARIED_TEXT.replace("\r\n", "\n") + "héllo 👋🏽 日本語", encoding="utf-8")
+    proc = run_script(SCRIPT, "--encode-file", path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    ids = json.loads(proc.stdout)   # the whole of stdout is one JSON list
+    assert ids == tiktoken_gpt2.encode(path.read_text(encoding="utf-8"), allowed_special="all")
+
+
+def test_bench_runs_on_a_small_text(tmp_path):
+    path = tmp_path / "small.txt"
+    path.write_text("To be, or not to be, that is the question.\n" * 200, encoding="utf-8")
+    proc = run_script(SCRIPT, "--bench", "--text", path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "ids identical to tiktoken: True" in proc.stdout and "MB/s" in proc.stdout
+
+
+@pytest.mark.parametrize("args, contains", [
+    (["--encode-file", "/no/such/file.txt"], "no such file"),   # a file that is not there
+    (["--bench", "--max-chars", "0"], "not > 0"),                # a rule on a number
+    ([], "one of the arguments"),                                # no job given
+])
+def test_bad_flags_give_one_line_errors(args, contains):
+    assert_one_line_error(run_script(SCRIPT, *args, timeout=60), code=2, contains=contains)
