@@ -96,12 +96,15 @@ def test_unknown_arguments_are_noted_not_fatal(xor, capsys):
 # the single neuron
 # ---------------------------------------------------------------------------------------------------------------
 def test_single_neuron_never_beats_75_percent(xor):
+    bests = []
     for seed in range(5):
         neuron = xor.train_neuron(xor.X_XOR, xor.Y_XOR, epochs=300, seed=seed)
         assert max(neuron["accs"]) <= 0.75
-        assert neuron["best"]["acc"] <= 0.75
+        assert neuron["best"]["acc"] == max(neuron["accs"])     # "best" really is the best line seen
+        bests.append(neuron["best"]["acc"])
         # it drifts to the minimum of the convex loss: w = b = 0, p = 0.5, loss = log 2
         assert abs(neuron["loss"] - np.log(2)) < 1e-3
+    assert max(bests) == 0.75                                   # on the way, training does reach 3 of 4
     # and no line at all does better than 3 of 4, while 3 of 4 is reachable
     best, normal, offset = xor.best_line_by_search(xor.X_XOR, xor.Y_XOR)
     assert best == 0.75
