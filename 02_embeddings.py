@@ -557,11 +557,13 @@ def offline_asset(relpath):
 
 
 def read_text_file(path, flag):
+    """Exactly the characters in the file: its bytes decoded as UTF-8, so "\r\n" stays "\r\n" (Python's text
+    mode would turn it into "\n" and change the tokens)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{flag} {path}: no such file; pass the path of a UTF-8 text file")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise InputError(f"{flag} {path}: not UTF-8 text (byte {err.start}); save it as UTF-8 first") from None
 

@@ -5,8 +5,8 @@
   python companions/02_tokenizer.py --bench [--text FILE] [--max-chars N]      # MB/s, ours and tiktoken's
 
 Compare --encode-file with tiktoken:
-  python -c "import sys, tiktoken; print(tiktoken.get_encoding('gpt2').encode(open(sys.argv[1]).read(),
-             allowed_special='all'))" FILE
+  python -c "import sys, tiktoken; print(tiktoken.get_encoding('gpt2').encode(open(sys.argv[1], newline='',
+             encoding='utf-8').read(), allowed_special='all'))" FILE
 """
 import argparse
 import importlib.util

@@ -38,3 +38,18 @@ def test_bench_runs_on_a_small_text(tmp_path):
 ])
 def test_bad_flags_give_one_line_errors(args, contains):
     assert_one_line_error(run_script(SCRIPT, *args, timeout=60), code=2, contains=contains)
+
+
+def test_encode_file_keeps_crlf_exactly(tmp_path, tiktoken_gpt2):
+    # A file saved by a Windows editor: "\r\n" line ends (and one lone "\r"). Text mode would turn them into "\n"
+    # and drop the "\r" tokens (id 201 in GPT-2's vocabulary) that tiktoken sees in the real content.
+    content = "First Citizen:\r\nBefore we proceed any further, hear me speak.\r\n\r\nAll:\r\nSpeak, speak.\r"
+    path = tmp_path / "windows.txt"
+    path.write_bytes(content.encode("utf-8"))
+    proc = run_script(SCRIPT, "--encode-file", path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    expected = tiktoken_gpt2.encode_ordinary(content)
+    assert 201 in expected
+    assert json.loads(proc.stdout) == expected
+    # --text reads the same way: the corpus is exactly the file's characters
+    assert stage.read_text_file(path, "--text") == content
