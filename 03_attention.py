@@ -312,15 +312,15 @@ def part2_scaling(seed):
 def part3_masks(seed):
     banner("Part 3. Masks: causal (no peeking ahead) and padding (ignore filler)")
     rng = np.random.default_rng(seed)
-    t, d, cut = 6, 4, 3
+    t, d, cut = 6, 4, 3  # 6 tokens of width 4; tokens cut.. are "the future" in the proof below
     # A language model learns to predict token t+1 from tokens 0..t. If position t could see t+1, training would
     # just copy the answer and the model would learn nothing usable for generation, where the future is unknown.
     print(f"Causal mask for T = {t} (1 = may look, 0 = forbidden): position t sees tokens 0..t only.")
     print("\n".join("    " + " ".join(map(str, row)) for row in causal_mask(t, t).astype(int)))
-    x = rng.standard_normal((t, d))
-    w_q, w_k, w_v = (rng.standard_normal((d, d)) for _ in range(3))
+    x = rng.standard_normal((t, d))                                   # (T, d) one sequence
+    w_q, w_k, w_v = (rng.standard_normal((d, d)) for _ in range(3))  # (d, d) each
 
-    def outputs(seq, causal):
+    def outputs(seq, causal):  # (T, d) -> (T, d): self-attention of one sequence
         return attention(seq @ w_q, seq @ w_k, seq @ w_v, causal=causal)[0]
 
     # Proof of causality: change the future, check the past did not move AT ALL (bitwise, not "close").
@@ -329,7 +329,7 @@ def part3_masks(seed):
     changed = x.copy()
     changed[cut:] = 10 * rng.standard_normal((t - cut, d))  # very different "future tokens"
     before, after = outputs(x, True), outputs(changed, True)
-    exact = bool(np.array_equal(before[:cut], after[:cut]))
+    exact = bool(np.array_equal(before[:cut], after[:cut]))  # equal bit for bit, not just close
     leak = np.abs(outputs(x, False)[:cut] - outputs(changed, False)[:cut]).max()
     print(f"\nProof: replace tokens {cut}..{t - 1} with new random ones and recompute.\n"
           f"  causal:  outputs 0..{cut - 1} bitwise identical: {exact} (max abs diff "
@@ -338,9 +338,9 @@ def part3_masks(seed):
           f"  no mask: outputs 0..{cut - 1} move by up to {leak:.2f}: without the mask the past sees the future")
     # Padding: sentences of different lengths are padded to one T so they fit in one array (one batch); the pad
     # positions are filler and must receive no attention, or the filler would leak into real tokens' outputs.
-    lengths = np.array([6, 4])
+    lengths = np.array([6, 4])  # real tokens per sentence: sentence 2 ends in 2 pads
     key_padding = np.arange(t)[None, :] < lengths[:, None]  # (B, T): True = real token
-    xb = rng.standard_normal((2, t, d))
+    xb = rng.standard_normal((2, t, d))  # (B, T, d)
     _, w = attention(xb @ w_q, xb @ w_k, xb @ w_v, mask=key_padding[:, None, :], causal=True)  # (B, T, T)
     print(f"\nPadding: sentence 2 has {lengths[1]} real tokens + {t - lengths[1]} pads; weight on pad keys: "
           f"{w[1][:, lengths[1]:].sum():.1f}; rows still sum to 1: {bool(np.allclose(w.sum(-1), 1))}")
@@ -379,9 +379,9 @@ def compare_with_sdpa(dtype, seed=0):
     t = 7
     q, k, v = (rng.standard_normal((2, 3, t, 8)).astype(dtype) for _ in range(3))  # (B, nh, T, hs)
     pad = (np.arange(t)[None, :] < np.array([7, 4])[:, None])[:, None, None, :]  # (B, 1, 1, T): 2nd has 3 pads
-    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))  # the same numbers, shared memory, as torch tensors
     # torch refuses attn_mask together with is_causal=True, so for that case we combine the masks ourselves.
-    cases = {"SDPA, no mask": (dict(), dict()),
+    cases = {"SDPA, no mask": (dict(), dict()),  # name: (our keyword arguments, SDPA's)
              "SDPA, is_causal=True": (dict(causal=True), dict(is_causal=True)),
              "SDPA, padding mask": (dict(mask=pad), dict(attn_mask=torch.from_numpy(pad))),
              "SDPA, causal + padding": (dict(mask=pad, causal=True),
@@ -396,11 +396,11 @@ def compare_with_torch_mha(dtype, d_model=D_MODEL, n_heads=HEADS, seed=0):
     go to which head), the masks, the concatenation and the output projection all match torch's layout exactly."""
     rng = np.random.default_rng(seed)
     t = 6
-    x = rng.standard_normal((2, t, d_model)).astype(dtype)
-    params = init_multi_head(d_model, rng, dtype)
+    x = rng.standard_normal((2, t, d_model)).astype(dtype)  # (B, T, C)
+    params = init_multi_head(d_model, rng, dtype)      # our weights; torch gets copies below
     real = np.arange(t)[None, :] < np.array([6, 3])[:, None]  # (B, T) True = real token
     mha = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
-    mha = mha.to(torch.float64 if dtype == np.float64 else torch.float32).eval()
+    mha = mha.to(torch.float64 if dtype == np.float64 else torch.float32).eval()  # eval: no dropout
     with torch.no_grad():
         # torch's Linear computes x W^T + b, we compute x W + b: copy the transposes. in_proj stacks [W_q; W_k; W_v].
         mha.in_proj_weight.copy_(torch.from_numpy(np.concatenate([params[f"W_{n}"].T for n in "qkv"])))
@@ -416,8 +416,8 @@ def compare_with_torch_mha(dtype, d_model=D_MODEL, n_heads=HEADS, seed=0):
                                   attn_mask=torch.from_numpy(~causal_mask(t, t)) if causal else None,
                                   need_weights=True, average_attn_weights=False)
         name = "nn.MultiheadAttention" + (", causal" if causal else "") + " + padding"
-        results[name + ": output"] = np.abs(ours - theirs.numpy()).max()
-        results[name + ": weights"] = np.abs(our_w - their_w.numpy()).max()
+        results[name + ": output"] = np.abs(ours - theirs.numpy()).max()     # (B, T, C)
+        results[name + ": weights"] = np.abs(our_w - their_w.numpy()).max()  # (B, nh, T, T), per head
     return results
 
 
@@ -428,7 +428,7 @@ def part5_proof(d_model, n_heads, seed):
     for dtype in (np.float32, np.float64):
         results = {**compare_with_sdpa(dtype, seed), **compare_with_torch_mha(dtype, d_model, n_heads, seed)}
         for name, diff in results.items():
-            all_ok &= bool(diff <= TOLERANCE[dtype])
+            all_ok &= bool(diff <= TOLERANCE[dtype])  # every comparison must pass, in both precisions
             print(f"  {name:<50} {np.dtype(dtype).name:>8} {diff:>13.2e} {TOLERANCE[dtype]:>7.0e}  "
                   f"{'yes' if diff <= TOLERANCE[dtype] else 'NO'}")
     # Not zero because floating-point addition is not associative: torch sums in a different order (and may fuse
@@ -552,22 +552,22 @@ def gradient_to_first_token(build, length, seed):
 
 def train_and_evaluate(model, length, steps, batch, seed, device):
     """Adam on fresh random batches, then accuracy on new sequences. Returns (accuracy, weight on token 0, loss)."""
-    model.to(device).train()
+    model.to(device).train()  # train mode (no dropout here, but the habit matters in stage 04)
     generator = torch.Generator().manual_seed(seed)  # the same data stream for both models
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     for _ in range(steps):  # every batch is new data: no epochs, nothing to memorise, only the rule to learn
-        tokens, answers = first_token_batch(batch, length, generator)
+        tokens, answers = first_token_batch(batch, length, generator)  # (B, T+1), (B,)
         # Cross-entropy = -log(probability given to the right token): 2.77 = log(16) when guessing, 0 when sure.
         loss = F.cross_entropy(model(tokens.to(device))[0], answers.to(device))
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)  # gradients add up in .grad: clear last step's
         loss.backward()   # autograd: d loss / d every parameter, through the attention or through all T LSTM steps
         optimizer.step()  # Adam: a step per parameter scaled by its own gradient history
     model.eval()
     # Test on sequences never seen in training (another seed): accuracy measures the rule, not memory of examples.
     tokens, answers = first_token_batch(EVAL_SEQUENCES, length, torch.Generator().manual_seed(seed + 12345))
     with torch.no_grad():
-        logits, weights = model(tokens.to(device))
-    accuracy = (logits.argmax(-1).cpu() == answers).float().mean().item()
+        logits, weights = model(tokens.to(device))  # (N, 16) scores of the 16 possible answers
+    accuracy = (logits.argmax(-1).cpu() == answers).float().mean().item()  # the top-scored answer is the guess
     return accuracy, None if weights is None else weights[:, 0].mean().item(), loss.item()
 
 
@@ -581,9 +581,9 @@ def long_range_experiment(lengths, steps, batch, seed, device, log=print, lstm=T
     for length in lengths:
         row = dict(length=length)
         for name, build in builders.items():
-            torch.manual_seed(seed)
+            torch.manual_seed(seed)  # the same initial weights in every run with this seed
             model = build()
-            row[name + "_params"] = sum(p.numel() for p in model.parameters())
+            row[name + "_params"] = sum(p.numel() for p in model.parameters())  # for the fairness line
             row[name + "_grad"] = gradient_to_first_token(build, length, seed)
             row[name + "_acc"], weight, loss = train_and_evaluate(model, length, steps, batch, seed, device)
             if name == "attention":
