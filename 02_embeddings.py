@@ -229,7 +229,7 @@ def bpe_encode_chunk(model, chunk):
     return ids
 
 
-def bpe_encode(model, text, allowed_special="all"):
+def bpe_encode(model, text, allowed_special=()):
     """Text -> ids. By default all of `text` is ordinary text (tiktoken's encode_ordinary): a file that holds the
     characters "<|endoftext|>" gets the ids of those characters, so user text can never forge a control token.
     allowed_special: the control tokens the CALLER lets through as single ids, a set of names or "all" (as
@@ -704,14 +704,21 @@ def run_gpt2(text):
     # learned by OpenAI on WebText instead of our 768). If the ids match tiktoken's everywhere, then a
     # production tokenizer is nothing more than what this file has built.
     gpt2, encoding = load_gpt2_bpe(), tiktoken_gpt2()
-    ours = bpe_encode(gpt2, VARIED_TEXT)
-    print(f"{len(gpt2['merges']):,} merges loaded; varied text ({len(ours)} tokens): ids identical to tiktoken's: "
-          f"{ours == encoding.encode(VARIED_TEXT, allowed_special='all')}; round trip exact: "
-          f"{bpe_decode(gpt2, ours) == VARIED_TEXT}; '<|endoftext|>' -> {bpe_encode(gpt2, '<|endoftext|>')}\n  "
-          + " ".join(render_token(gpt2["vocab"][i]) for i in ours[:36]))
+    ordinary, special = bpe_encode(gpt2, VARIED_TEXT), bpe_encode(gpt2, VARIED_TEXT, allowed_special="all")
+    print(f"{len(gpt2['merges']):,} merges loaded; varied text ({len(ordinary)} tokens): ids identical to "
+          f"tiktoken's encode_ordinary: {ordinary == encoding.encode_ordinary(VARIED_TEXT)}; with allowed_special="
+          f"'all' identical to its encode(allowed_special='all'): "
+          f"{special == encoding.encode(VARIED_TEXT, allowed_special='all')}; round trips exact: "
+          f"{bpe_decode(gpt2, ordinary) == VARIED_TEXT == bpe_decode(gpt2, special)}\n  "
+          + " ".join(render_token(gpt2["vocab"][i]) for i in ordinary[:36]))
+    # A control token must never come from user text: a file holding "<|endoftext|>" could otherwise end the
+    # model's document wherever its author likes. Only text the program writes itself may hold control tokens.
+    eot = "<|endoftext|>"
+    print(f"'{eot}' as ordinary text (the default) -> {bpe_encode(gpt2, eot)}; with allowed_special="
+          f"{{'{eot}'}} -> {bpe_encode(gpt2, eot, allowed_special={eot})}")
     # Text repeats itself: the corpus holds far fewer distinct chunks than chunks, so bpe_encode_chunk's cache
     # turns most of the work into a dictionary lookup (python companions/02_tokenizer.py --bench times it).
-    ours, theirs = bpe_encode(gpt2, text), encoding.encode(text, allowed_special="all")
+    ours, theirs = bpe_encode(gpt2, text), encoding.encode_ordinary(text)
     print(f"whole corpus ({len(text):,} characters, {len(ours):,} tokens, {len(ours) / len(text):.3f} per "
           f"character): ids identical to tiktoken: {ours == theirs}")
     if ours != theirs:

@@ -4,9 +4,10 @@
   python companions/02_tokenizer.py --encode-file FILE --allowed-special all    # "<|endoftext|>" -> 50256
   python companions/02_tokenizer.py --bench [--text FILE] [--max-chars N]      # MB/s, ours and tiktoken's
 
-Compare --encode-file with tiktoken:
-  python -c "import sys, tiktoken; print(tiktoken.get_encoding('gpt2').encode(open(sys.argv[1], newline='',
-             encoding='utf-8').read(), allowed_special='all'))" FILE
+--encode-file encodes exactly the characters in the file ("\\r\\n" stays "\\r\\n"), as ordinary text unless
+--allowed-special says otherwise: a file that spells "<|endoftext|>" gets the ids of those characters, as with
+  python -c "import sys, tiktoken; print(tiktoken.get_encoding('gpt2').encode_ordinary(open(sys.argv[1],
+             newline='', encoding='utf-8').read()))" FILE
 """
 import argparse
 import importlib.util
@@ -61,7 +62,7 @@ def main(argv=None):
     job = p.add_mutually_exclusive_group(required=True)
     job.add_argument("--encode-file", metavar="FILE", help="print the GPT-2 ids of FILE as a JSON list")
     job.add_argument("--bench", action="store_true", help="time our encoder and tiktoken's on the corpus")
-    p.add_argument("--allowed-special", choices=["none", "all", "<|endoftext|>"], default="all",
+    p.add_argument("--allowed-special", choices=["none", "all", "<|endoftext|>"], default="none",
                    help="control tokens written as text in FILE that become their single id")
     p.add_argument("--text", help="--bench: any UTF-8 text file instead of Shakespeare")
     p.add_argument("--max-chars", type=lesson.positive(int), help="--bench: only the first N characters")

@@ -20,7 +20,7 @@ def test_encode_file_prints_only_tiktoken_ids(tmp_path, tiktoken_gpt2):
     proc = run_script(SCRIPT, "--encode-file", path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     ids = json.loads(proc.stdout)   # the whole of stdout is one JSON list
-    assert ids == tiktoken_gpt2.encode(path.read_text(encoding="utf-8"), allowed_special="all")
+    assert ids == tiktoken_gpt2.encode_ordinary(path.read_text(encoding="utf-8"))
 
 
 def test_bench_runs_on_a_small_text(tmp_path):
@@ -53,3 +53,15 @@ def test_encode_file_keeps_crlf_exactly(tmp_path, tiktoken_gpt2):
     assert json.loads(proc.stdout) == expected
     # --text reads the same way: the corpus is exactly the file's characters
     assert stage.read_text_file(path, "--text") == content
+
+
+def test_encode_file_treats_control_tokens_as_text_unless_allowed(tmp_path, tiktoken_gpt2):
+    content = "a story<|endoftext|>another one"
+    path = tmp_path / "eot.txt"
+    path.write_bytes(content.encode("utf-8"))
+    ordinary = json.loads(run_script(SCRIPT, "--encode-file", path, timeout=60).stdout)
+    assert ordinary == tiktoken_gpt2.encode_ordinary(content) and 50256 not in ordinary
+    for allowed in ("all", "<|endoftext|>"):
+        proc = run_script(SCRIPT, "--encode-file", path, "--allowed-special", allowed, timeout=60)
+        ids = json.loads(proc.stdout)
+        assert ids == tiktoken_gpt2.encode(content, allowed_special="all") and 50256 in ids
