@@ -1,5 +1,8 @@
 """Tests for companions/02_word2vec.py: skip-gram pairs, row updates that add repeats, word2vec learning two
 topics apart, and a tiny run on the corpus with its word map."""
+import math
+import re
+
 import numpy as np
 
 from conftest import assert_one_line_error, load_script, run_script
@@ -44,10 +47,20 @@ def test_word2vec_separates_two_topics():
 
 
 def test_tiny_run(out_dir):
-    proc = run_script(SCRIPT, "--tiny", "--out", out_dir, timeout=180)
+    # --tiny trains one short epoch; on 300k characters that is enough for the pairs chosen before training to
+    # come out clearly more similar than random pairs of words
+    proc = run_script(SCRIPT, "--tiny", "--max-chars", 300_000, "--out", out_dir, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "nearest neighbours" in out and "related pairs chosen before training" in out
+    gradient = float(re.search(r"finite differences \(float64\): max abs diff (\S+)", out).group(1))
+    loss = float(re.search(r"loss per pair by epoch: (\S+)", out).group(1))
+    related, repaired, random_pairs = map(float, re.search(
+        r"mean cosine: related (\S+); the same words re-paired (\S+); random pairs of the \S+ most frequent words "
+        r"(\S+)", out).groups())
+    assert gradient < 1e-6
+    assert loss < 6 * math.log(2)   # below the start: every score 0, loss (1 + 5 negatives) * log 2 per pair
+    assert related > random_pairs + 0.1 and related > repaired
+    assert "king:" in out and "analogies" in out
     assert (out_dir / "word_map.png").stat().st_size > 1000
 
 
