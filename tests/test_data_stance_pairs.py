@@ -241,7 +241,8 @@ def test_first_edition_rows_unchanged():
     writer.writeheader()
     writer.writerows(kept)
     digest = hashlib.sha256(buf.getvalue().encode("utf-8")).hexdigest()
-    assert digest == FIRST_EDITION_SHA256, "a first-edition row of financial_stance.csv changed (text, label, split or order)"
+    assert digest == FIRST_EDITION_SHA256, (
+        "a first-edition row of financial_stance.csv changed (text, label, split or order)")
 
 
 def test_headline_batch_is_in_the_main_data(main_rows):
