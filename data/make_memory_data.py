@@ -85,7 +85,7 @@ POOLS = {
         "origins": [("a small town in Sicily", "sicily"), ("rural Norway", "norway"), ("Manila", "manila"),
                     ("the Scottish Highlands", "highlands"), ("Cape Town", "cape town"),
                     ("a village near Poznan", "poznan"), ("Buenos Aires", "buenos aires"), ("Kerala", "kerala"),
-                    ("the outskirts of Seoul", "seoul"), ("Iceland", "iceland"), ("a farm in Iowa", "iowa"),
+                    ("the outskirts of Seoul", "seoul"), ("Iceland", "iceland"), ("small-town Iowa", "iowa"),
                     ("Marseille", "marseille"), ("Cork", "cork"), ("Tasmania", "tasmania")],
         "jobs": [("a nurse", "work night shifts on a hospital ward", ["nurse", "ward"]),
                  ("a primary school teacher", "teach eight-year-olds to read and count", ["teacher", "teach"]),
@@ -132,7 +132,7 @@ POOLS = {
                    "Bristol", "Graz", "Trondheim", "Adelaide"],
         "origins": [("a fishing village in Galicia", "galicia"), ("the Faroe Islands", "faroe"), ("Lagos", "lagos"),
                     ("a mining town in Wales", "wales"), ("Okinawa", "okinawa"), ("the Atlas mountains", "atlas"),
-                    ("Montevideo", "montevideo"), ("a ranch in Alberta", "alberta"), ("Sardinia", "sardinia"),
+                    ("Montevideo", "montevideo"), ("rural Alberta", "alberta"), ("Sardinia", "sardinia"),
                     ("a suburb of Gdansk", "gdansk"), ("Mombasa", "mombasa"), ("the Dolomites", "dolomites")],
         "jobs": [("a lift engineer", "spend my days fixing lifts in office towers", ["lift"]),
                  ("a paramedic", "ride around in an ambulance patching people up", ["paramedic", "ambulance"]),
@@ -276,9 +276,15 @@ PHRASINGS = {
                      "ask": ["Which day should you wish me a happy birthday?", "When do I celebrate getting older?"]},
     },
 }
-PARTNER_RELS = {"train": ["wife", "husband", "partner", "girlfriend", "boyfriend"],
-                "heldout": ["wife", "husband", "fiancée", "fiancé"]}
-SIBLING_RELS = ["brother", "sister"]
+# the word for the partner and the sibling follows the name: FEMALE lists the women's names of both pools
+PARTNER_RELS = {"train": {"f": ["wife", "girlfriend", "partner"], "m": ["husband", "boyfriend", "partner"]},
+                "heldout": {"f": ["wife", "fiancée"], "m": ["husband", "fiancé"]}}
+SIBLING_RELS = {"f": "sister", "m": "brother"}
+FEMALE = {"Anna", "Priya", "Sofia", "Lucia", "Amara", "Elena", "Hannah", "Yuki", "Grace", "Leila", "Chloe", "Nina",
+          "Mei", "Ingrid", "Aisha", "Freya", "Rosa", "Emma", "Zara", "Nadia", "Lena", "Maya", "Julia", "Clara",
+          "Fatima", "Ines", "Beatriz", "Keiko", "Sigrid", "Esperanza", "Anouk", "Wanjiru", "Astrid", "Paloma",
+          "Saoirse", "Henrike", "Linnea", "Marisol", "Ottilie", "Rania", "Gwen", "Adaeze", "Noor", "Eilidh",
+          "Valentina"}
 UPDATABLE = ["home", "job", "employer"]
 
 # How the assistant answers (training only). {v} the value as the answer states it.
@@ -390,13 +396,13 @@ def make_person(rng, pool, name):
     day, month = ordinal_day(rng), rng.choice(p["months"])
     partner, sibling = rng.sample(others, 2)
     origin, origin_key = rng.choice(p["origins"])
-    rel = rng.choice(PARTNER_RELS[pool])
+    rel = rng.choice(PARTNER_RELS[pool]["f" if partner in FEMALE else "m"])
     return {
         "name": name, "city": rng.choice(p["cities"]), "origin": origin, "origin_key": origin_key,
         "job": job, "job_do": job_do, "job_key": job_key, "employer": rng.choice(p["employers"]),
         "hobby": hobby, "hobby_key": hobby_key, "food": rng.choice(p["foods"]), "pet": rng.choice(p["pets"]),
         "species": rng.choice(p["species"]), "partner": partner, "rel": rel, "sibling": sibling,
-        "sib": rng.choice(SIBLING_RELS), "allergy": rng.choice(p["allergies"]),
+        "sib": SIBLING_RELS["f" if sibling in FEMALE else "m"], "allergy": rng.choice(p["allergies"]),
         "birthday": f"{day} {month}", "day": day, "month": month,
     }
 

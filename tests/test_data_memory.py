@@ -66,8 +66,8 @@ def slot_values(gen):
         "job": [j for p in pools for j, _, _ in p["jobs"]], "job_do": [d for p in pools for _, d, _ in p["jobs"]],
         "employer": [x for p in pools for x in p["employers"]], "hobby": [h for p in pools for h, _ in p["hobbies"]],
         "food": [x for p in pools for x in p["foods"]], "allergy": [x for p in pools for x in p["allergies"]],
-        "species": [x for p in pools for x in p["species"]], "sib": gen.SIBLING_RELS,
-        "rel": [r for rels in gen.PARTNER_RELS.values() for r in rels],
+        "species": [x for p in pools for x in p["species"]], "sib": list(gen.SIBLING_RELS.values()),
+        "rel": [r for by_gender in gen.PARTNER_RELS.values() for rels in by_gender.values() for r in rels],
     }
 
 
@@ -131,7 +131,8 @@ def heldout_words(gen):
     words |= set(held["foods"]) | set(held["allergies"]) | set(held["months"])
     words |= {phrase for phrase, _ in held["origins"]} | {hobby for hobby, _ in held["hobbies"]}
     words |= {noun for noun, _, _ in held["jobs"]} | {do for _, do, _ in held["jobs"]}
-    words |= set(gen.PARTNER_RELS["heldout"]) - set(gen.PARTNER_RELS["train"])
+    held_rels = {r for rels in gen.PARTNER_RELS["heldout"].values() for r in rels}
+    words |= held_rels - {r for rels in gen.PARTNER_RELS["train"].values() for r in rels}
     return words
 
 
