@@ -38,7 +38,7 @@ class Config:                   # every knob with its default; the flag of the s
     bpe_chars: int = 1_000_000  # BPE trains on the first 1M characters of the text (the rest is held out)
     word_min_freq: int = 3      # word tokenizer: rarer words become <unk>
     tiny: bool = False          # seconds-long run: 60k characters, 300-token BPE
-    out: str = "out/02_embeddings"  # folder for the pictures
+    out: str = "out/02_embeddings"  # folder for the picture
     no_plots: bool = False
     seed: int = 1337
 
@@ -626,12 +626,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--encode-file", help="moved: python companions/02_tokenizer.py --encode-file FILE")
     args, unknown = p.parse_known_args(argv)
-    if unknown:
-        print(f"note: ignoring unknown arguments {unknown}", file=sys.stderr)
     if args.encode_file:
         p.exit(2, "--encode-file moved: run python companions/02_tokenizer.py --encode-file FILE\n")
     if any(arg.startswith("--w2v") for arg in unknown):
         p.exit(2, f"word2vec's training moved: run python companions/02_word2vec.py {' '.join(unknown)}\n")
+    if unknown:
+        print(f"note: ignoring unknown arguments {unknown}", file=sys.stderr)
     cfg = Config(**{k: v for k, v in vars(args).items() if k != "encode_file"})
     if cfg.tiny:
         cfg = dataclasses.replace(cfg, max_chars=cfg.max_chars or 60_000, bpe_vocab=min(cfg.bpe_vocab, 300),
