@@ -9,7 +9,7 @@ change. A model can only tell the two sides apart by reading the direction.
 Writes (deterministic, fixed seed; both files are committed with this script):
   data/financial_stance_pairs.csv   TRAINING pairs: columns text,label,split,source,pair_id,kind
                                     (split is always "train", source always "generated")
-  data/stance_challenge.csv         the CHALLENGE set, for evaluation only: columns pair_id,text,label,kind;
+  data/stance_challenge.csv         the CHALLENGE set, for evaluation only: columns pair_id,sentence,label,kind;
                                     a pair counts as right only when both of its sides are right (pair accuracy)
 
 The challenge set is built from its own lexicon and templates (CHALLENGE_LEX, CHALLENGE_TEMPLATES below): other
@@ -454,8 +454,8 @@ def build():
     train_text = buf.getvalue()
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    # "text" (not "sentence"), and no split column, so that 05_finetune.py --eval-file reads it as it is
-    w.writerow(["pair_id", "text", "label", "kind"])
+    # "sentence" (not "text"): companions/05_evaluate.py recognises the challenge set by it and reports pair accuracy
+    w.writerow(["pair_id", "sentence", "label", "kind"])
     w.writerows([pair_id, text, label, kind] for pair_id, kind, text, label in challenge)
     return train_text, buf.getvalue()
 
