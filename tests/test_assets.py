@@ -42,3 +42,17 @@ def test_unknown_asset_is_a_usage_error(tmp_path):
     proc = run_assets(tmp_path, "tinystories")
     assert_one_line_error(proc, code=2, contains="unknown asset")
     assert not any(tmp_path.iterdir())
+
+
+def test_play_parser_keeps_speeches_and_drops_directions():
+    from conftest import load_script
+    assets = load_script("companions/assets.py")
+    markdown = "\n".join([
+        "# The Play", "## ACT I", "### SCENE I. A room.", "",
+        "_Enter QUEEN and KING,", "with attendants_", "",
+        "**QUEEN**  ", "Good morrow, my lord. _\\[Aside]_ Fie!  ", "Away \\-- away.  ", "",
+        "*Exit Queen.*", "",
+        "**KING**  ", "\\[Within]_  ", "Who calls?  ", "*Sound a horn,", "and drums.*", "Enough.  ",
+    ])
+    assert assets.markdown_play_to_text(markdown) == (
+        "QUEEN:\nGood morrow, my lord.  Fie!\nAway -- away.\n\nKING:\nWho calls?\nEnough.\n")
