@@ -737,7 +737,7 @@ def parse_args(argv=None):
     if [u for u in unknown if not (u == "-f" or u.endswith(".json"))]:
         say(f"note: ignoring unknown arguments {unknown}")
     if "moved" in (given := vars(given)):
-        sys.exit("moved: run python companions/05_evaluate.py --predict TEXT | --eval-file FILE [--load DIR]")
+        p.exit(2, "moved: run python companions/05_evaluate.py --predict TEXT | --eval-file FILE [--load DIR]\n")
     cfg = Config(**given)
     for key, value in {**(PRESETS["quick"] if cfg.quick else {}), **(PRESETS["tiny"] if cfg.tiny else {})}.items():
         setattr(cfg, key, given.get(key, value))  # explicit flags win over presets
@@ -795,6 +795,6 @@ if __name__ == "__main__":
     try:
         main()
     except UsageError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(print(f"error: {e}", file=sys.stderr) or 2)
     except KeyboardInterrupt:
         sys.exit("error: interrupted (saved model folders are only replaced once complete)")

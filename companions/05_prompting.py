@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("stage_05_finetune", ROOT / "05_finetune.py")
-ft = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = ft
-spec.loader.exec_module(ft)
+ft = sys.modules.get("stage_05_finetune")  # the lesson, loaded by path (its name starts with a digit), once
+if ft is None:
+    spec = importlib.util.spec_from_file_location("stage_05_finetune", ROOT / "05_finetune.py")
+    ft = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ft)
 LABELS, say = ft.LABELS, ft.say
 
 # Prompting in detail: an instruction, k labelled examples, then the sentence; the label is the word among "negative",
@@ -179,4 +180,5 @@ if __name__ == "__main__":
     try:
         main()
     except ft.UsageError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

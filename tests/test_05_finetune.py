@@ -4,6 +4,7 @@ No downloads: the models are a 2-block Llama (ChatML template, like SmolLM2) and
 no chat template, like GPT-2 and the stage-04 export), both with a character-level tokenizer.
 """
 import csv
+import json
 import os
 import string
 
@@ -110,69 +111,30 @@ def test_our_pooling_equals_transformers_classifier(llama_dir, left):
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-# ---- frozen-bottom cache, training loop ---------------------------------------------------------------------------
-def test_cached_bottom_features_give_the_same_logits(llama_dir):
-    clf, tok = load_classifier(llama_dir)
-    rows = [tok(t, add_special_tokens=False).input_ids for t in ["short", "a longer sentence here", "mid one"]]
-    ids, mask = ft.pad_batch(rows, tok.pad_token_id)
-    with torch.no_grad():
-        plain = ft.classifier_logits(clf, ids, mask)
-        features = ft.bottom_features(clf, rows, 1, tok.pad_token_id, torch.device("cpu"), 2)
-        replay = ft.Replay()
-        with ft.blocks_replaced(clf, [replay] + list(ft.block_stack(clf))[1:]):
-            cached = ft.classifier_logits(clf, ids, mask, replay, ft.pad_features(features, ids.shape[1]))
-    assert [f.shape[0] for f in features] == [len(r) for r in rows]
-    assert torch.allclose(plain, cached, atol=1e-5)
-    assert len(ft.block_stack(clf)) == 2  # the real blocks are back
-
-
+# ---- training loop ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch,n_bottom", [("llama", 1), ("gpt2", 0)])
 def test_classification_training_lowers_loss(tmp_path, llama_dir, gpt2_dir, arch, n_bottom):
     model_dir = llama_dir if arch == "llama" else gpt2_dir
     clf, tok = load_classifier(model_dir)
     rows = ft.read_stance_csv(stance_csv(tmp_path / "s.csv", per_label=16))
-    data = dict(pad_id=tok.pad_token_id, ids=[], y=[], features=None)
+    data = dict(pad_id=tok.pad_token_id, ids=[], y=[])
     split_idx = {}
     for s in ("train", "val", "test"):
         part = [(t, lab) for t, lab, sp in rows if sp == s]
         split_idx[s] = list(range(len(data["ids"]), len(data["ids"]) + len(part)))
         data["ids"] += [tok(t, add_special_tokens=False).input_ids for t, _ in part]
         data["y"] += [ft.LABELS.index(lab) for _, lab in part]
-    if n_bottom:
-        data["features"] = ft.bottom_features(clf, data["ids"], n_bottom, tok.pad_token_id, torch.device("cpu"), 8)
     ft.set_trainable_top(clf, n_bottom)
+    if n_bottom:  # the bottom block is frozen: no gradient reaches it
+        assert not any(p.requires_grad for p in ft.block_stack(clf)[0].parameters())
     args = ft.parse_args(["--epochs", "5", "--batch-size", "8", "--patience", "8", "--log-every", "1000"])
     before = F.cross_entropy(ft.predict_logits(clf, data, split_idx["train"], torch.device("cpu"), 8),
                              torch.tensor([data["y"][i] for i in split_idx["train"]]))
-    _, info = ft.train_classifier(clf, data, split_idx, n_bottom, 3e-3, args, torch.device("cpu"), "t")
+    _, info = ft.train_classifier(clf, data, split_idx, 3e-3, args, torch.device("cpu"), "t")
     after = F.cross_entropy(ft.predict_logits(clf, data, split_idx["train"], torch.device("cpu"), 8),
                             torch.tensor([data["y"][i] for i in split_idx["train"]]))
     assert after < 0.5 * before, (before, after)
     assert info["best_val_f1"] > 0.6
-
-
-# ---- prompting -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_prompt_scores_with_cached_prefix_equal_full_prompts(llama_dir, gpt2_dir, arch):
-    """The KV-cached prefix + batched suffixes give the same label log-likelihoods as scoring each whole prompt."""
-    from transformers import AutoModelForCausalLM
-    model_dir = llama_dir if arch == "llama" else gpt2_dir
-    lm = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    tok = ft.load_tokenizer(model_dir, True)
-    examples = [("Sales rose.", "positive"), ("Costs fell sharply.", "positive"), ("It is in Oslo.", "neutral")]
-    texts = ["Profit fell", "A much longer sentence about the company", "N/A"]
-    scores, _ = ft.label_scores(lm, tok, examples, texts, torch.device("cpu"), batch_size=2, max_len=64)
-    prefix, suffix, lead = ft.prompt_template(tok, examples)
-    before, after = suffix.split(ft.MARKER)
-    for i, text in enumerate(texts):
-        context = (tok(prefix, add_special_tokens=False).input_ids + tok(before, add_special_tokens=False).input_ids
-                   + tok(" " + text, add_special_tokens=False).input_ids + tok(after, add_special_tokens=False).input_ids)
-        for j, label in enumerate(ft.LABELS):
-            label_ids = tok(lead + label, add_special_tokens=False).input_ids
-            with torch.no_grad():
-                logp = F.log_softmax(lm(input_ids=torch.tensor([context + label_ids])).logits[0], -1)
-            expected = sum(logp[len(context) - 1 + k, t].item() for k, t in enumerate(label_ids))
-            assert abs(scores[i, j].item() - expected) < 1e-4, (text, label)
 
 
 # ---- LoRA ----------------------------------------------------------------------------------------------------------
@@ -220,73 +182,42 @@ def test_assistant_mask_covers_exactly_the_assistant_tokens(llama_dir, gpt2_dir,
     assert shown.count("[[") == 2 and f"[[{lead}Hello! I am Pebble." in shown and "[[Be nice" not in shown
 
 
-# ---- parsers ---------------------------------------------------------------------------------------------------------
-def test_phrasebank_and_csv_parsers(tmp_path):
-    fpb = tmp_path / "fpb.txt"
-    fpb.write_bytes("Profit rose to EUR 5 mn from EUR 4 mn .@positive\n\nThe caf\xe9 opened @ noon .@neutral\n"
-                    .encode("latin-1"))
-    assert ft.read_eval_file(fpb) == [("Profit rose to EUR 5 mn from EUR 4 mn .", "positive"),
-                                      ("The caf\xe9 opened @ noon .", "neutral")]
-    path = tmp_path / "x.csv"
-    path.write_text('text,label\n"Sales fell, sharply",Negative\nA plain one,neutral\n', encoding="utf-8")
-    assert ft.read_eval_file(path) == [("Sales fell, sharply", "negative"), ("A plain one", "neutral")]
+# ---- parser ----------------------------------------------------------------------------------------------------------
+def test_stance_csv_parser(tmp_path):
     rows = ft.read_stance_csv(stance_csv(tmp_path / "s.csv", per_label=4))
     assert {sp for _, _, sp in rows} == {"train", "val", "test"} and len(rows) == 12
-
-
-@pytest.mark.parametrize("content,message", [
-    ("Good news .@positive\nno label here\n", "line 2"),
-    ("Good news .@positive\nBad news .@awful\n", "unknown label 'awful'"),
-    ("", "empty"),
-    ("text,label\nfine,neutral\n,positive\n", "line 3"),
-    ("text,label\nfine,happy\n", "unknown label"),
-])
-def test_bad_eval_files_name_the_problem(tmp_path, content, message):
-    path = tmp_path / "bad.txt"
-    path.write_text(content, encoding="latin-1")
-    with pytest.raises(ft.UsageError, match=message):
-        ft.read_eval_file(path)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label,split\nfine,neutral,train\nbroken,happy,train\n", encoding="utf-8")
+    with pytest.raises(ft.UsageError, match="line 3"):
+        ft.read_stance_csv(bad)
 
 
 # ---- whole runs ------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_tiny_run_saves_and_reloads_classifier_and_chat_model(tmp_path, llama_dir, out_dir):
+def test_tiny_run_saves_classifier_and_chat_model(tmp_path, llama_dir, out_dir):
     data = stance_csv(tmp_path / "s.csv")
     proc = run_script("05", "--model", llama_dir, "--data", data, "--tiny", "--train-layers", "1", "--out", out_dir,
                       "--no-plots", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for expected in ["Part 1", "majority class", "bag-of-words", "zero-shot", "few-shot", "LoRA r=",
-                     "max abs logit diff", "persona check:", "[[", "whole run"]:
+    for expected in ["Part 1", "majority class", "LoRA r=", "max abs logit diff", "persona check:", "[[", "whole run"]:
         assert expected in out, expected
-    saved = [line for line in out.splitlines() if "test predictions identical" in line][0]
-    n_same, n_total = saved.split(": ")[-1].split()[0].split("/")
-    assert n_same == n_total
-    pooling = [line for line in out.splitlines() if line.startswith("check: our last-token pooling")][0]
-    assert float(pooling.split()[-1]) < 1e-4
     merge = [line for line in out.splitlines() if "LoRA merged into the weights" in line][0]
     assert float(merge.split()[-1]) < 1e-4
+    accuracies = [float(line.split("test accuracy ")[1].split(",")[0]) for line in out.splitlines() if "test accuracy" in line]
+    assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies)
     assert (out_dir / "chat" / "config.json").exists() and (out_dir / "chat" / "tokenizer_config.json").exists()
+    assert json.loads((out_dir / "results.json").read_text())["chat"]["persona_after"] in range(11)
     from transformers import AutoModelForSequenceClassification
     saved_clf = AutoModelForSequenceClassification.from_pretrained(out_dir / "stance")
     assert saved_clf.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
-
-    # --predict and --eval-file use the saved classifier
-    proc = run_script("05", "--predict", "the firm: great", "--load", out_dir / "stance")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    label = proc.stdout.strip().splitlines()[-1].split()[0]
-    assert label in ft.LABELS and "positive 0." in proc.stdout
-    fpb = tmp_path / "e.txt"
-    fpb.write_text("news: great@positive\nnews: awful@negative\nnews: the@neutral\n", encoding="latin-1")
-    proc = run_script("05", "--eval-file", fpb, "--load", out_dir / "stance")
-    assert proc.returncode == 0 and "accuracy" in proc.stdout and "true \\ predicted" in proc.stdout
 
 
 @pytest.mark.slow
 def test_plain_template_model_chat_and_classify(tmp_path, gpt2_dir, out_dir):
     """GPT-2-like model: no pad token, no chat template: the plain template is set and saved for stage 06."""
     proc = run_script("05", "--model", gpt2_dir, "--data", stance_csv(tmp_path / "s.csv"), "--tiny",
-                      "--parts", "classify,chat", "--skip", "prompting", "--out", out_dir, "--no-plots", timeout=240)
+                      "--parts", "classify,chat", "--out", out_dir, "--no-plots", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "plain one" in proc.stdout
     from transformers import AutoTokenizer
@@ -308,9 +239,10 @@ def test_offline_default_falls_back_to_cached_smollm2(tmp_path, llama_dir):
 @pytest.mark.parametrize("args,message", [
     (["--model", "out/no_such_dir/hf"], "not found"),
     (["--model", "some-unknown-model-name"], "cannot load"),
-    (["--eval-file", "MISSING.txt"], "not found"),
-    (["--predict", "hello", "--load", "no/such/dir"], "no saved classifier"),
     (["--parts", "tour,dance"], "unknown part"),
+    (["--epochs", "0"], "at least 1"),
+    (["--epochs", "two"], "invalid int"),
+    (["--eval-file", "MISSING.txt"], "companions/05_evaluate.py"),
 ])
 def test_bad_input_gets_one_line_error(tmp_path, args, message):
     env = offline_env(HF_HUB_CACHE=tmp_path / "hub", HF_HOME=tmp_path / "hf")
@@ -318,8 +250,21 @@ def test_bad_input_gets_one_line_error(tmp_path, args, message):
     assert_one_line_error(proc, code=2, contains=message)
 
 
-def test_bad_eval_file_via_command_line(tmp_path):
-    path = tmp_path / "bad.txt"
-    path.write_text("Fine sentence .@neutral\nBroken line without label\n", encoding="latin-1")
-    proc = run_script("05", "--eval-file", path, "--load", tmp_path / "nowhere", timeout=120)
-    assert_one_line_error(proc, code=2, contains="line 2")
+def test_presets_fill_only_unset_knobs():
+    cfg = ft.parse_args(["--tiny", "--epochs", "2"])
+    assert (cfg.epochs, cfg.batch_size, cfg.max_train) == (2, 8, 24)
+    quick = ft.parse_args(["--quick"])
+    assert (quick.train_layers, quick.max_train) == (8, 400) and ft.parse_args([]).train_layers == 0
+
+
+@pytest.mark.filterwarnings("error")
+def test_generation_paths_raise_no_warning(llama_dir):
+    """transformers 5.x renamed past_key_values to cache; the lesson's generation paths must stay warning-free."""
+    import warnings
+    from transformers import AutoModelForCausalLM
+    lm = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    tok = ft.load_tokenizer(llama_dir, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ft.tour(lm, tok, torch.device("cpu"), ft.parse_args(["--tiny"]))
+        assert isinstance(ft.chat_answer(lm, tok, ft.to_messages(["Hi"], None), torch.device("cpu"), 4), str)
