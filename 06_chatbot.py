@@ -7,7 +7,7 @@ What you will learn
   token sequence with control tokens between the turns, and why a user's text must never become one of them.
 - Fitting a conversation into the token window: the oldest whole turns are dropped, the system prompt stays.
 - Conversation memory that does not depend on phrasing: the whole conversation is kept, and before each reply the
-  past sentences most relevant to the new message are found (BM25, written here) and placed just before it.
+  past messages most relevant to the new one are found (BM25, written here) and placed just before it.
 - A hand-written generation loop: prefill, then one token at a time on the KV cache (stage 04 explains the cache),
   the cache reused ACROSS turns, sampling (temperature, top-k, top-p, repetition penalty) and streaming.
 
@@ -47,7 +47,7 @@ REPETITION_PENALTY = 1.1     # > 1 makes tokens already said less likely (small 
 MAX_NEW_TOKENS = 256         # the longest reply, in tokens
 CONTEXT = 2048               # the token window prompt + reply share (SmolLM2 allows 8192; a CPU prefers less)
 MEMORY_AT = "end"            # the recalled memory: a note just before the new message, in the system prompt, or off
-MEMORY_ITEMS = 4             # at most this many past sentences are recalled per reply...
+MEMORY_ITEMS = 4             # at most this many past messages are recalled per reply...
 MEMORY_CHARS = 200           # ...each at most this long, so the memory's share of the prompt stays bounded
 SEED = None                  # an int makes sampling repeatable
 THREADS = 0                  # CPU threads (0 = all cores, or one when the machine is busy)
@@ -236,20 +236,22 @@ def turn_starts(messages):
     return starts if starts and starts[0] == 0 else [0] + starts
 
 
-def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, note=None):
+def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, recalled=()):
     """Fit [system] + history[start:] into `budget` tokens by dropping the oldest whole turns.
     Returns (ids, start): the prompt and the index of the first history message kept. When dropping is needed, drop
     until the prompt fills at most `target` tokens (default: the budget). If even the newest turn alone is too long,
-    its user text is cut from the front (the question is usually at the end). `note`: a system message placed just
-    before the newest message (the recalled memory), counted in the budget too."""
+    its user text is cut from the front (the question is usually at the end). `recalled`: the memory, put in front of
+    the newest user message (with_memory), counted in the budget too."""
     # Defaults: 2048 - 256 = a 1792-token budget (the reply's room is reserved up front). The OLDEST turns go first:
     # the newest are what the reply answers. Why trim in jumps (to TRIM_TO = 75%): every trim changes the prompt's
     # start, which throws away the KV cache; jumping pays that once every few replies instead of every reply.
     system = [{"role": "system", "content": system_text}] if system_text is not None else []
 
     def build(window):
-        extra = [{"role": "system", "content": note}] if note and window else []
-        return render_ids(tokenizer, system + window[:-1] + extra + window[-1:])
+        last = [dict(m) for m in window[-1:]]
+        if last and last[0]["role"] == "user":
+            last[0]["content"] = with_memory(last[0]["content"], recalled)
+        return render_ids(tokenizer, system + window[:-1] + last)
 
     ids = build(history[start:])
     if len(ids) <= budget:
@@ -292,13 +294,13 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, no
 # ---- Conversation memory: keep everything, recall what is relevant (BM25), put it just before the question -----
 # The window forgets old turns, and a 135M model barely uses a fact 1,000 tokens back even while it is in the window
 # (it copies mostly from nearby text). So the memory is the whole conversation (saved with /save, never trimmed),
-# SEARCHED before each reply: the user's past sentences most relevant to the new message go into a short note
+# SEARCHED before each reply: the user's past messages most relevant to the new one go into a short note
 # right before it, where a small model reads best. Nothing is learnt; the note is rebuilt for every reply.
-# The search is BM25, the classic ranking of search engines (Robertson and Zaragoza). For a query q and a sentence d:
+# The search is BM25, the classic ranking of search engines (Robertson and Zaragoza). For a query q, a message d:
 #   score(q, d) = sum over words w of q:  idf(w) * tf(w, d) * (k1 + 1) / (tf(w, d) + k1 * (1 - b + b * |d| / avg|d|))
-#   idf(w) = log(1 + (N - n(w) + 0.5) / (n(w) + 0.5))     N sentences, n(w) of them contain w
-# idf: a word found in few sentences ("Lisbon") tells more than a common one; tf saturates (k1 = 1.2), so a word
-# repeated ten times does not win alone; b = 0.75 evens out long and short sentences.
+#   idf(w) = log(1 + (N - n(w) + 0.5) / (n(w) + 0.5))     N messages, n(w) of them contain w
+# idf: a word found in few messages ("Lisbon") tells more than a common one; tf saturates (k1 = 1.2), so a word
+# repeated ten times does not win alone; b = 0.75 evens out long and short messages.
 # Words are compared after light stemming ("lives", "living", "lived" -> "liv") and without stop words. Questions
 # rarely reuse the statement's words ("What do you call me?" after "My name is Rafael"), so the query is widened
 # with a few groups of words that ask about the same thing: a tiny hand-written stand-in for what a sentence
@@ -308,13 +310,17 @@ STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with
 been am do does did have has had i im ive me my mine you your we our us it its this that these those what which who
 whom how when where why can could would should will shall may might must not no yes just very too also there here
 then than if please tell know think say oh ok okay well hi hello hey thanks thank now still again really""".split())
-SYNONYMS = ["name call called named address", "job work working profession career living occupation employ office",
-            "live lives living home house flat apartment city town moved move based", "pet dog cat puppy kitten",
-            "from born grew origin originally country", "age old years birthday",
-            "like love favourite favorite enjoy prefer hobby", "wife husband partner married girlfriend boyfriend",
-            "study student school university college", "children kids son daughter"]
+SYNONYMS = ["name call called named address introduce chatting talking", "job work working profession career living occupation employ "
+            "office trade company firm employer payroll wage salary business", "live lives living home house flat "
+            "apartment place city town moved move based settled rent address", "pet animal dog cat puppy kitten",
+            "from born grew raised origin originally country roots childhood hometown", "age old older years "
+            "birthday born celebrate", "like love favourite favorite enjoy prefer hobby pastime free weekend hooked busy unwind relax spare",
+            "food dish meal eat cook dinner lunch", "wife husband partner married girlfriend boyfriend together dating life",
+            "allergy allergic avoid away intolerant", "brother sister sibling family", "children kids son daughter",
+            "study student school university college"]
 ABOUT_ME = re.compile(r"\b(i|i'm|im|i've|my|me|mine|we|our|us)\b", re.IGNORECASE)    # a question about the user
 SELF = re.compile(r"\b(i|i'm|im|i've|my|we|our)\b", re.IGNORECASE)    # a statement about the user
+FACTLIKE = re.compile(r"(?<=\w[ ,])(?!I\b|I')[A-Z]|\d")    # a capital inside a sentence (a name) or a digit
 
 
 def stem(word):   # "lives", "living", "lived" -> "liv": a crude stemmer, enough to match forms of a word
@@ -332,14 +338,15 @@ def words(text):   # the stemmed words BM25 compares: "I'm living in Porto!" -> 
 RELATED = {stem(w): {stem(x) for x in group.split()} for group in SYNONYMS for w in group.split()}
 
 
-def sentences_of(messages):
-    """The user's past statements, one per sentence, oldest first: (message index, sentence). Questions are skipped:
-    "Do I like tea?" states nothing."""
+def statements(messages):
+    """The user's past messages that state something, oldest first: (text on one line, the words of its statements).
+    Questions are not searched: "Do I like tea?" states nothing."""
     found = []
-    for i, message in enumerate(messages):
+    for message in messages:
         if message["role"] == "user":
-            found += [(i, s.strip()) for s in re.findall(r"[^.!?\n]+[.!?]*", message["content"])
-                      if s.strip() and not s.strip().endswith("?") and words(s)]
+            told = [s for s in re.findall(r"[^.!?\n]+[.!?]*", message["content"]) if not s.strip().endswith("?")]
+            if any(words(s) for s in told):
+                found.append((" ".join(message["content"].split())[:MEMORY_CHARS], words(" ".join(told))))
     return found
 
 
@@ -361,21 +368,35 @@ def bm25(query, documents, k1=1.2, b=0.75):
 
 
 def recall(messages, question, k=MEMORY_ITEMS):
-    """The (at most k) past sentences of the user most relevant to `question`, oldest first."""
-    found = sentences_of(messages)
+    """The (at most k) past messages of the user most relevant to `question`, oldest first."""
+    found = statements(messages)
     asked = words(question)
     query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
-    scores = bm25(query, [words(s) for _, s in found])
+    scores = bm25(query, [w for _, w in found])
     best = sorted((i for i, score in enumerate(scores) if score > 0), key=lambda i: (-scores[i], -i))[:k]
-    if not best and ABOUT_ME.search(question):     # about the user, but no word matched: their latest self-facts
-        best = [i for i in reversed(range(len(found))) if SELF.search(found[i][1])][:k]
-    return [found[i][1][:MEMORY_CHARS] for i in sorted(best)]   # oldest first: the newest value of a fact comes last
+    if len(best) < k and ABOUT_ME.search(question):   # about the user: fill up with what they said about themselves,
+        # facts first (a name, a place, a date: a capital letter inside the message, or a digit), newest first
+        own = [i for i, (text, _) in enumerate(found) if i not in best and (SELF.search(text) or FACTLIKE.search(text))]
+        best += sorted(own, key=lambda i: (not FACTLIKE.search(found[i][0]), i))[:k - len(best)]
+    return [found[i][0] for i in sorted(best)]     # oldest first: the newest value of a fact comes last
 
 
-def memory_note(recalled):
-    """The recalled sentences as the note the model reads (None when there are none)."""
-    lines = "".join(f"\n- {s}" for s in recalled)
-    return "Earlier in this conversation the user said (oldest first):" + lines if recalled else None
+# The note's exact layout is what stage 05 trains its chat model to read (data/make_memory_data.py writes the same):
+#   Earlier in this conversation the user said:
+#   - Morning! Rafael here.
+#   - I spend my days fixing lifts in office towers.
+#
+#   Now the user says: What do you call me?
+MEMORY_HEADER = "Earlier in this conversation the user said:"
+
+
+def memory_note(recalled):   # the recalled messages under their heading (None when there are none)
+    return MEMORY_HEADER + "".join(f"\n- {text}" for text in recalled) if recalled else None
+
+
+def with_memory(message, recalled):
+    """The user's newest message as the model sees it: the note first, then the message."""
+    return f"{memory_note(recalled)}\n\nNow the user says: {message}" if recalled else message
 
 
 # ---- Generation: prefill, then one token at a time on the KV cache; sampling; streaming text -------------------
@@ -537,14 +558,14 @@ def prepare_prompt(engine, conversation, sampling, trim_to=TRIM_TO):
     """The conversation -> prompt ids that fit the budget; recalls the memory; moves conversation.start forward."""
     history = conversation.messages
     recalled = recall(history[:-1], history[-1]["content"]) if conversation.memory_at != "off" and history else []
-    note, system = memory_note(recalled), conversation.system_prompt or None   # "": no system message at all
-    if note and conversation.memory_at == "system":   # the classic place, far from the question
-        system, note = (system + "\n\n" + note if system else note), None
+    system, note = conversation.system_prompt or None, recalled   # system "": no system message at all
+    if recalled and conversation.memory_at == "system":   # the classic place, far from the question
+        system, note = (system + "\n\n" if system else "") + memory_note(recalled), ()
     budget = budget_of(engine, sampling)
     # start=conversation.start: the window only slides forward, so after a trim the prompt grows at its end again
     window = dict(budget=budget, start=conversation.start, target=int(budget * trim_to))
     try:
-        ids, conversation.start = fit_prompt(engine.tokenizer, system, history, note=note, **window)
+        ids, conversation.start = fit_prompt(engine.tokenizer, system, history, recalled=note, **window)
     except UsageError:
         if not recalled:
             raise
@@ -651,9 +672,9 @@ def run_command(line, conversation, engine, sampling, folder):
     if command == "/memory":
         if conversation.memory_at == "off":
             return "the memory is off (--memory-at off)", None, False
-        kept = len(sentences_of(conversation.messages))
+        kept = len(statements(conversation.messages))
         facts = "\n".join("- " + s for s in conversation.recalled) or "(nothing recalled for the last reply)"
-        return f"{facts}\n({kept} sentences of yours are kept and searched before each reply)", None, False
+        return f"{facts}\n({kept} messages of yours are kept and searched before each reply)", None, False
     if command == "/system":
         if not argument:
             return f"system prompt: {conversation.system_prompt}", None, False

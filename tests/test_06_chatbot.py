@@ -208,17 +208,16 @@ def test_memory_survives_trimming_and_sits_where_asked(engine, mode):
     assert conversation.start > 2, "the stating turn should be outside the window by now"
     assert len(conversation.messages) == 83, "the conversation keeps every message even when the prompt does not"
     text = rendered(engine, ids)
-    note = "Earlier in this conversation the user said (oldest first):\n- Hello!"
+    note = "Earlier in this conversation the user said:\n- Hello! My name is Zorblax and I live in Quito."
     if mode == "off":
         assert "Zorblax" not in text and conversation.recalled == []
-        return
-    assert "- My name is Zorblax and I live in Quito." in text
-    if mode == "system":
-        assert text.startswith("<|im_start|>system\nSYS\n\n" + note.split("\n- ")[0])
-    else:
+    elif mode == "system":
+        assert text.startswith(f"<|im_start|>system\nSYS\n\n{note}\n")
+        assert text.endswith("<|im_start|>user\nWhat is my name?<|im_end|>\n<|im_start|>assistant\n")
+    else:   # the layout stage 05 trains on (data/make_memory_data.py): the note inside the newest user message
         assert text.startswith("<|im_start|>system\nSYS<|im_end|>")
-        assert text.endswith("- My name is Zorblax and I live in Quito.<|im_end|>\n<|im_start|>user\nWhat is my "
-                             "name?<|im_end|>\n<|im_start|>assistant\n")
+        assert f"<|im_start|>user\n{note}\n" in text and "Hello!" not in text.split(note)[0]
+        assert text.endswith("\n\nNow the user says: What is my name?<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_memory_share_of_the_prompt_stays_bounded_over_200_turns(engine):

@@ -210,12 +210,13 @@ def test_page_chat_sessions_memory_and_commands(server):
     assert all(e["type"] == "token" for e in events[:-1]) and events[-1]["stats"]["tokens"] >= 1
     chat("session-bbbb", "I live in Lima.")
     events = chat("session-aaaa", "What do you call me?")
-    assert events[-1]["memory"] == ["Hello, my name is Quentin."], "the page recalls from its session's past"
+    quentin = "Hello, my name is Quentin. <img src=x onerror=alert(1)>"
+    assert events[-1]["memory"] == [quentin], "the page recalls from its session's past"
     status, headers, body = http("GET", server + "/api/session?session=session-aaaa")
     data = json.loads(body)
     assert headers["Content-Type"].startswith("application/json")
     assert data["messages"][0]["content"] == "Hello, my name is Quentin. <img src=x onerror=alert(1)>"
-    assert len(data["messages"]) == 4 and data["memory"] == ["Hello, my name is Quentin."]
+    assert len(data["messages"]) == 4 and data["memory"] == [quentin]
     events = chat("session-bbbb", "Where do I live?")
     assert events[-1]["memory"] == ["I live in Lima."], "sessions are separate"
     events = chat("session-aaaa", "/memory")
@@ -309,13 +310,17 @@ def test_official_openai_client_non_streaming_and_streaming(server):
 
 def forty_messages(fact, question):
     """A 40-message history: the fact first, then 18 exchanges of small talk, then the question."""
-    small_talk = ["Can you tell me a fun fact about space?", "What is a good way to start the morning?",
-                  "How do plants make their food?", "Why do cats purr?", "What is a haiku?",
-                  "Give me a tip for sleeping better.", "How many legs does a spider have?"]
+    small_talk = [("Can you tell me a fun fact about space?", "A day on Venus is longer than its year."),
+                  ("What is a good way to start the morning?", "A glass of water, some light and a short walk."),
+                  ("How do plants make their food?", "By photosynthesis: light, water and carbon dioxide."),
+                  ("Why do cats purr?", "Mostly when they are content, sometimes to calm themselves."),
+                  ("What is a haiku?", "A short Japanese poem of three lines: five, seven and five syllables."),
+                  ("Give me a tip for sleeping better.", "Keep the same bedtime and dim the screens an hour before."),
+                  ("How many legs does a spider have?", "Eight, on two body parts.")]
     messages = [{"role": "user", "content": fact}, {"role": "assistant", "content": "Nice to meet you!"}]
     for i in range(18):
-        messages += [{"role": "user", "content": small_talk[i % len(small_talk)]},
-                     {"role": "assistant", "content": "That is a good question. " * 6}]
+        asked, answer = small_talk[i % len(small_talk)]
+        messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answer + " " + answer}]
     return messages + [{"role": "user", "content": question}]
 
 
@@ -329,8 +334,9 @@ def test_openai_endpoint_recalls_turns_that_no_longer_fit_the_window(server, eng
     assert status == 200 and data["memory"] == ["My name is Zorblax and I live in Quito."]
     text = engine.tokenizer.decode(prompts[-1])
     assert "Nice to meet you!" not in text, "the fact's turn no longer fits the window..."
-    assert text.endswith("- My name is Zorblax and I live in Quito.<|im_end|>\n<|im_start|>user\nWhat is my "
-                         "name?<|im_end|>\n<|im_start|>assistant\n"), "...but is recalled just before the question"
+    assert text.endswith("<|im_start|>user\nEarlier in this conversation the user said:\n- My name is Zorblax and I "
+                         "live in Quito.\n\nNow the user says: What is my name?<|im_end|>\n<|im_start|>assistant\n"), \
+        "...but is recalled just before the question"
 
 
 @pytest.fixture(scope="module")
@@ -340,9 +346,9 @@ def smollm2_server():
     if folder is None:
         pytest.skip("SmolLM2 cannot be prepared here: python companions/assets.py smollm2")
     real = bot.load_engine(str(folder), context=512, say=lambda *a: None)
-    httpd = srv.make_server(real, quick(max_new_tokens=16, repetition_penalty=1.0), "127.0.0.1", 0)
+    httpd = srv.make_server(real, quick(max_new_tokens=16), "127.0.0.1", 0)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield real, f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield real, f"http://127.0.0.1:{httpd.server_address[1]}", httpd
     httpd.shutdown()
     httpd.server_close()
 
@@ -350,7 +356,7 @@ def smollm2_server():
 def test_official_client_with_a_40_message_history_gets_early_facts_recalled(smollm2_server, monkeypatch):
     """Issue 14: through the official client, a 40-message history whose first facts no longer fit a 512-token
     window: the fact reaches the prompt the model sees, and the greedy reply of the real model contains it."""
-    real, url = smollm2_server
+    real, url, httpd = smollm2_server
     prompts, original = [], bot.generate
     monkeypatch.setattr(bot, "generate", lambda e, ids, *a, **k: (prompts.append(list(ids)), original(e, ids, *a, **k))[1])
     client = openai.OpenAI(base_url=url + "/v1", api_key="not-needed")
@@ -359,8 +365,14 @@ def test_official_client_with_a_40_message_history_gets_early_facts_recalled(smo
     reply = client.chat.completions.create(model="x", messages=messages, max_tokens=16, temperature=0)
     text = real.tokenizer.decode(prompts[-1])
     assert "Nice to meet you!" not in text, "the stating turn no longer fits the 512-token window"
-    assert "My name is Zorblax and I work as a baker." in text.split("<|im_start|>user")[-2], "recalled before the question"
+    assert "Hi! My name is Zorblax and I work as a baker." in text.split("<|im_start|>user")[-1], "recalled, in the question"
     assert "Zorblax" in reply.choices[0].message.content, reply.choices[0].message.content
+    httpd.memory_at = "off"     # the same request without the memory: the fact is gone, and so is the right answer
+    try:
+        reply = client.chat.completions.create(model="x", messages=messages, max_tokens=16, temperature=0)
+    finally:
+        httpd.memory_at = "end"
+    assert "Zorblax" not in real.tokenizer.decode(prompts[-1]) and "Zorblax" not in reply.choices[0].message.content
 
 
 # ----------------------------------------------------------------------------------------------------------------
