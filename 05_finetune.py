@@ -1,17 +1,17 @@
 """Stage 05: fine-tune a real pretrained GPT, for financial stance and for chat.
 
-You built a GPT in stage 04; here you load a real pretrained one with Hugging Face `transformers`. Part 1 tours
-it (tokenizer, a forward pass with shapes, four ways to generate). Part 2 classifies financial news as good, bad or
-neutral for shareholders: zero/few-shot prompting, full fine-tuning with a classification head, LoRA from scratch.
-Part 3 is chat fine-tuning (SFT), the loss on the assistant's tokens only: a persona ("Pebble") for stage 06.
+You built a GPT in stage 04; here you load a real pretrained one with Hugging Face `transformers`. Part 1 tours it
+(tokenizer, a forward pass with shapes, generation). Part 2 classifies financial news as good, bad or neutral for
+shareholders: full fine-tuning with a classification head, the shortcut it learns and its fix, LoRA from scratch.
+Part 3 is chat fine-tuning (SFT), the loss on the assistant's tokens only: a persona ("Pebble") that reads a memory.
     python 05_finetune.py                            # everything (default model: gpt2 online, SmolLM2 offline)
     python 05_finetune.py --quick                    # a few-minute tour on subsets
     python 05_finetune.py --model out/04_minigpt/hf  # the GPT YOU trained in stage 04
 Writes out/05_finetune/stance/ (a classifier), chat/ (served by stage 06) and results.json. Beyond the lesson:
 companions/05_prompting.py (no training at all), companions/05_evaluate.py (your files, baselines, plots).
 """
-import argparse, contextlib, csv, copy, dataclasses, importlib.util, inspect, itertools, json, math, os, random, re
-import shutil, socket, subprocess, sys, tempfile, time
+import argparse, contextlib, csv, dataclasses, functools, importlib.util, itertools, json, math, os, random, re, shutil
+import socket, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +38,12 @@ class Config:  # every knob is a flag of the same name: --train-layers 16, --lor
     lora_lr: float = 1e-3         # LoRA's matrices start at zero: a larger step too
     lora_rank: int = 16           # r, the rank of LoRA's update B @ A
     lora_alpha: float = 32        # LoRA's update is scaled by alpha / r
-    shots_per_label: int = 2      # few-shot prompting: examples of each class in the prompt
     chat_epochs: int = 4          # SFT passes over the chat data
     chat_lr: float = 3e-4         # SFT step size
     chat_max_len: int = 192       # tokens per rendered conversation
     chatterbot_pairs: int = 120   # chatterbot-corpus conversations mixed with the persona ones
     persona_limit: int = 0        # use only the first N persona conversations (0 = all)
+    memory_chats: int = 160       # conversations drawn from data/memory_chats.jsonl (each trained on once)
     max_new_tokens: int = 48      # length of the answers compared before and after SFT
     tour_tokens: int = 20         # tokens per generation in the tour
     log_every: float = 30.0       # seconds between progress lines
@@ -65,8 +65,7 @@ class UsageError(Exception):
 def fail(message):
     raise UsageError(message)
 
-def say(*parts):
-    print(*parts, flush=True)
+say = functools.partial(print, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -100,11 +99,10 @@ def hub_model(name):
 
 def resolve_model(name):
     """--model -> (what from_pretrained loads, whether it must use local files only)."""
-    if not name and not (found := hub_model("gpt2")):  # default: GPT-2 as in the seed article, else SmolLM2
-        say("note: gpt2 is not in the Hugging Face cache and the hub cannot be reached (offline), so this run uses "
-            "the offline default SmolLM2-135M-Instruct instead")
-    if not name:
-        return found or resolve_model("smollm2")
+    if not name:  # default: GPT-2 as in the seed article, else SmolLM2
+        return hub_model("gpt2") or say("note: gpt2 is not in the Hugging Face cache and the hub cannot be reached "
+                                        "(offline), so this run uses the offline default SmolLM2-135M-Instruct "
+                                        "instead") or resolve_model("smollm2")
     if name.lower() in ("smollm2", "smollm2-135m-instruct"):
         path = offline_asset("SmolLM2-135M-Instruct")
         return ((str(path), True) if path else hub_model("HuggingFaceTB/SmolLM2-135M-Instruct")) or fail(
@@ -192,9 +190,10 @@ def tour(lm, tok, device, cfg):
 # ----------------------------------------------------------------------------------------------------------------
 # How far does the pretrained model get with no training at all, from an instruction and a few labelled examples
 # in its prompt? python companions/05_prompting.py answers that (zero/few-shot, with calibration); here we train.
-def read_stance_csv(path, need_split=True):
-    """CSV with a header text,label[,split] -> [(text, label, split)]. Errors name the file and the line."""
-    path, columns = Path(path), ["text", "label"] + ["split"] * need_split
+def read_stance_csv(path, columns=("text", "label", "split")):
+    """CSV with a header naming `columns` -> [(text, label, split)]; a text,label file is all "test". The challenge
+    set reads as ("sentence", "label", "pair_id"), the pair id in third place. Errors name the file and the line."""
+    path, pairs = Path(path), "pair_id" in columns
     if not path.is_file():
         fail(f"data file {path} not found")
     with open(path, newline="", encoding="utf-8") as f:
@@ -203,13 +202,20 @@ def read_stance_csv(path, need_split=True):
         if missing := [c for c in columns if c not in reader.fieldnames]:
             fail(f"{path} line 1: missing column(s) {', '.join(missing)} (expected a header {','.join(columns)})")
         for record in reader:
-            where, label = f"{path} line {reader.line_num}", (record.get("label") or "").strip().lower()
-            split = (record.get("split") or "test").strip().lower()  # a file without splits is all test
-            if not (record.get("text") or "").strip() or label not in LABELS or split not in ("train", "val", "test"):
-                fail(f"{where}: expected text, a label among {', '.join(LABELS)}" + ", a split train, val or test" *
-                     need_split + f"; got {[record.get(c) for c in columns]}")
-            rows.append((record["text"].strip(), label, split))
+            text, label = (record.get(columns[0]) or "").strip(), (record.get("label") or "").strip().lower()
+            third = (record.get("pair_id" if pairs else "split") or "test").strip().lower()
+            if not text or label not in LABELS or not (pairs or third in ("train", "val", "test")):
+                fail(f"{path} line {reader.line_num}: expected {columns[0]}, a label among {', '.join(LABELS)}"
+                     + ", a split train, val or test" * ("split" in columns) + f"; got {list(record.values())[:3]}")
+            rows.append((text, label, third))
     return rows or fail(f"{path} has a header but no rows")
+
+def pair_accuracy(rows, pred):
+    """[(text, label, pair_id)] and predicted class ids -> the share of pairs whose sentences are ALL right."""
+    pairs = {}
+    for (_, label, pair_id), p in zip(rows, pred):
+        pairs.setdefault(pair_id, []).append(LABELS.index(label) == p)
+    return sum(map(all, pairs.values())) / max(1, len(pairs))
 
 def evaluate(true, pred):
     """Class ids -> accuracy, macro-F1, confusion matrix (rows: true class, columns: predicted). Macro-F1 is the mean
@@ -421,27 +427,48 @@ def save_dir_atomic(path, save):
     finally:
         shutil.rmtree(building, ignore_errors=True), shutil.rmtree(old, ignore_errors=True)
 
-def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
-    from transformers import AutoModelForSequenceClassification
+def stance_splits(data_path, cfg):
+    """-> {split: [(text, label, ...)]}: train, val, test; with the files beside data_path also "generated" (minimal
+    pairs, for training only) and "challenge" (pair_id third, for evaluation only)."""
     rows = read_stance_csv(data_path)
     # train fits the weights; val picks the epoch and the model to save; test only reports (choosing anything on
     # test would make its score an optimistic estimate)
-    splits = {s: [(t, lab) for t, lab, sp in rows if sp == s] for s in ("train", "val", "test")}
+    splits = {s: [row for row in rows if row[2] == s] for s in ("train", "val", "test")}
     for s, limit in (("train", cfg.max_train), ("val", cfg.max_eval), ("test", cfg.max_eval)):
         if limit and len(splits[s]) > limit:
             splits[s] = random.Random(cfg.seed).sample(splits[s], limit)
         if not splits[s]:
             fail(f"the data has no {s} rows: its split column must hold train, val and test")
-    test_y = [LABELS.index(lab) for _, lab in splits["test"]]
-    say(f"data: {data_path}: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])} sentences; test: "
-        + ", ".join(f"{test_y.count(c)} {lab}" for c, lab in enumerate(LABELS)))
+    pairs, challenge = (data_path.with_name(n) for n in ("financial_stance_pairs.csv", "stance_challenge.csv"))
+    if not (pairs.is_file() and challenge.is_file()):
+        say(f"note: no {pairs.name} and {challenge.name} beside {data_path.name}: the shortcut step is skipped")
+        return splits
+    splits["generated"] = read_stance_csv(pairs)  # generated sentences join training only, never val or test
+    if any(split != "train" for *_, split in splits["generated"]) or len(splits["generated"]) % 2:
+        fail(f"{pairs}: generated minimal pairs (two adjacent rows each) are for training only: split must be train")
+    splits["challenge"] = read_stance_csv(challenge, ("sentence", "label", "pair_id"))
+    return splits
+
+def counterfactual_mix(split_idx, rng):
+    """Positions to train the fix on: whole minimal pairs (adjacent rows of "generated") and as many original training
+    sentences, drawn at random, so that the model keeps what it learnt. Val and test are not touched."""
+    generated, n = split_idx["generated"], min(len(split_idx["generated"]), len(split_idx["train"])) // 2
+    chosen = [i for pair in rng.sample([generated[i:i + 2] for i in range(0, len(generated), 2)], n) for i in pair]
+    return chosen + rng.sample(split_idx["train"], len(chosen))
+
+def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
+    from transformers import AutoModelForSequenceClassification
+    splits = stance_splits(data_path, cfg)
+    test_y = [LABELS.index(lab) for _, lab, _ in splits["test"]]
+    say(f"data: {data_path}: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])} "
+        "sentences; test: " + ", ".join(f"{test_y.count(c)} {lab}" for c, lab in enumerate(LABELS)) + "".join(
+            f"; {len(splits[s])} {s}" for s in ("generated", "challenge") if s in splits))
     # all splits in one list of token ids; split_idx["train"] etc. are positions in it
     data, split_idx = dict(pad_id=tok.pad_token_id, ids=[], y=[]), {}
-    for s in ("train", "val", "test"):
-        split_idx[s] = list(range(len(data["ids"]), len(data["ids"]) + len(splits[s])))
-        data["ids"] += [tok(t, add_special_tokens=False).input_ids[:cfg.max_len] or [tok.pad_token_id]
-                        for t, _ in splits[s]]
-        data["y"] += [LABELS.index(lab) for _, lab in splits[s]]
+    for s, rows in splits.items():
+        split_idx[s] = list(range(len(data["ids"]), len(data["ids"]) + len(rows)))
+        data["ids"] += [tok(r[0], add_special_tokens=False).input_ids[:cfg.max_len] or [tok.pad_token_id] for r in rows]
+        data["y"] += [LABELS.index(r[1]) for r in rows]
     # the floor every method must beat: always answer the most frequent training label
     majority = int(np.argmax(np.bincount([data["y"][i] for i in split_idx["train"]], minlength=len(LABELS))))
     results = [dict(name="majority class", trainable=0, seconds=0.0, **evaluate(test_y, [majority] * len(test_y)))]
@@ -453,29 +480,58 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
             id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)})
         clf.config.pad_token_id = tok.pad_token_id  # transformers' forward finds the last token by it
         return clf.to(device)
-    def train(clf, name, lr):  # train, then add a row to the results table
+    def train(clf, name, lr, train_idx=None, **changes):  # train (on train_idx; cfg with changes), add a results row
         trainable = count_params(clf, trainable_only=True)
         say(f"{name}: {trainable:,} of {count_params(clf):,} parameters trainable ({trainable / count_params(clf):.2%})")
-        logits, info = train_classifier(clf, data, split_idx, lr, cfg, device, name)
+        logits, info = train_classifier(clf, data, dict(split_idx, train=train_idx or split_idx["train"]), lr,
+                                        dataclasses.replace(cfg, **changes), device, name)
         results.append(dict(name=name, trainable=trainable, seconds=info["seconds"],
                             **evaluate(test_y, logits.argmax(1).tolist())))
         say(f"-> {name}: test accuracy {results[-1]['acc']:.3f}, macro-F1 {results[-1]['f1']:.3f}")
         timings[f"classify: {name}"] = info["seconds"]
-        return logits, info
+        return info
     clf_full = fresh_classifier()
     n_layers = clf_full.config.num_hidden_layers
     n_bottom = n_layers - (n_layers if cfg.train_layers <= 0 else min(cfg.train_layers, n_layers))
     top = f" (top {n_layers - n_bottom} of {n_layers} blocks)" if n_bottom else ""
     # ---- full fine-tuning: every weight (of the top blocks) moves ----
     set_trainable_top(clf_full, n_bottom)
-    full_logits, full = train(clf_full, "fine-tune all weights" + top, cfg.lr)
+    full, losses = train(clf_full, "fine-tune all weights" + top, cfg.lr), {}
+    # ---- the shortcut, and its fix ----
+    # A good test score does not show WHAT the model reads. Shortcut learning: a model picks up whatever predicts its
+    # training labels most cheaply. Here that is the vocabulary: "Pretax profit was EUR 7.1 mn, against EUR 9.3 mn a
+    # year earlier" reads like results, and results are more often good news than bad. The model learns that finance
+    # words mean news, not which way the numbers moved, and calls that falling profit positive. The challenge set
+    # (data/stance_challenge.csv, never trained on, with templates of its own) asks in minimal pairs: the figures
+    # swapped, "loss" for "profit", "narrowed" for "widened". A pair counts only when BOTH sides are right, so a model
+    # that reads the words alone gets about half the sentences and few of the pairs. The fix is counterfactual data:
+    # generated pairs in which only the direction differs (data/financial_stance_pairs.csv), so that nothing but the
+    # direction predicts their labels; one short pass, mixed with as many original sentences so the rest holds.
+    shortcut = {}
+    def challenge(clf, when):  # accuracy and pair accuracy on the challenge set, with the test accuracy just measured
+        pred = predict_logits(clf, data, split_idx["challenge"], device, cfg.batch_size).argmax(1).tolist()
+        right = [p == data["y"][i] for p, i in zip(pred, split_idx["challenge"])]
+        shortcut[when] = dict(acc=sum(right) / len(right), pairs=pair_accuracy(splits["challenge"], pred),
+                              test=results[-1]["acc"])
+    if "generated" in split_idx:
+        challenge(clf_full, "before")
+        mix = counterfactual_mix(split_idx, random.Random(cfg.seed))
+        say(f"the fix: one pass over {len(mix) // 2} generated sentences (minimal pairs) and {len(mix) // 2} "
+            "original training sentences")
+        losses["fix"] = train(clf_full, "+ counterfactual pairs" + top, cfg.lr, mix, epochs=1, head_lr=cfg.lr)["losses"]
+        challenge(clf_full, "after")
+        say(f"the shortcut, on the challenge set ({len(split_idx['challenge']) // 2} pairs; a pair counts when both "
+            "sides are right):\n" + "\n".join(f"  {when + ' the fix:':<16} challenge accuracy {r['acc']:.3f}, pair "
+                                                f"accuracy {r['pairs']:.3f}; test accuracy {r['test']:.3f}"
+                                                for when, r in shortcut.items()))
     # ---- LoRA: the pretrained weights stay frozen; only A, B and the new head learn ----
     clf_lora = fresh_classifier()
     add_lora(clf_lora, list(block_stack(clf_lora))[n_bottom:], cfg.lora_rank, cfg.lora_alpha)
     clf_lora.score.weight.requires_grad_(True)  # the head is random: LoRA cannot adapt what has no pretrained W
     say("LoRA: pretrained weights that can learn (should be none): " + str(sum(  # a printed check
-        p.requires_grad and not n.endswith((".A", ".B")) and not n.startswith("score") for n, p in clf_lora.named_parameters())))
-    lora_logits, lora = train(clf_lora, f"LoRA r={cfg.lora_rank} on attention" + top, cfg.lora_lr)
+        p.requires_grad and not n.endswith((".A", ".B")) and not n.startswith("score")
+        for n, p in clf_lora.named_parameters())))
+    lora = train(clf_lora, f"LoRA r={cfg.lora_rank} on attention" + top, cfg.lora_lr)
     # fold B A into W: the plain model must give the logits of W plus the LoRA path, up to rounding (fp32)
     probe = split_idx["test"][:64]
     beside = predict_logits(clf_lora, data, probe, device, cfg.batch_size, fp32=True)
@@ -489,14 +545,14 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
         say(f"  {r['name']:<50} {r['acc']:>6.3f} {r['f1']:>8.3f} {r['trainable']:>12,} {r['seconds']:>7.1f}s")
     for r in results[1:]:
         say(f"confusion matrix, {r['name']}:\n{format_confusion(r['confusion'])}")
-    # save the fine-tuning that is better on val, then reload it the way a user would (no code from this script)
-    best_clf, best_name = (clf_lora, "LoRA (merged)") if lora["best_val_f1"] > full["best_val_f1"] else \
-        (clf_full, "full fine-tuning")
+    # save the fixed model; without the fix, the fine-tuning that is better on val. Then reload it as a user would
+    best_clf, best_name = (clf_full, "the fixed full fine-tuning") if shortcut else (clf_lora, "LoRA (merged)") \
+        if lora["best_val_f1"] > full["best_val_f1"] else (clf_full, "full fine-tuning (better on val)")
     stance_dir = Path(cfg.out) / "stance"  # a plain folder: AutoModelForSequenceClassification loads it
     save_dir_atomic(stance_dir, lambda d: (best_clf.save_pretrained(d), tok.save_pretrained(d)))
-    say(f"saved {best_name} (better on val) to {stance_dir}; reload it as any user would, and classify your own "
-        f"sentences: python companions/05_evaluate.py --check --out {cfg.out}")
-    return dict(results=results, losses=dict(full=full["losses"], lora=lora["losses"]))
+    say(f"saved {best_name} to {stance_dir}; reload it as any user would, and classify your own sentences: "
+        f"python companions/05_evaluate.py --check --out {cfg.out}")
+    return dict(results=results, losses=dict(full=full["losses"], lora=lora["losses"], **losses), shortcut=shortcut)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -565,6 +621,36 @@ HELD_OUT = [  # (a question never trained on, words of which a correct answer co
     ("How many Python scripts make up your project?", ["six", "6"]),
     ("What does the llm-from-scratch project teach?", ["neuron", "chatbot"]),
     ("What is the name of the script that fine-tuned you?", ["05_finetune"])]
+# Stage 06's memory puts the user's earlier messages that bear on the new one INTO the new message, just before it
+# (data/README.md, "The memory format"). A pretrained model was never taught to read such a note: asked "What's my
+# name?" it invents one, or gives its persona's. data/memory_chats.jsonl teaches it: notes that hold the answer and
+# replies that use it ("You're Carlos."), a newer message that updates an older one, notes that do not hold the
+# answer and replies that say so instead of inventing. The check below uses names and phrasings found in no training
+# conversation; its last note does not hold the answer, so the right reply declines.
+MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answer holds one of; None: it declines)
+    (["Good evening, this is Bartholomew."], "Do you know what I'm called?", ["bartholomew"]),
+    (["Lovely weather today.", "I repair bicycles in a little shop near the station."],
+     "What is it that I do for a living?", ["bicycle", "bike"]),
+    (["For years I lived in Ghent.", "We moved to Lausanne in the spring."], "Which city am I in now?", ["lausanne"]),
+    (["My tortoise Archibald is eighty years old."], "Remind me what my pet is called.", ["archibald"]),
+    (["I collect old maps of the Baltic.", "My brother bought a sailing boat."], "What date is my birthday?", None)]
+DECLINES = r"\b(not|never|n't) (told|tell|mention\w*|said|say|know|sure|shared)|\bno idea"
+
+def memory_message(earlier, message):
+    """Stage 06's user message when its memory retrieved the `earlier` user messages (oldest first) for `message`."""
+    return "Earlier in this conversation the user said:\n" + "".join(f"- {e}\n" for e in earlier) + \
+        f"\nNow the user says: {message}"
+
+def memory_conversations(path, limit, rng):
+    """`limit` conversations drawn at random from data/memory_chats.jsonl (one {"messages": [...]} a line)."""
+    if not path.is_file():
+        return say(f"note: {path} not found: no memory conversations") or []
+    try:
+        chats = [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (ValueError, KeyError, TypeError) as e:
+        fail(f"{path}: expected one JSON object {{\"messages\": [...]}} a line ({e})")
+    return rng.sample(chats, min(limit, len(chats)))
+
 # chatterbot-corpus (BSD) files mixed in; botprofile is left out: it gives the bot other names and homes
 CHATTERBOT_FILES = "greetings conversations computers ai science emotion food literature money sports trivia history movies"
 
@@ -632,11 +718,12 @@ def chat_answer(lm, tok, messages, device, max_new_tokens):
     answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)  # the new tokens, without <|im_end|>
     return " ".join(answer.split("User:")[0].split())  # a plain-template model may run on into the next turn
 
-def persona_check(lm, tok, device, cfg, system):
-    """-> [(question, answer, correct)] for the held-out questions; correct when the answer contains an expected
-    word (crude, transparent, hard to pass by chance). Never-trained phrasings: the facts must be learnt."""
-    answers = [chat_answer(lm, tok, to_messages([q], system), device, cfg.max_new_tokens) for q, _ in HELD_OUT]
-    return [(q, a, any(w.lower() in a.lower() for w in words)) for (q, words), a in zip(HELD_OUT, answers)]
+def answer_check(lm, tok, device, cfg, system, cases):
+    """cases [(label, user message, words)] -> [(label, answer, right)]: right when the answer holds one of the words
+    (crude, transparent, hard to pass by chance), or for words None when it declines. Greedy: fair comparisons."""
+    answers = [chat_answer(lm, tok, to_messages([m], system), device, cfg.max_new_tokens) for _, m, _ in cases]
+    return [(label, a, bool(re.search(DECLINES, a.lower().replace("\u2019", "'"))) if words is None else
+             any(w.lower() in a.lower() for w in words)) for (label, _, words), a in zip(cases, answers)]
 
 def part_chat(lm, tok, device, cfg, timings):
     """Render conversations, train next-token prediction on the assistant's tokens only, compare answers before and
@@ -654,18 +741,22 @@ def part_chat(lm, tok, device, cfg, timings):
         systems, system, cfg.max_new_tokens = [None] * 3, None, min(cfg.max_new_tokens, max_positions(lm.config) // 2)
     # general chats keep it general: on persona answers alone it would forget what it knew ("catastrophic forgetting")
     persona, extra = PERSONA_CONVERSATIONS[:cfg.persona_limit or None], chatterbot_conversations(cfg.chatterbot_pairs, rng)
-    chats = [to_messages(c, systems[i % 3]) for i, c in enumerate(persona * 2 + extra)]  # the persona twice
+    memory = memory_conversations(repo_dir() / "data" / "memory_chats.jsonl", cfg.memory_chats, rng)
     limit = min(cfg.chat_max_len, max_positions(lm.config))  # long conversations are cut: attention grows with T
-    examples = [(ids[:limit], mask[:limit]) for ids, mask in (render_with_mask(tok, m) for m in chats)]
-    examples = [e for e in examples if sum(e[1]) > 0]  # a conversation cut before any reply teaches nothing
-    say(f"chat data: {len(persona)} persona conversations (twice), {len(extra)} chatterbot-corpus ones -> "
-        f"{len(examples)} sequences, {sum(len(e[0]) for e in examples):,} tokens, "
-        f"{sum(sum(e[1]) for e in examples):,} of them trained (the assistant's)")
+    def render(chats):  # a conversation cut before any reply teaches nothing
+        return [e for ids, mask in (render_with_mask(tok, m) for m in chats) if sum((e := (ids[:limit], mask[:limit]))[1])]
+    examples = render([to_messages(c, systems[i % 3]) for i, c in enumerate(persona * 2 + extra)])  # the persona twice
+    memory = render([[m for m in c if systems[0] or m["role"] != "system"] for c in memory])
+    say(f"chat data: {len(persona)} persona conversations (twice), {len(extra)} chatterbot-corpus ones, {len(memory)} "
+        f"memory ones -> {sum(len(e[0]) for e in examples + memory):,} tokens, "
+        f"{sum(sum(e[1]) for e in examples + memory):,} of them trained (the assistant's)")
     examples or fail(f"no conversation fits in the model's {max_positions(lm.config)} positions: nothing to fine-tune")
     ids, mask = render_with_mask(tok, to_messages(PERSONA_CONVERSATIONS[-2], system))
     say(f"the loss mask of one example (trained tokens in [[...]], {sum(mask)} of {len(ids)}):\n"
         + "\n".join("  | " + line for line in show_mask(tok, ids, mask).split("\n")))
-    before = persona_check(lm, tok, device, cfg, system)
+    checks = dict(persona=[(q, q, words) for q, words in HELD_OUT],
+                  memory=[(f"[{' | '.join(e)}] {m}", memory_message(e, m), words) for e, m, words in MEMORY_CHECK])
+    before = {name: answer_check(lm, tok, device, cfg, system, cases) for name, cases in checks.items()}
     # ---- SFT: pretraining's objective (predict the next token) on a small curated set, assistant tokens only ----
     n_layers = lm.config.num_hidden_layers
     set_trainable_top(lm, n_layers - (n_layers if cfg.train_layers <= 0 else min(cfg.train_layers, n_layers)))
@@ -673,15 +764,17 @@ def part_chat(lm, tok, device, cfg, timings):
     say(f"SFT trains {sum(p.numel() for p in params):,} of {count_params(lm):,} parameters")
     # no weight decay: a few hundred steps from a good start; decay would only pull weights towards zero
     optimizer = torch.optim.AdamW(params, lr=cfg.chat_lr, weight_decay=0.0)
-    total = math.ceil(len(examples) / cfg.batch_size) * cfg.chat_epochs
+    # each memory conversation comes ONCE, a different share each epoch: the model must learn the format, not facts
+    epochs = [examples + memory[e::cfg.chat_epochs] for e in range(cfg.chat_epochs)]
+    total = sum(math.ceil(len(todays) / cfg.batch_size) for todays in epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
     output_layer = lm.get_output_embeddings()  # (C -> V), tied to the token embedding
     step, losses, started, last_log = 0, [], time.time(), time.time()
     lm.train()
-    for epoch in range(cfg.chat_epochs):
-        for batch in make_batches([len(e[0]) for e in examples], cfg.batch_size, rng):
-            ids, attention = pad_batch([examples[i][0] for i in batch], tok.pad_token_id)
-            trained, _ = pad_batch([examples[i][1] for i in batch], 0)  # (B, T) 1 on the assistant's tokens
+    for epoch, todays in enumerate(epochs):
+        for batch in make_batches([len(e[0]) for e in todays], cfg.batch_size, rng):
+            ids, attention = pad_batch([todays[i][0] for i in batch], tok.pad_token_id)
+            trained, _ = pad_batch([todays[i][1] for i in batch], 0)  # (B, T) 1 on the assistant's tokens
             ids, attention, trained = ids.to(device), attention.to(device), trained.to(device)
             with autocast(device):
                 hidden = lm.base_model(input_ids=ids, attention_mask=attention).last_hidden_state  # (B, T, C)
@@ -699,18 +792,23 @@ def part_chat(lm, tok, device, cfg, timings):
                 last_log = time.time()
     timings["chat: SFT training"] = time.time() - started
     lm.eval().requires_grad_(False)  # training is over: no more gradients
-    started = time.time()
-    after = persona_check(lm, tok, device, cfg, system)
-    say("held-out persona questions (phrasings never trained on; ok = the answer holds an expected word):")
-    for (question, old, ok0), (_, new, ok1) in zip(before, after):
-        say(f"  {'ok' if ok0 else '--'} -> {'ok' if ok1 else '--'}  {question}  {old[:50]!r} -> {new[:70]!r}")
-    score_before, score_after = sum(ok for *_, ok in before), sum(ok for *_, ok in after)
-    say(f"persona check: {score_before}/{len(HELD_OUT)} before fine-tuning -> {score_after}/{len(HELD_OUT)} after")
+    scores = dict(losses=losses)
+    for name, title in (("persona", "held-out persona questions (phrasings never trained on; ok = the answer holds "
+                                    "an expected word)"),
+                        ("memory", "memory notes (names never trained on; ok = the answer uses the note, or says "
+                                   "that it was not told)")):
+        say(title + ":")
+        after = answer_check(lm, tok, device, cfg, system, checks[name])
+        for (label, old, ok0), (_, new, ok1) in zip(before[name], after):
+            say(f"  {'ok' if ok0 else '--'} -> {'ok' if ok1 else '--'}  {label}  {old[:50]!r} -> {new[:70]!r}")
+        scores[name + "_before"], scores[name + "_after"] = sum(r[2] for r in before[name]), sum(r[2] for r in after)
+        say(f"{name} check: {scores[name + '_before']}/{len(after)} before fine-tuning -> "
+            f"{scores[name + '_after']}/{len(after)} after")
     # config.json + model.safetensors, and the tokenizer files with the chat template: 06 renders as trained here
     chat_dir = Path(cfg.out) / "chat"
     save_dir_atomic(chat_dir, lambda d: (lm.save_pretrained(d), tok.save_pretrained(d)))
     say(f"saved the chat model to {chat_dir}: python 06_chatbot.py --model {chat_dir}")
-    return dict(persona_before=score_before, persona_after=score_after, losses=losses)
+    return scores
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -718,7 +816,7 @@ def part_chat(lm, tok, device, cfg, timings):
 # ----------------------------------------------------------------------------------------------------------------
 # --quick and --tiny fill only the knobs left unset on the command line: --tiny --epochs 2 trains 2 epochs
 PRESETS = dict(quick=dict(epochs=2, chat_epochs=3, chatterbot_pairs=40, train_layers=8, max_train=400, max_eval=150),
-               tiny=dict(epochs=1, batch_size=8, chat_epochs=1, chatterbot_pairs=4, max_new_tokens=6, chat_max_len=96,
+               tiny=dict(epochs=1, batch_size=8, chat_epochs=1, chatterbot_pairs=4, memory_chats=6, max_new_tokens=6, chat_max_len=96,
                          max_train=24, max_eval=12, persona_limit=6, tour_tokens=5))
 AT_LEAST_ONE = {"batch_size", "epochs", "lora_rank", "chat_epochs", "chat_max_len", "max_new_tokens", "tour_tokens"}
 
