@@ -30,16 +30,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_lesson():
-    """04_minigpt.py as a module (its name starts with a digit, so no plain import)."""
-    spec = importlib.util.spec_from_file_location("lesson_04_minigpt", ROOT / "04_minigpt.py")
-    lesson = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = lesson  # dataclasses look their module up by name
-    spec.loader.exec_module(lesson)
-    return lesson
+def load_companion(name):
+    """04_minigpt.py or another companion as a module (names start with a digit, so no plain import)."""
+    path = ROOT / "04_minigpt.py" if name == "04_minigpt" else ROOT / "companions" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location("lesson_04_minigpt" if name == "04_minigpt" else name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
-L = load_lesson()
+L = load_companion("04_minigpt")
 
 
 def setup_distributed(cfg):
@@ -86,7 +87,7 @@ def check_replicas(model, world, log):
 def train_ddp(cfg, model, tokenizer, train_ids, val_ids, device, out, log, rank, world, resume=None):
     """The lesson's loop, data-parallel. Rank 0 evaluates, logs and saves; every rank trains."""
     master = rank == 0
-    autocast, scaler = L.precision(cfg, device)
+    autocast = L.autocast_for(cfg, device)
     model.to(device)
     optimizer = L.configure_optimizer(model, cfg, device)
     train_ids, val_ids = train_ids.to(device), val_ids.to(device)
@@ -94,22 +95,19 @@ def train_ddp(cfg, model, tokenizer, train_ids, val_ids, device, out, log, rank,
     state = {"step": 0, "best_val": float("inf"), "elapsed": 0.0, "history": {"steps": [], "losses": [], "evals": []}}
     if resume:  # every rank restores the same optimizer state and random states
         optimizer.load_state_dict(resume["optimizer"])
-        if resume["scaler"]:
-            scaler.load_state_dict(resume["scaler"])
         state.update({k: resume[k] for k in state})
         L.restore_rng_states(resume["rng"])
         log(f"resume: continuing at step {state['step']} (best val {state['best_val']:.4f})")
     elif master:
         (out / "best.pt").unlink(missing_ok=True)
-    fast_model = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
+    fast_model = torch.compile(model) if cfg.compile else model
     # DDP hooks every parameter's gradient: during backward, finished gradients are all-reduced in buckets while
     # the rest of backward still runs (communication overlaps computation). Only forward/backward go through it;
     # the optimizer, clipping, evaluation and checkpoints use the plain model (no "module." prefix in names).
     ddp_model = DDP(fast_model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save(name, full=True):
-        L.save_checkpoint(out / name, L.make_checkpoint(cfg, model, tokenizer, state, optimizer if full else None,
-                                                        scaler))
+        L.save_checkpoint(out / name, L.make_checkpoint(cfg, model, tokenizer, state, optimizer if full else None))
 
     budget, tokens_per_step = cfg.max_minutes * 60, cfg.batch_size * cfg.block_size * cfg.grad_accum * world
     log(f"train: {tokens_per_step:,} tokens/step ({cfg.batch_size} x {cfg.block_size} x {cfg.grad_accum} accum x "
@@ -159,13 +157,11 @@ def train_ddp(cfg, model, tokenizer, train_ids, val_ids, device, out, log, rank,
                 with contextlib.nullcontext() if last else ddp_model.no_sync():
                     with autocast:
                         loss = ddp_model(x, y)[1] / cfg.grad_accum
-                    scaler.scale(loss).backward()
+                    loss.backward()
                 step_loss += loss.detach()
             if cfg.grad_clip > 0:  # every rank holds the same averaged gradient here, so all clip alike
-                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step = state["step"] = step + 1
             window += 1
@@ -199,6 +195,7 @@ def train_ddp(cfg, model, tokenizer, train_ids, val_ids, device, out, log, rank,
 
 
 def run(given, error):
+    init_from, tokenizer_kind, tokenizer = given.pop("init_from", ""), given.pop("tokenizer", "char"), None
     cfg = L.make_config(given, torch.device("cpu"))
     L.check_config(cfg, error)
     rank, world, device = setup_distributed(cfg)
@@ -217,16 +214,18 @@ def run(given, error):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "gloo"
     log(f"04_ddp: torch {torch.__version__}, device {device} ({name}), DDP over {world} processes")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    text = L.load_text(cfg, log)
+    text = L.load_text(cfg)
+    if init_from or tokenizer_kind == "gpt2" or ckpt and not ckpt["chars"]:  # GPT-2's BPE: 04_gpt2.py
+        gpt2 = load_companion("04_gpt2")
+        tokenizer = gpt2.GPT2Tokens()
     if ckpt:
-        model = L.GPT(cfg, ckpt["vocab_size"], ckpt["n_positions"])
+        model = L.GPT(cfg, ckpt["vocab_size"])
         model.load_state_dict(ckpt["model"])
-        tokenizer = L.Tokenizer(cfg.tokenizer, ckpt["chars"])
-    elif cfg.init_from:
-        model, _, cfg = L.load_hf_gpt2(cfg.init_from, cfg, log)
-        tokenizer = L.Tokenizer("gpt2")
+        tokenizer = L.Tokenizer(ckpt["chars"]) if ckpt["chars"] else tokenizer
+    elif init_from:
+        model, _, cfg = gpt2.load_hf_gpt2(init_from, cfg, given, log)
     else:
-        tokenizer = L.Tokenizer(cfg.tokenizer, sorted(set(text)) if cfg.tokenizer == "char" else "")
+        tokenizer = tokenizer if tokenizer_kind == "gpt2" else L.Tokenizer(sorted(set(text)))
         model = L.GPT(cfg, tokenizer.vocab_size)
     train_ids, val_ids = L.prepare_data(text, tokenizer, cfg.block_size)
     log(f"model: {model.num_params():,} parameters; data: train {len(train_ids):,} / val {len(val_ids):,} tokens")
@@ -239,7 +238,7 @@ def run(given, error):
             model.load_state_dict(L.load_checkpoint(out / "best.pt")["model"])
         L.sample_and_report(model, tokenizer, cfg, out, log)
         if not cfg.no_export:
-            cpu_model = L.GPT(cfg, model.vocab_size, model.n_positions)
+            cpu_model = L.GPT(cfg, model.vocab_size)
             cpu_model.load_state_dict(model.state_dict())
             L.export_hf(cpu_model, tokenizer, Path(cfg.export or out / "hf"), log)
             L.check_export(Path(cfg.export or out / "hf"), cpu_model, tokenizer, cfg.prompt, 40, log)
@@ -249,6 +248,8 @@ def run(given, error):
 
 def main(argv=None):
     parser = L.build_parser()
+    parser.add_argument("--tokenizer", choices=["char", "gpt2"], help="gpt2: GPT-2's BPE (companions/04_gpt2.py)")
+    parser.add_argument("--init-from", metavar="NAME_OR_DIR", help="start from GPT-2's weights (04_gpt2.py)")
     given, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
