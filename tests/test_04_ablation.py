@@ -1,0 +1,38 @@
+"""Tests of companions/04_ablation.py: variants at equal parameter count, a tiny smoke run, results and plot."""
+import json
+
+from conftest import assert_one_line_error, load_script, run_script
+from test_04_minigpt import synthetic_text
+
+a = load_script("companions/04_ablation.py")
+
+
+def test_variants_are_cumulative_and_parameter_matched():
+    assert a.variant_switches("gpt2", 4) == {}
+    assert a.variant_switches("llama", 4) == dict(pos="rope", norm="rms", mlp="swiglu", n_kv_head=2, bias=False)
+    cfg = a.L.Config()
+    target = a.L.GPT(cfg, 66).num_params()
+    for name in a.STEPS:
+        variant = a.L.replace(cfg, **a.variant_switches(name, cfg.n_head))
+        hidden = a.matched_mlp_hidden(variant, 66, target) if name != "gpt2" else 0
+        params = a.L.GPT(a.L.replace(variant, mlp_hidden=hidden), 66).num_params()
+        assert abs(params - target) <= 0.01 * target, (name, params, target)
+
+
+def test_smoke_run_writes_table_json_and_plot(tmp_path):
+    data = tmp_path / "tiny.txt"
+    data.write_text(synthetic_text(), encoding="utf-8")
+    proc = run_script("companions/04_ablation.py", "--budget", "3", "--seeds", "1", "--variants", "gpt2,llama",
+                      "--out", tmp_path / "abl", "--data", data, "--threads", "1", "--n-layer", "1", "--n-head", "2",
+                      "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--eval-interval", "20",
+                      "--eval-iters", "2", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "best val (mean +- std)" in proc.stdout and "llama" in proc.stdout.split("best val (mean")[1]
+    results = json.loads((tmp_path / "abl" / "results.json").read_text())["results"]
+    assert set(results) == {"gpt2", "llama"} and all(run["curve"] for runs in results.values() for run in runs)
+    assert (tmp_path / "abl" / "ablation.png").exists()
+
+
+def test_unknown_variant_is_one_line(tmp_path):
+    proc = run_script("companions/04_ablation.py", "--variants", "gpt2,mamba", "--out", tmp_path, timeout=60)
+    assert_one_line_error(proc, code=2, contains="mamba")
