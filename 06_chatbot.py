@@ -304,7 +304,7 @@ SYNONYMS = ("name call called named address introduce chatting talking | job wor
             "hooked busy unwind relax spare | food dish meal eat cook dinner lunch | wife husband partner married "
             "girlfriend boyfriend together dating life | allergy allergic avoid away intolerant | brother sister "
             "sibling family | children kids son daughter | study student school university college").split("|")
-ABOUT_ME = re.compile(r"\b(i|i'm|im|i've|my|me|mine|we|our|us)\b", re.IGNORECASE)    # a question about the user
+ABOUT_ME = re.compile(r"\b(my|mine|our)\b|\b(i|i'm|me|we|us)\b.*\?", re.IGNORECASE)   # asks about the user
 SELF = re.compile(r"\b(i|i'm|im|i've|my|we|our)\b", re.IGNORECASE)    # a statement about the user
 FACTLIKE = re.compile(r"(?<=\w[ ,])(?!I\b|I')[A-Z]|\d")    # a capital inside a sentence (a name) or a digit
 

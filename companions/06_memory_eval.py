@@ -80,7 +80,8 @@ MEMORY_RULES = [
     ("{k}'s name", r"\bmy (?P<k>\w+)(?:'s name is| is called| is named) " + _VALUE + _END,
      "The user's {k} is called {v}."),
     ("likes", r"\bi (?:really |also |do )?(?:like|love|enjoy|adore) " + _VALUE + _END, "The user likes {v}."),
-    ("dislikes", r"\bi (?:really )?(?:don't|do not|dont) (?:like|enjoy) " + _VALUE + _END, "The user does not like {v}."),
+    ("dislikes", r"\bi (?:really )?(?:don't|do not|dont) (?:like|enjoy) " + _VALUE + _END,
+     "The user does not like {v}."),
     ("dislikes", r"\bi (?:really )?(?:hate|dislike|can't stand) " + _VALUE + _END, "The user does not like {v}."),
 ]
 MANY_VALUED = {"likes", "dislikes"}
@@ -199,7 +200,8 @@ def conversation_of(user, small_talk, replies, offset):
                                   {"role": "assistant", "content": STATED_REPLY}]
         for _ in range(BEFORE_QUESTIONS if n == len(user["turns"]) - 1 else BETWEEN):
             line = next(talk)
-            conversation.messages += [{"role": "user", "content": line}, {"role": "assistant", "content": replies[line]}]
+            conversation.messages += [{"role": "user", "content": line},
+                                      {"role": "assistant", "content": replies[line]}]
     return conversation
 
 
@@ -275,7 +277,8 @@ def print_table(results):
           f"{'abstain':>8s} {'memory ms/turn':>15s} {'outside window':>15s}")
     for row in results:
         s = row["summary"]
-        print(f"{row['condition']:12s} {row['context']:7d} {percent(s['recall']):>7s} {percent(s['recall_heldout']):>9s} "
+        print(f"{row['condition']:12s} {row['context']:7d} {percent(s['recall']):>7s} "
+              f"{percent(s['recall_heldout']):>9s} "
               f"{percent(s['update']):>7s} {percent(s['update_heldout']):>9s} {percent(s['abstain']):>8s} "
               f"{s['memory_ms_per_turn']:15.2f} {percent(s['stating_turns_outside_window']):>15s}")
 
@@ -323,7 +326,8 @@ def main():
                 results.append({"condition": "retrieval+", "context": context, "model": trained.model_id,
                                 "summary": summarize(records), "records": records})
         else:
-            print("note: no stage-05 chat model (run python 05_finetune.py, or pass --model DIR): row retrieval+ skipped")
+            print("note: no stage-05 chat model (run python 05_finetune.py, or pass --model DIR): "
+                  "row retrieval+ skipped")
     except chat.UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

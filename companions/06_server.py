@@ -176,7 +176,8 @@ function showMemory(facts) {
   memoryList.replaceChildren(...facts.map(fact => {
     const li = document.createElement("li"); li.textContent = fact; return li; }));
   if (!facts.length) { const li = document.createElement("li"); li.className = "muted";
-    li.textContent = "nothing yet: everything you say is kept, and the relevant parts are recalled"; memoryList.appendChild(li); }
+    li.textContent = "nothing yet: everything you say is kept, and the relevant parts are recalled";
+    memoryList.appendChild(li); }
 }
 async function restore() {             // after a reload: the server still has this session's conversation
   const response = await fetch("/api/session?session=" + encodeURIComponent(session));
@@ -258,7 +259,8 @@ document.getElementById("form").addEventListener("submit", event => {
   send(text);
 });
 input.addEventListener("keydown", event => {
-  if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); document.getElementById("form").requestSubmit(); }
+  if (event.key === "Enter" && !event.shiftKey) {
+    event.preventDefault(); document.getElementById("form").requestSubmit(); }
 });
 document.getElementById("reset").addEventListener("click", () => send("/reset"));
 restore();
@@ -641,7 +643,8 @@ class ChatHandler(BaseHTTPRequestHandler):
                     if not server.loopback and message.split()[0].lower() in ("/save", "/load"):
                         raise UsageError("/save and /load are off when the server is reachable from other computers"
                                          " (the saved files would be shared by everyone)")
-                    text, replaced, leave = chat.run_command(message, conversation, engine, server.sampling, server.folder)
+                    text, replaced, leave = chat.run_command(message, conversation, engine, server.sampling,
+                                                             server.folder)
                     text = "(close the tab to leave)" if leave else text
                 except UsageError as error:
                     text = f"error: {error}"

@@ -326,7 +326,8 @@ def forty_messages(fact, question):
 
 def test_openai_endpoint_recalls_turns_that_no_longer_fit_the_window(server, engine, monkeypatch):
     prompts, original = [], bot.generate
-    monkeypatch.setattr(bot, "generate", lambda e, ids, *a, **k: (prompts.append(list(ids)), original(e, ids, *a, **k))[1])
+    monkeypatch.setattr(bot, "generate", lambda e, ids, *a, **k: (prompts.append(list(ids)),
+                                                                    original(e, ids, *a, **k))[1])
     messages = forty_messages("My name is Zorblax and I live in Quito.", "What is my name?")
     assert len(messages) == 39
     status, _, raw = http("POST", server + "/v1/chat/completions", {"messages": messages, "max_tokens": 4})
@@ -358,14 +359,16 @@ def test_official_client_with_a_40_message_history_gets_early_facts_recalled(smo
     window: the fact reaches the prompt the model sees, and the greedy reply of the real model contains it."""
     real, url, httpd = smollm2_server
     prompts, original = [], bot.generate
-    monkeypatch.setattr(bot, "generate", lambda e, ids, *a, **k: (prompts.append(list(ids)), original(e, ids, *a, **k))[1])
+    monkeypatch.setattr(bot, "generate", lambda e, ids, *a, **k: (prompts.append(list(ids)),
+                                                                    original(e, ids, *a, **k))[1])
     client = openai.OpenAI(base_url=url + "/v1", api_key="not-needed")
     messages = [{"role": "system", "content": "You are a helpful AI assistant."}] + forty_messages(
         "Hi! My name is Zorblax and I work as a baker.", "What is my name?")
     reply = client.chat.completions.create(model="x", messages=messages, max_tokens=16, temperature=0)
     text = real.tokenizer.decode(prompts[-1])
     assert "Nice to meet you!" not in text, "the stating turn no longer fits the 512-token window"
-    assert "Hi! My name is Zorblax and I work as a baker." in text.split("<|im_start|>user")[-1], "recalled, in the question"
+    assert "Hi! My name is Zorblax and I work as a baker." in text.split("<|im_start|>user")[-1], \
+        "recalled, in the question"
     assert "Zorblax" in reply.choices[0].message.content, reply.choices[0].message.content
     httpd.memory_at = "off"     # the same request without the memory: the fact is gone, and so is the right answer
     try:
@@ -470,7 +473,8 @@ def test_browser_sends_a_message_and_sees_the_streamed_reply(server, tmp_path):
 
 
 def test_server_command_prints_its_address_and_answers(tiny_chat):
-    proc = subprocess.Popen([sys.executable, str(script_path("companions/06_server.py")), "--port", "0", "--threads", "1",
+    proc = subprocess.Popen([sys.executable, str(script_path("companions/06_server.py")), "--port", "0",
+                             "--threads", "1",
                              "--model", str(tiny_chat)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=conftest.test_env())
     try:
