@@ -133,6 +133,18 @@ def run_bench(engine, sampling, startup):
           f"cached: median {median(cold):.3f} s (runs: {', '.join(f'{t:.3f}' for t in cold)})")
     print(f"TTFT, the next turn with the KV cache reused ({next_stats['reused']} of {next_stats['prompt_tokens']} "
           f"prompt tokens cached): median {median(warm):.3f} s (runs: {', '.join(f'{t:.3f}' for t in warm)})")
+    # The memory's own cost per reply: recall() searches every earlier user message, so it grows with the
+    # conversation; timed on 200 turns (each user message a mix of BENCH_HISTORY's words), the median of 20 calls.
+    long_chat = [m for i in range(200) for m in ({"role": "user", "content": f"{BENCH_HISTORY[i % 4][0]} ({i})"},
+                                                  {"role": "assistant", "content": BENCH_HISTORY[i % 4][1]})]
+    costs = []
+    for _ in range(20):
+        started = time.perf_counter()
+        recalled = chat.recall(long_chat, BENCH_QUESTION)
+        costs.append(time.perf_counter() - started)
+    note_tokens = len(chat.encode_text(tokenizer, chat.memory_note(recalled) or ""))
+    print(f"memory: recall over a 200-turn conversation {1000 * median(costs):.1f} ms per reply (median of 20); "
+          f"the note it made: {len(recalled)} messages, {note_tokens} tokens")
     first = copy.deepcopy(base)   # the cold prompt again (history + memory note + question), for the speed runs
     first.messages.append({"role": "user", "content": BENCH_QUESTION})
     prompt_ids = chat.prepare_prompt(engine, first, reply)

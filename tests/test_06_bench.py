@@ -17,6 +17,7 @@ def test_bench_and_loadtest_commands_run(tiny_chat):
     proc = run_script("companions/06_bench.py", "--model", tiny_chat, "--threads", 1, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "model.generate: yes" in proc.stdout and "start-up:" in proc.stdout and "tokens/s" in proc.stdout
+    assert "memory: recall over a 200-turn conversation" in proc.stdout
     proc = run_script("companions/06_bench.py", "--model", tiny_chat, "--loadtest", "--clients", "3", "--requests", "2",
                       "--threads", 1, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
