@@ -282,9 +282,6 @@ def run_loadtest(engine, sampling, clients=10, requests_each=5, max_tokens=16):
     return results
 
 
-# The memory evaluation: each persona states four facts in its first two messages, then chats about other things
-
-
 def main():
     parser = chat.build_parser("Speed of the 06 chatbot (default) or a load test of its HTTP API (--loadtest).")
     parser.add_argument("--int8", action="store_true", help="dynamic int8 Linear layers (CPU)")

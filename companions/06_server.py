@@ -172,10 +172,10 @@ function showMessages(messages) {
   log.replaceChildren();
   for (const m of messages) bubble(m.role === "user" ? "user" : "bot", m.content);
 }
-function showMemory(facts) {
-  memoryList.replaceChildren(...facts.map(fact => {
+function showMemory(recalled) {      // what the memory recalled for the last reply
+  memoryList.replaceChildren(...recalled.map(fact => {
     const li = document.createElement("li"); li.textContent = fact; return li; }));
-  if (!facts.length) { const li = document.createElement("li"); li.className = "muted";
+  if (!recalled.length) { const li = document.createElement("li"); li.className = "muted";
     li.textContent = "nothing yet: everything you say is kept, and the relevant parts are recalled";
     memoryList.appendChild(li); }
 }
@@ -690,7 +690,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         chunk = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": engine.model_id}
         with engine.lock:
             started = time.perf_counter()   # TTFT from here; the wait in the queue shows in the client's latency
-            # The lesson's memory, on the client's history: the sentences relevant to the newest message are
+            # The lesson's memory, on the client's history: the messages relevant to the newest one are
             # recalled from the WHOLE history, also from the turns that no longer fit the window.
             # trim_to=1.0, unlike the chat page: the API keeps no window between requests, so each request is
             # fitted afresh and drops just enough (clients that care about the KV cache trim their own history).
