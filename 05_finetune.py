@@ -557,7 +557,7 @@ MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answe
     (["For years I lived in Ghent.", "We moved to Lausanne in the spring."], "Which city am I in now?", ["lausanne"]),
     (["Lovely weather today.", "My tortoise Archibald is eighty years old."], "What is my pet called?", ["archibald"]),
     (["I collect old maps of the Baltic.", "My brother bought a sailing boat."], "What date is my birthday?", None)]
-DECLINES = r"\b(not|never|n't) (told|tell|mention\w*|said|say|know|sure|shared)|\bno idea"
+DECLINES = r"(\bnot|\bnever|n't) (told|tell|mention\w*|said|say|know|sure|shared)|\bno idea"
 
 MEMORY_NOTE = "Earlier in this conversation the user said:\n- {}\n\nNow the user says: {}"  # stage 06's format
 

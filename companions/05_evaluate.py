@@ -1,11 +1,12 @@
 """Companion of 05_finetune.py: the saved stance classifier on your own sentences and files, baselines, pictures.
 
-    python companions/05_evaluate.py --predict "Profit fell by a third."    # the saved classifier (out/05_finetune/stance)
-    python companions/05_evaluate.py --eval-file FILE [--load DIR]          # CSV text,label | PhraseBank sentence@label |
-                                                                            # challenge set pair_id,sentence,label
-    python companions/05_evaluate.py --check                                # reload it as a user would: same predictions?
-    python companions/05_evaluate.py --baselines                            # majority class and bag-of-words (NumPy)
-    python companions/05_evaluate.py --plots                                # PNGs from out/05_finetune/results.json
+    python companions/05_evaluate.py --predict "Profit fell by a third."   # the saved classifier (OUT/stance)
+    python companions/05_evaluate.py --eval-file FILE [--load DIR]         # CSV text,label | PhraseBank sentence@label
+                                                       # | the challenge set pair_id,sentence,label (pair accuracy)
+    python companions/05_evaluate.py --eval-file data/stance_challenge.csv  # the shortcut: pairs both sides right?
+    python companions/05_evaluate.py --check          # reload it as a user would: same predictions?
+    python companions/05_evaluate.py --baselines      # majority class and bag-of-words (NumPy)
+    python companions/05_evaluate.py --plots          # confusion matrices, challenge set, PNGs from OUT/results.json
 """
 import argparse, csv, importlib.util, re, sys
 from pathlib import Path
@@ -74,10 +75,17 @@ def read_eval_file(path):
         fail(f"{path} is empty: expected a CSV with a text,label header, or lines of sentence@label")
     header = [c.strip().lower() for c in first.split(",")]
     if "text" in header and "label" in header:
-        return [(text, label) for text, label, _ in ft.read_stance_csv(path, need_split=False)]
+        return [(text, label) for text, label, _ in ft.read_stance_csv(path, ("text", "label"))]
     if "sentence" in header and "label" in header:
         return read_challenge(path)
     return read_phrasebank(path)
+
+
+def format_confusion(confusion, indent="  "):
+    """A confusion matrix (rows: true class, columns: predicted) as text."""
+    lines = [indent + "true \\ predicted " + " ".join(f"{lab:>8}" for lab in LABELS)]
+    return "\n".join(lines + [indent + f"{LABELS[c]:>17} " + " ".join(f"{v:>8d}" for v in row)
+                              for c, row in enumerate(confusion)])
 
 
 def pair_accuracy(rows, pred):
@@ -94,7 +102,7 @@ def report(name, rows, pred):
     if rows and len(rows[0]) == 3:  # the challenge set
         acc, n = pair_accuracy(rows, pred)
         line += f", pair accuracy {acc:.3f} ({n} pairs)"
-    say(line + "\n" + ft.format_confusion(r["confusion"]))
+    say(line + "\n" + format_confusion(r["confusion"]))
     return r
 
 
@@ -187,7 +195,7 @@ def baselines(data_path):
                            [t for t, _ in split["val"]], [y for _, y in split["val"]])
     r = ft.evaluate(test_y, predict([t for t, _ in split["test"]]))
     say(f"bag-of-words logistic regression (NumPy, words and word pairs, {n:,} parameters): test accuracy "
-        f"{r['acc']:.3f}, macro-F1 {r['f1']:.3f}\n{ft.format_confusion(r['confusion'])}")
+        f"{r['acc']:.3f}, macro-F1 {r['f1']:.3f}\n{format_confusion(r['confusion'])}")
 
 
 # ---- pictures ----------------------------------------------------------------------------------------------------------
@@ -198,6 +206,10 @@ def plots(out):
     if not path.is_file():
         fail(f"{path} not found: run python 05_finetune.py first")
     results = json.loads(path.read_text())
+    for r in results.get("classify", {}).get("results", [])[1:]:  # the lesson prints accuracies; here, the errors
+        say(f"confusion matrix, {r['name']} (test split):\n{format_confusion(r['confusion'])}")
+    for when, r in results.get("classify", {}).get("shortcut", {}).items():
+        say(f"challenge set, {when} the fix: accuracy {r['acc']:.3f}, pair accuracy {r['pairs']:.3f}")
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -225,7 +237,8 @@ def plots(out):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(chat["losses"])
         ax.set(xlabel="step", ylabel="loss on the assistant's tokens",
-               title=f"chat SFT: persona {chat['persona_before']}/10 -> {chat['persona_after']}/10")
+               title=f"chat SFT: persona {chat['persona_before']} -> {chat['persona_after']}, memory "
+                     f"{chat.get('memory_before', '-')} -> {chat.get('memory_after', '-')}")
         fig.tight_layout()
         fig.savefig(Path(out) / "chat_sft_loss.png", dpi=110)
         plt.close(fig)

@@ -40,6 +40,15 @@ def test_phrasebank_csv_and_challenge_parsers(tmp_path):
     assert ev.pair_accuracy(rows, [2, 0, 2, 2]) == (0.5, 2)
 
 
+def test_eval_file_reads_the_real_challenge_set():
+    rows = ev.read_eval_file(ev.ROOT / "data" / "stance_challenge.csv")
+    assert len(rows) == 300 and all(len(r) == 3 and r[1] in ("positive", "negative") for r in rows)
+    truth = [ft.LABELS.index(r[1]) for r in rows]
+    assert ev.pair_accuracy(rows, truth) == (1.0, 150)
+    flipped = [2 - y if i % 2 else y for i, y in enumerate(truth)]  # one side of every pair wrong
+    assert ev.pair_accuracy(rows, flipped) == (0.0, 150)
+
+
 @pytest.mark.parametrize("content,message", [
     ("Good news .@positive\nno label here\n", "line 2"),
     ("Good news .@positive\nBad news .@awful\n", "unknown label 'awful'"),
@@ -126,6 +135,7 @@ def test_saved_classifier_predict_eval_check_baselines_plots(tmp_path, llama_dir
     assert n_same == n_total
     proc = run_script(ev_script, "--baselines", "--plots", "--out", out_dir, "--data", data)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "confusion matrix, fine-tune all weights (test split):" in proc.stdout  # moved here from the lesson
     bow = [line for line in proc.stdout.splitlines() if line.startswith("bag-of-words")][0]
     assert 0.0 <= float(bow.split("test accuracy ")[1].split(",")[0]) <= 1.0
     assert (out_dir / "stance_results.png").exists() and (out_dir / "chat_sft_loss.png").exists()

@@ -6,13 +6,16 @@ no chat template, like GPT-2 and the stage-04 export), both with a character-lev
 import csv
 import json
 import os
+import random
+import re
 import string
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_one_line_error, load_script, run_script
+from conftest import ROOT, assert_one_line_error, load_script, run_script
 from conftest import test_env as offline_env  # renamed: pytest would collect a name starting with test_
 
 ft = load_script("05")
@@ -89,6 +92,19 @@ def stance_csv(path, per_label=12):
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def pairs_and_challenge(folder, bad_split=None):
+    """Tiny minimal-pairs and challenge files beside a stance_csv file (the lesson finds them by name)."""
+    with open(folder / "financial_stance_pairs.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label", "split", "source", "pair_id", "kind"])
+        for i in range(6):
+            writer.writerow([f"made {i}: great", "positive", "train", "generated", f"g{i}", "verb_flip"])
+            writer.writerow([f"made {i}: awful", "negative", bad_split or "train", "generated", f"g{i}", "verb_flip"])
+    (folder / "stance_challenge.csv").write_text(
+        "pair_id,sentence,label,kind\nc1,test 1: great,positive,k\nc1,test 1: awful,negative,k\n"
+        "c2,test 2: great,positive,k\nc2,test 2: awful,negative,k\n", encoding="utf-8")
 
 
 # ---- pooling -------------------------------------------------------------------------------------------------------
@@ -182,6 +198,84 @@ def test_assistant_mask_covers_exactly_the_assistant_tokens(llama_dir, gpt2_dir,
     assert shown.count("[[") == 2 and f"[[{lead}Hello! I am Pebble." in shown and "[[Be nice" not in shown
 
 
+# ---- the shortcut step: generated rows train only --------------------------------------------------------------
+def test_generated_rows_never_reach_val_or_test(tmp_path):
+    data = Path(stance_csv(tmp_path / "s.csv"))
+    pairs_and_challenge(tmp_path)
+    splits = ft.stance_splits(data, ft.parse_args([]))
+    generated = {r[0] for r in splits["generated"]}
+    assert len(generated) == 12 and all(r[2] == "train" for r in splits["generated"])
+    for s in ("train", "val", "test"):  # the original splits hold original sentences only
+        assert not generated & {r[0] for r in splits[s]}
+    assert [r[2] for r in splits["challenge"]] == ["c1", "c1", "c2", "c2"]  # pair ids in third place
+    # positions as part_classify lays them out: train, val, test, generated, challenge
+    start, split_idx = 0, {}
+    for s, rows in splits.items():
+        split_idx[s], start = list(range(start, start + len(rows))), start + len(rows)
+    for seed in range(5):
+        mix = ft.counterfactual_mix(split_idx, random.Random(seed))
+        chosen = [i for i in mix if i in split_idx["generated"]]
+        assert not set(mix) & set(split_idx["val"] + split_idx["test"] + split_idx["challenge"])
+        assert len(chosen) == len(mix) - len(chosen) == 12 and len(set(mix)) == len(mix)  # as many originals
+        assert all((i - split_idx["generated"][0]) ^ 1 in [j - split_idx["generated"][0] for j in chosen]
+                   for i in chosen)  # whole pairs: both sides of a pair, or neither
+    pairs_and_challenge(tmp_path, bad_split="val")  # a generated row that claims a val place is refused
+    with pytest.raises(ft.UsageError, match="training only"):
+        ft.stance_splits(data, ft.parse_args([]))
+
+
+# ---- chat: memory conversations and the memory check ------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_memory_chats_train_only_the_assistant(llama_dir, gpt2_dir, arch):
+    """The memory note sits in the user turn: it is read (in the input) but gets no loss."""
+    tok = ft.load_tokenizer(llama_dir if arch == "llama" else gpt2_dir, True)
+    tok.chat_template = tok.chat_template or ft.PLAIN_CHAT_TEMPLATE
+    chats = ft.memory_conversations(ROOT / "data" / "memory_chats.jsonl", 40, random.Random(0))
+    assert len(chats) == 40 and len({json.dumps(c) for c in chats}) == 40
+    noted = [c for c in chats if any(m["content"].startswith("Earlier in this conversation") for m in c)]
+    assert len(noted) > 20
+    end, lead = ("<|im_end|>", "") if arch == "llama" else ("<|endoftext|>", " ")
+    for messages in noted[:8]:
+        ids, mask = ft.render_with_mask(tok, messages)
+        trained = "".join(tok.decode([i]) for i, m in zip(ids, mask) if m)
+        assert trained == "".join(lead + m["content"] + end for m in messages if m["role"] == "assistant")
+        assert "Earlier in this conversation" not in trained and "Now the user says" not in trained
+        assert "Earlier in this conversation" in tok.decode(ids)  # ... yet the note is in the input
+
+
+def test_memory_check_uses_the_training_format_and_no_benchmark_material():
+    chats = [json.loads(line)["messages"] for line in (ROOT / "data" / "memory_chats.jsonl").open(encoding="utf-8")]
+    notes = [m["content"] for c in chats for m in c if m["content"].startswith("Earlier in this conversation")]
+    shape = re.compile(r"Earlier in this conversation the user said:\n(- [^\n]+\n)+\nNow the user says: [^\n]+")
+    assert notes and all(shape.fullmatch(n) for n in notes)
+    for earlier, question, _ in ft.MEMORY_CHECK:
+        assert shape.fullmatch(ft.MEMORY_NOTE.format("\n- ".join(earlier), question))
+    bench = json.loads((ROOT / "data" / "memory_eval.json").read_text(encoding="utf-8"))
+    said = {t["content"].lower() for u in bench["users"] for t in u["turns"]} | {s.lower() for s in bench["small_talk"]}
+    asked = {q["ask"].lower() for u in bench["users"] for q in u["questions"]}
+    names = {u["name"].lower() for u in bench["users"]}
+    training = json.dumps(chats).lower()
+    for earlier, question, words in ft.MEMORY_CHECK:
+        assert question.lower() not in asked and not {e.lower() for e in earlier} & said
+        assert not names & set(re.findall(r"[a-z]+", " ".join(earlier + [question]).lower()))
+        assert not any(w in training for w in words or [])  # the answers must come from the note, not memory
+    assert [w for *_, w in ft.MEMORY_CHECK].count(None) == 1  # one note that does not hold the answer
+
+
+@pytest.mark.parametrize("reply,declines", [("You haven't told me your birthday, so I don't know.", True),
+                                            ("I\u2019m not sure, you never told me.", True),
+                                            ("You didn't mention it.", True), ("Your birthday is on 3 May.", False),
+                                            ("You told me you repair bicycles.", False)])
+def test_decline_pattern(reply, declines):
+    assert bool(re.search(ft.DECLINES, reply.lower().replace("\u2019", "'"))) == declines
+
+
+def test_persona_held_out_questions_are_never_trained():  # the guard the lesson had against editing mistakes
+    trained = {c[i].lower() for c in ft.PERSONA_CONVERSATIONS for i in range(0, len(c), 2)}
+    assert all(len(c) % 2 == 0 for c in ft.PERSONA_CONVERSATIONS) and len(ft.PERSONA_CONVERSATIONS) >= 30
+    assert not any(q.lower() in trained for q, _ in ft.HELD_OUT)
+
+
 # ---- parser ----------------------------------------------------------------------------------------------------------
 def test_stance_csv_parser(tmp_path):
     rows = ft.read_stance_csv(stance_csv(tmp_path / "s.csv", per_label=4))
@@ -196,21 +290,37 @@ def test_stance_csv_parser(tmp_path):
 @pytest.mark.slow
 def test_tiny_run_saves_classifier_and_chat_model(tmp_path, llama_dir, out_dir):
     data = stance_csv(tmp_path / "s.csv")
+    pairs_and_challenge(tmp_path)
     proc = run_script("05", "--model", llama_dir, "--data", data, "--tiny", "--train-layers", "1", "--out", out_dir,
                       "--no-plots", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for expected in ["Part 1", "majority class", "LoRA r=", "max abs logit diff", "persona check:", "[[", "whole run"]:
+    for expected in ["Part 1", "majority class", "LoRA r=", "max abs logit diff", "persona check:", "[[", "whole run",
+                     "the fix: 12 generated sentences (minimal pairs) and 12 original ones, one pass", "generated 12"]:
         assert expected in out, expected
+    # the shortcut: challenge accuracy and pair accuracy before and after the fix, with the test accuracy
+    shortcut = re.findall(r"^(before|after) the fix, challenge set \(2 pairs\): accuracy ([\d.]+), pair accuracy "
+                          r"([\d.]+); test accuracy ([\d.]+)$", out, re.M)
+    assert [s[0] for s in shortcut] == ["before", "after"], out[-3000:]
+    assert all(float(s[2]) in (0.0, 0.5, 1.0) and float(s[2]) <= float(s[1]) for s in shortcut)  # 2 pairs
+    # the memory check: five notes, scored before and after SFT, the last one a note without the answer
+    memory = re.search(r"^memory check: (\d)/5 before fine-tuning -> (\d)/5 after$", out, re.M)
+    assert memory, out[-3000:]
+    assert "[I collect old maps of the Baltic. | My brother bought a sailing boat.] What date is my birthday?" in out
+    assert re.search(r"chat data: 6 persona conversations \(twice\), 4 chatterbot-corpus, \d memory ->", out)
     merge = [line for line in out.splitlines() if "LoRA merged into the weights" in line][0]
     assert float(merge.split()[-1]) < 1e-4
-    accuracies = [float(line.split("test accuracy ")[1].split(",")[0]) for line in out.splitlines() if "test accuracy" in line]
-    assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies)
+    accuracies = [float(line.split("test accuracy ")[1].split(",")[0]) for line in out.splitlines()
+                  if line.startswith("-> ") and "test accuracy" in line]
+    assert len(accuracies) == 3 and all(0.0 <= a <= 1.0 for a in accuracies)  # full, + counterfactual pairs, LoRA
     assert (out_dir / "chat" / "config.json").exists() and (out_dir / "chat" / "tokenizer_config.json").exists()
-    assert json.loads((out_dir / "results.json").read_text())["chat"]["persona_after"] in range(11)
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["chat"]["persona_after"] in range(11) and results["chat"]["memory_after"] == int(memory[2])
+    assert set(results["classify"]["shortcut"]) == {"before", "after"} and "fix" in results["classify"]["losses"]
     from transformers import AutoModelForSequenceClassification
     saved_clf = AutoModelForSequenceClassification.from_pretrained(out_dir / "stance")
     assert saved_clf.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    assert "saved the fixed full fine-tuning to" in out  # the stance model saved is the one the pairs fixed
 
 
 @pytest.mark.slow
@@ -220,6 +330,9 @@ def test_plain_template_model_chat_and_classify(tmp_path, gpt2_dir, out_dir):
                       "--parts", "classify,chat", "--out", out_dir, "--no-plots", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "plain one" in proc.stdout
+    skipped = [line for line in proc.stdout.splitlines() if "financial_stance_pairs.csv" in line]
+    assert skipped == ["note: no financial_stance_pairs.csv and stance_challenge.csv beside the data: no shortcut step"]
+    assert "the fix" not in proc.stdout and ("(better on val)" in proc.stdout or "LoRA (merged)" in proc.stdout)
     from transformers import AutoTokenizer
     saved = AutoTokenizer.from_pretrained(out_dir / "chat")
     assert saved.chat_template == ft.PLAIN_CHAT_TEMPLATE
