@@ -24,7 +24,7 @@ if ft is None:
 LABELS, say, fail = ft.LABELS, ft.say, ft.fail
 
 
-# ---- reading labelled files ------------------------------------------------------------------------------------------
+# ---- reading labelled files ----------------------------------------------------------------------------------------
 def normalise_label(raw, where):
     label = raw.strip().lower()
     if label not in LABELS:
@@ -49,7 +49,7 @@ def read_phrasebank(path):
 
 
 def read_challenge(path):
-    """The challenge set: CSV pair_id,sentence,label (both sides of a pair must be right) -> [(text, label, pair_id)]."""
+    """The challenge set: CSV pair_id,sentence,label (both sides of a pair must be right) -> [(text, label, id)]."""
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -106,7 +106,7 @@ def report(name, rows, pred):
     return r
 
 
-# ---- the saved classifier ----------------------------------------------------------------------------------------------
+# ---- the saved classifier ------------------------------------------------------------------------------------------
 def load_classifier(path, device):
     """A saved classifier folder -> (model in eval mode, tokenizer with a pad token)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -138,11 +138,11 @@ def check(clf, tok, data_path, device):
     ours = classify_texts(clf, tok, texts, device).argmax(1)
     theirs = torch.cat([F.softmax(clf(**tok([t], return_tensors="pt", add_special_tokens=False).to(device)).logits, -1)
                         for t in texts]).argmax(1).cpu()  # one sentence at a time, transformers' forward alone
-    say(f"reloaded with AutoModelForSequenceClassification: {int((ours == theirs).sum())}/{len(texts)} test predictions "
-        f"identical (batched by this project vs one by one by transformers)")
+    say(f"reloaded with AutoModelForSequenceClassification: {int((ours == theirs).sum())}/{len(texts)} test "
+        "predictions identical (batched by this project vs one by one by transformers)")
 
 
-# ---- baselines: no language model at all -------------------------------------------------------------------------------
+# ---- baselines: no language model at all ---------------------------------------------------------------------------
 def bow_terms(text):
     """The words of a text and its pairs of neighbouring words ("rose to", "did not"), lower-cased."""
     words = re.findall(r"[a-z]+", text.lower())
@@ -198,7 +198,7 @@ def baselines(data_path):
         f"{r['acc']:.3f}, macro-F1 {r['f1']:.3f}\n{format_confusion(r['confusion'])}")
 
 
-# ---- pictures ----------------------------------------------------------------------------------------------------------
+# ---- pictures ------------------------------------------------------------------------------------------------------
 def plots(out):
     """stance_results.png (results as bars, training losses) and chat_sft_loss.png, from OUT/results.json."""
     import json
@@ -248,7 +248,7 @@ def plots(out):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Evaluate 05's saved stance classifier; baselines; pictures")
     p.add_argument("--predict", help="classify this sentence with the saved classifier")
-    p.add_argument("--eval-file", help="a CSV (text,label), the challenge set (pair_id,sentence,label) or sentence@label")
+    p.add_argument("--eval-file", help="a CSV (text,label), the challenge set (pair_id,sentence,label), sentence@label")
     p.add_argument("--check", action="store_true", help="reload the saved classifier and compare with transformers")
     p.add_argument("--baselines", action="store_true", help="majority class and bag-of-words on the test split")
     p.add_argument("--plots", action="store_true", help="draw PNGs from OUT/results.json")

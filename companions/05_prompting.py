@@ -5,7 +5,7 @@ Zero-shot and few-shot prompting: an instruction, k labelled examples, then the 
 instruction and examples are the same for every sentence, so their keys and values are computed ONCE and reused
 (stage 04's KV cache); batch calibration removes the model's favourite label.
 
-    python companions/05_prompting.py                           # test split, default model (gpt2 online, SmolLM2 offline)
+    python companions/05_prompting.py                           # test split, default model (gpt2, else SmolLM2)
     python companions/05_prompting.py --model out/04_minigpt/hf --shots-per-label 1
     python companions/05_prompting.py --eval-file data/stance_challenge.csv    # also on the challenge set
 """
@@ -160,7 +160,8 @@ def main(argv=None):
     rows = ft.read_stance_csv(args.data)
     eval_sets = []
     if args.eval_file:
-        eval_module = importlib.util.spec_from_file_location("companion_05_evaluate", ROOT / "companions" / "05_evaluate.py")
+        eval_module = importlib.util.spec_from_file_location("companion_05_evaluate",
+                                                             ROOT / "companions" / "05_evaluate.py")
         ev = importlib.util.module_from_spec(eval_module)
         eval_module.loader.exec_module(ev)
         eval_sets.append((args.eval_file, ev.read_eval_file(args.eval_file)))
@@ -172,8 +173,8 @@ def main(argv=None):
     tok = ft.load_tokenizer(source, local_only)
     lm = transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only).to(device).eval()
     say(f"model: {source}")
-    return run_prompting(lm, tok, [(t, lab) for t, lab, sp in rows if sp == "train"], [("test split", test)] + eval_sets,
-                         device, args)
+    train = [(t, lab) for t, lab, sp in rows if sp == "train"]
+    return run_prompting(lm, tok, train, [("test split", test)] + eval_sets, device, args)
 
 
 if __name__ == "__main__":

@@ -77,8 +77,8 @@ def test_prompt_scores_with_cached_prefix_equal_full_prompts(llama_dir, gpt2_dir
     prefix, suffix, lead = pr.prompt_template(tok, examples)
     before, after = suffix.split(pr.MARKER)
     for i, text in enumerate(texts):
-        context = (tok(prefix, add_special_tokens=False).input_ids + tok(before, add_special_tokens=False).input_ids
-                   + tok(" " + text, add_special_tokens=False).input_ids + tok(after, add_special_tokens=False).input_ids)
+        context = [i for piece in (prefix, before, " " + text, after)
+                   for i in tok(piece, add_special_tokens=False).input_ids]
         for j, label in enumerate(ft.LABELS):
             label_ids = tok(lead + label, add_special_tokens=False).input_ids
             with torch.no_grad():
