@@ -1,7 +1,7 @@
 """Stage 04: your own GPT. Build GPT-2 line by line, then the four changes that make it a Llama-style model (rotary
 positions, RMSNorm, SwiGLU, grouped-query attention); train it (AdamW, warm-up + cosine, clipping, accumulation,
 bf16), sample from it (temperature, top-k, top-p, a KV cache that gives the same tokens faster), resume it exactly,
-and hand it to Hugging Face (its export loads in transformers; GPT-2's weights load into it).
+and hand it to Hugging Face (its export loads in transformers as GPT-2 or as Llama).
 
     python 04_minigpt.py                        # CPU: ~5 minutes on tiny-shakespeare, then sample and export
     python 04_minigpt.py --arch llama           # the same with RoPE, RMSNorm, SwiGLU and GQA
@@ -25,8 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ---- Configuration: every knob with its CPU default; a flag of the same name overrides it (--n-layer 6) ----------
-def knob(default, help, choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+knob = lambda default, help, choices=None: field(default=default, metadata={"help": help, "choices": choices})
+
 @dataclass
 class Config:
     data: str = knob("", "UTF-8 text file to train on (empty: tiny-shakespeare)")
@@ -735,9 +735,9 @@ def run(given, error):
         elif tokenizer.kind == "char" and set(text) - set(tokenizer.chars):
             raise UserError("the data has characters the checkpoint's vocabulary lacks; resume with the same --data")
         train_ids, val_ids = prepare_data(text, tokenizer, cfg.block_size)
-        log(f"data: {len(text):,} characters -> {len(train_ids) + len(val_ids):,} {tokenizer.kind} tokens (vocabulary "
-            f"{tokenizer.vocab_size:,}); model: {cfg.arch} ({cfg.pos}, {cfg.norm}, {cfg.mlp}, {cfg.n_kv_head} kv "
-            f"heads), {cfg.n_layer} x {cfg.n_head} x {cfg.n_embd}: {model.num_params():,} parameters")
+        log(f"data: {len(text):,} chars, {len(train_ids) + len(val_ids):,} tokens, vocabulary {tokenizer.vocab_size}")
+        log(f"model: {cfg.arch} ({cfg.pos}, {cfg.norm}, {cfg.mlp}, {cfg.n_kv_head or cfg.n_head} kv heads), "
+            f"{cfg.n_layer} x {cfg.n_head} x {cfg.n_embd}, context {cfg.block_size}: {model.num_params():,} parameters")
         self_checks(model, cfg, val_ids[:cfg.block_size + 1][None], fresh=not ckpt, log=log)
         try:
             state = train(cfg, model, tokenizer, train_ids, val_ids, device, out, log, ckpt)

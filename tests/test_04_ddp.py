@@ -24,9 +24,10 @@ def torchrun(*args, timeout=180):
                           timeout=timeout)
 
 
-def test_ddp_two_gloo_processes_equal_one_process_accumulating(text_file, tmp_path):
-    proc = torchrun("--data", text_file, *TINY, "--max-iters", "6", "--eval-interval", "3", "--log-interval", "3",
-                    "--grad-accum", "2", "--no-export", "--out", tmp_path)
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_ddp_two_gloo_processes_equal_one_process_accumulating(arch, text_file, tmp_path):
+    proc = torchrun("--data", text_file, *TINY, "--arch", arch, "--max-iters", "6", "--eval-interval", "3",
+                    "--log-interval", "3", "--grad-accum", "2", "--no-export", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DDP over 2 processes" in proc.stdout
     assert "check: DDP parameters on 2 processes identical" in proc.stdout
@@ -35,7 +36,7 @@ def test_ddp_two_gloo_processes_equal_one_process_accumulating(text_file, tmp_pa
 
     # The same global batch in one process (4 accumulated micro-batches instead of 2 processes x 2) draws the same
     # windows (batch_generator), so without dropout it must train the same weights, up to float rounding.
-    single = run_script("04", "--data", text_file, *TINY, "--max-iters", "6", "--eval-interval", "3",
+    single = run_script("04", "--data", text_file, *TINY, "--arch", arch, "--max-iters", "6", "--eval-interval", "3",
                         "--log-interval", "3", "--grad-accum", "4", "--dropout", "0", "--no-export",
                         "--out", tmp_path / "single", timeout=120)
     assert single.returncode == 0, single.stderr[-2000:]
