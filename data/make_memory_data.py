@@ -13,9 +13,12 @@ with "Morning! Rafael here." a few lines up, it invents a name. This script writ
                             facts stated in varied natural phrasings, one update, questions worded unlike the
                             statements, one question about something never said.
 
-Two disjoint pools of user names, other names, values, fact phrasings, question phrasings and small talk: TRAIN
-(used by memory_chats.jsonl and by the eval users marked "heldout": false) and HELDOUT (used only by the eval
-users marked "heldout": true). Deterministic (fixed seed): running the script again gives byte-identical files.
+Three disjoint pools of user names, other names, values, fact phrasings, question phrasings and small talk, one for
+each "set" of eval users: TRAIN (memory_chats.jsonl and the eval users of set "train"), DEV (the first edition's
+held-out users, looked at while the chatbot was built: set "dev") and HELDOUT (fresh users written afterwards, that
+nothing was tuned on: set "heldout", the only users marked "heldout": true). Deterministic (fixed seeds): running
+the script again gives byte-identical files; adding the fresh pool left memory_chats.jsonl and the first edition's
+users as they were.
 
 Run:  python data/make_memory_data.py            (write both files)
       python data/make_memory_data.py --check    (fail if the files on disk are not what this script writes)
@@ -58,7 +61,7 @@ CHATS_JSONL = HERE / "memory_chats.jsonl"
 EVAL_JSON = HERE / "memory_eval.json"
 SEED = 20261130
 N_CHATS = {"recall": 260, "update": 110, "abstain": 120, "no_note": 30, "beside_the_point": 60}   # 580 in all
-N_EVAL_USERS = {"heldout": 36, "train": 12}
+N_EVAL_USERS = {"dev": 36, "train": 12, "heldout": 36}
 SYSTEM_PROMPTS = ["You are a helpful AI assistant.", "You are a helpful assistant.",
                   "You are a friendly assistant. Answer briefly."]
 # accepted answers to an abstain question (the evaluator lowercases the reply and turns ’ into ')
@@ -68,7 +71,7 @@ ABSTAIN_ANSWERS = ["not told", "haven't told", "have not told", "didn't tell", "
                    "didn't say", "did not say", "no idea", "not sure", "haven't shared", "didn't share"]
 
 # ----------------------------------------------------------------------------------------------------------------
-# Values. TRAIN and HELDOUT pools are disjoint (tests/test_data_memory.py checks it).
+# Values. The TRAIN, DEV and HELDOUT pools are disjoint (tests/test_data_memory.py checks it).
 POOLS = {
     "train": {
         "names": ["Anna", "Marco", "Priya", "Tom", "Sofia", "Kenji", "Lucia", "David", "Amara", "Jonas", "Elena",
@@ -118,7 +121,7 @@ POOLS = {
         "allergies": ["peanuts", "shellfish", "cats", "pollen", "penicillin", "strawberries", "wasps", "gluten"],
         "months": ["January", "March", "May", "July", "September", "November"],
     },
-    "heldout": {
+    "dev": {
         "names": ["Rafael", "Beatriz", "Tobias", "Keiko", "Malik", "Sigrid", "Nikolai", "Esperanza", "Callum",
                   "Anouk", "Dmitri", "Wanjiru", "Lorenzo", "Astrid", "Bashir", "Paloma", "Ciaran", "Henrike",
                   "Joaquin", "Saoirse", "Emeka", "Linnea", "Thiago", "Marisol", "Casimir", "Ottilie", "Ignacio",
@@ -160,12 +163,85 @@ POOLS = {
         "allergies": ["hazelnuts", "dust mites", "latex", "kiwi fruit", "horses", "sesame"],
         "months": ["February", "April", "June", "August", "October", "December"],
     },
+    # The fresh held-out pool: written after the chatbot was built on the dev users, shares nothing with train or
+    # dev. Same shapes as above, except birthdays: every month is taken, so its birthdays are named days.
+    "heldout": {
+        "names": ["Aurelie", "Birgitta", "Constance", "Dagny", "Fenella", "Halima", "Ilse", "Jovana", "Kalani",
+                  "Ludmila", "Marguerite", "Nkechi", "Orla", "Perpetua", "Rosalind", "Solveig", "Tamsin", "Ulrike",
+                  "Vesna", "Wilhelmina", "Ximena", "Yolanda", "Zuzana", "Hortense", "Imelda",
+                  "Alasdair", "Bartosz", "Cormac", "Desmond", "Eamon", "Gunnar", "Horatio", "Ivo", "Jarrah", "Kwame",
+                  "Lachlan", "Nnamdi", "Osvaldo", "Piotr", "Quentin", "Rupert", "Tadeusz", "Ulysses", "Vikram",
+                  "Wendell", "Xavier", "Yannick", "Zoltan", "Fergus", "Benedikt"],
+        "pets": ["Pretzel", "Kumquat", "Bramble", "Nugget", "Sherbet", "Parsnip", "Marbles", "Truffle", "Pistachio",
+                 "Sprocket", "Zephyr", "Gherkin", "Bagel", "Wasabi"],
+        "species": ["greyhound", "cockatiel", "chinchilla", "hedgehog", "spaniel", "husky"],
+        "cities": ["Tbilisi", "Valparaiso", "Kyoto", "Edinburgh", "Marrakesh", "Hobart", "Vilnius", "Dunedin",
+                   "Winnipeg", "Nantes", "Leipzig", "Cordoba", "Aberdeen", "Salzburg", "Pittsburgh", "Oaxaca", "Riga",
+                   "Cardiff", "Hanoi", "Lucerne"],
+        "origins": [("a sheep farm in Patagonia", "patagonia"), ("the Azores", "azores"),
+                    ("a hill town in Umbria", "umbria"), ("Accra", "accra"), ("Hokkaido", "hokkaido"),
+                    ("the Orkney Islands", "orkney"), ("a border town in Texas", "texas"),
+                    ("Newfoundland", "newfoundland"), ("Crete", "crete"), ("the Black Forest", "black forest"),
+                    ("Dhaka", "dhaka"), ("a ski village in the Tatras", "tatra"), ("Lapland", "lapland"),
+                    ("a port town in Brittany", "brittany")],
+        "jobs": [("a sound engineer", "mix the sound for touring bands", ["sound engineer", "mix", "touring band"]),
+                 ("a glassblower", "blow glass vases in a little workshop", ["glassblow", "glass"]),
+                 ("a zookeeper", "feed the penguins and muck out the otter enclosure", ["zookeeper", "penguin",
+                                                                                         "otter", "zoo"]),
+                 ("a crane operator", "sit in a crane cab high above building sites", ["crane"]),
+                 ("a florist", "arrange flowers for weddings and funerals", ["florist", "flower"]),
+                 ("a cheesemaker", "turn milk into cheese on a farm", ["cheese"]),
+                 ("a park ranger", "patrol the trails of a national park", ["ranger", "national park", "trails"]),
+                 ("a clockmaker", "repair antique clocks", ["clock"]),
+                 ("a tattoo artist", "put ink on people's skin", ["tattoo", "ink on"]),
+                 ("a wind turbine technician", "climb wind turbines to keep them turning", ["turbine"]),
+                 ("a hairdresser", "cut and colour hair in a salon", ["hairdress", "salon", "cut hair",
+                                                                     "colour hair", "cut and colour"]),
+                 ("a sommelier", "choose the wines for a fancy restaurant", ["sommelier", "wine"]),
+                 ("a welder", "weld steel for bridges", ["weld"]),
+                 ("a games tester", "play unfinished video games and report the bugs", ["tester", "video game",
+                                                                                       "bugs"]),
+                 ("a lifeguard", "keep an eye on swimmers at the public pool", ["lifeguard", "swimmer", "pool"]),
+                 ("an optician", "test people's eyesight", ["optician", "eyesight", "eye test"])],
+        "employers": ["Oxbow Logistics", "Halcyon Robotics", "Marrowgate Clinic", "Thistledown Bank",
+                      "Saltmarsh Brewery", "Nettlecombe Press", "Gullwing Airlines", "Sablefield Insurance",
+                      "Quarrystone Builders", "Ravenscar Hotels", "Larchwood Cinemas", "Emberlane Studios"],
+        "hobbies": [("playing darts", "darts"), ("rowing on the river", "rowing"), ("stargazing", "stargaz"),
+                    ("carving spoons out of wood", "carving"), ("learning Japanese", "japanese"),
+                    ("geocaching", "geocach"), ("surfing", "surf"), ("playing the drums", "drum"),
+                    ("growing chillies", "chilli"), ("doing crosswords", "crossword"),
+                    ("shooting arrows at the archery club", "archery"), ("skateboarding", "skateboard"),
+                    ("folding origami", "origami"), ("doing calligraphy", "calligraph")],
+        "foods": ["biryani", "tagine", "poutine", "arancini", "carbonara", "banh mi", "tom yum soup", "khachapuri",
+                  "cottage pie", "kimchi fried rice", "custard tarts", "enchiladas"],
+        "allergies": ["mustard", "eggs", "celery", "soy", "lupin", "mango", "walnuts", "mussels"],
+        "months": [],    # every month is in train or dev: the birthdays below are named days instead
+        "birthdays": [("Christmas Eve", 24, "December"), ("New Year's Day", 1, "January"),
+                      ("Halloween", 31, "October"), ("Valentine's Day", 14, "February"),
+                      ("St Patrick's Day", 17, "March"), ("Bonfire Night", 5, "November"),
+                      ("Burns Night", 25, "January"), ("New Year's Eve", 31, "December"),
+                      ("Boxing Day", 26, "December"), ("leap day", 29, "February")],
+    },
+}
+# More accepted answers for some held-out values (a reply may shorten or respell them); lowercase.
+ALSO_ACCEPTED = {
+    "Oxbow Logistics": ["oxbow"], "Halcyon Robotics": ["halcyon"], "Marrowgate Clinic": ["marrowgate"],
+    "Thistledown Bank": ["thistledown"], "Saltmarsh Brewery": ["saltmarsh"], "Nettlecombe Press": ["nettlecombe"],
+    "Gullwing Airlines": ["gullwing"], "Sablefield Insurance": ["sablefield"],
+    "Quarrystone Builders": ["quarrystone"], "Ravenscar Hotels": ["ravenscar"], "Larchwood Cinemas": ["larchwood"],
+    "Emberlane Studios": ["emberlane"],
+    "surfing": ["surfer"], "growing chillies": ["chili"], "shooting arrows at the archery club": ["arrows"],
+    "tagine": ["tajine"], "banh mi": ["bánh mì"], "tom yum soup": ["tom yum"], "kimchi fried rice": ["kimchi"],
+    "custard tarts": ["custard tart", "pastel de nata", "pastéis de nata"], "cottage pie": ["shepherd's pie"],
+    "eggs": ["egg"], "soy": ["soya"], "walnuts": ["walnut"], "mussels": ["mussel"], "mango": ["mangoes"],
+    "Valentine's Day": ["valentine"], "St Patrick's Day": ["patrick"], "Bonfire Night": ["guy fawkes"],
+    "Burns Night": ["burns supper"], "leap day": ["leap year"],
 }
 
 # ----------------------------------------------------------------------------------------------------------------
 # Phrasings. Slots: {name} user name, {city}, {origin}, {job} (noun: "a nurse"), {job_do} (first person: "work
 # night shifts ..."), {employer}, {hobby}, {food}, {pet}, {species}, {partner}, {rel} (wife/husband/partner),
-# {sibling}, {sib} (brother/sister), {allergy}, {birthday} ("14 March").
+# {sibling}, {sib} (brother/sister), {allergy}, {birthday} ("14 March"; in the HELDOUT pool a named day: "Halloween").
 # "state": how the user says a fact; "ask": how the user asks for it back (never containing the value);
 # "update": how the user says the fact changed ({city}/{job}/... is the NEW value).
 PHRASINGS = {
@@ -221,7 +297,7 @@ PHRASINGS = {
                                "My birthday is {birthday}."],
                      "ask": ["When is my birthday?", "What's my birthday?", "Do you remember when my birthday is?"]},
     },
-    "heldout": {
+    "dev": {
         "name": {"state": ["Morning! {name} here.", "{name}, pleased to meet you.", "The name's {name}.",
                            "Everyone just calls me {name}.", "Hiya, it's {name} again."],
                  "ask": ["What do you call me?", "Remind me who I am?", "How should you address me?",
@@ -275,17 +351,114 @@ PHRASINGS = {
         "birthday": {"state": ["I'll be blowing out candles on {birthday}.", "{birthday} is my big day every year."],
                      "ask": ["Which day should you wish me a happy birthday?", "When do I celebrate getting older?"]},
     },
+    # the fresh held-out phrasings: casual, indirect, and the pet and the hobby can change too
+    "heldout": {
+        "name": {"state": ["Hey! {name} on this end.", "Oh, I never introduced myself: {name}.",
+                           "{name} is what my parents went with, so that's me.", "Greetings from {name}!",
+                           "Before I forget, my name's {name}.", "Yo, {name} reporting in."],
+                 "ask": ["Do you know who this is?", "Which name did I give you?", "Say my name back to me.",
+                         "What name did I introduce myself with?", "How would you greet me by name?"]},
+        "home": {"state": ["The neighbours here in {city} are lovely.",
+                           "Rent in {city} keeps going up and I keep paying it.",
+                           "Our terrace house in {city} could do with a lick of paint.",
+                           "My flat looks out over the rooftops of {city}.",
+                           "I'm typing this from my kitchen table in {city}."],
+                 "ask": ["Which city do I wake up in?", "Where's my address these days?",
+                         "Where do I come home to at night?", "In which city have I made my home?",
+                         "Whereabouts is my home?"],
+                 "update": ["We've just got the keys to a new place in {city}!",
+                            "Said goodbye to the old flat, I'm in {city} now.",
+                            "Work sent me to {city}, so that's where I live now.",
+                            "Moving day is over, we're unpacking boxes in {city}."]},
+        "origin": {"state": ["I spent the first eighteen years of my life in {origin}.",
+                             "My accent gives away that I'm from {origin}.",
+                             "Every summer I fly back to {origin} to see my folks.",
+                             "Little me ran around barefoot in {origin}."],
+                   "ask": ["Where did I start out in life?", "What's my hometown?", "Where was I as a kid?",
+                           "Which part of the world did I grow up in?"]},
+        "job": {"state": ["Work-wise, I {job_do}.", "By trade I'm {job}.", "Monday to Friday I {job_do}.",
+                          "Technically I'm {job}, but mostly I drink coffee.",
+                          "People are always surprised that I'm {job}."],
+                "ask": ["What's my occupation?", "How do I earn my money?", "What am I paid to do?",
+                        "What's my day job?", "What did I say my work was?"],
+                "update": ["Big change: I left all that behind and became {job}.",
+                           "As of this month I'm {job}, the old job is history.",
+                           "Retrained over the winter, so now I {job_do}.",
+                           "Totally new career: I {job_do} now."]},
+        "employer": {"state": ["My badge says {employer} on it.", "I've got a desk by the window at {employer}.",
+                               "The boss at {employer} wants me in early tomorrow.",
+                               "Payday at {employer} can't come soon enough."],
+                     "ask": ["Which company signs my paycheques?", "Who's my employer at the moment?",
+                             "Which organisation am I working for?", "What's the name of the outfit I work for?"],
+                     "update": ["Last day at the old place was Friday; on Monday I start at {employer}.",
+                                "{employer} made me an offer I couldn't refuse, so I've switched.",
+                                "New badge, new desk: I'm at {employer} now."]},
+        "hobby": {"state": ["Saturdays are for {hobby}, no exceptions.",
+                            "Lately I've been getting really into {hobby}.",
+                            "My friends tease me about how much time I spend {hobby}.",
+                            "Nothing clears my head like {hobby}."],
+                  "ask": ["What do I do for fun?", "What do I get up to on my days off?",
+                          "What's the thing I do to switch off?", "Any idea what my hobby is?"],
+                  "update": ["I've given up my old hobby, it's all {hobby} now.",
+                             "New obsession: {hobby}, I can't stop.",
+                             "I got bored of my old pastime and took up {hobby} instead."]},
+        "food": {"state": ["Put {food} in front of me and I'm happy.",
+                           "Whenever it's my turn to pick dinner, it's {food}.",
+                           "My comfort food has always been {food}.", "I'd cross town on foot for decent {food}."],
+                 "ask": ["What would you cook to cheer me up?", "What's my favourite thing to eat?",
+                         "If you ordered dinner for me, what would you get?", "Which dish is the way to my heart?"]},
+        "pet": {"state": ["Sorry if I'm slow to reply, my {species} {pet} wants attention.",
+                          "Our {species} {pet} turned five today and got a special treat.",
+                          "I adopted a {species} from the shelter; {pet} has been spoilt rotten ever since.",
+                          "{pet}, our {species}, has learned to open the kitchen cupboard."],
+                "ask": ["What did I name my {species}?", "What's the name of the animal I live with?",
+                        "Remind me what my pet answers to?"],
+                "update": ["Sad news, our old pet died last month. We've since adopted a {species} called {pet}.",
+                           "After losing our last pet we swore no more animals, but then {pet} the {species} "
+                           "arrived.",
+                           "My ex kept the old pet, so I've got a {species} of my own now, {pet}."]},
+        "partner": {"state": ["{partner} and I are celebrating our anniversary on Friday.",
+                              "My {rel}, {partner}, thinks I talk to you too much.",
+                              "I met my {rel} {partner} at a friend's barbecue."],
+                    "ask": ["Who's the love of my life?", "What's the name of the person I'm with?",
+                            "Who am I in a relationship with?"]},
+        "sibling": {"state": ["{sibling} is my twin {sib}, older by four minutes.",
+                              "My big {sib} {sibling} just had a baby!",
+                              "Me and my {sib} {sibling} still argue over who's mum's favourite."],
+                    "ask": ["What's my sibling called?", "Who did I say my {sib} was?",
+                            "Have I got a brother or a sister, and what's their name?"]},
+        "allergy": {"state": ["Even a trace of {allergy} and my throat swells up.",
+                              "I carry an EpiPen because of {allergy}.",
+                              "Restaurants always get a warning from me about {allergy}."],
+                    "ask": ["Is there anything I can't eat?", "Which ingredient is dangerous for me?",
+                            "What's off the menu for me, medically?"]},
+        "birthday": {"state": ["I was a {birthday} baby, which makes for great parties.",
+                               "My birthday lands on {birthday}, of all days.",
+                               "On {birthday} I get a cake and another grey hair."],
+                     "ask": ["Which day of the year is my birthday?", "On what day should you send me a card?",
+                             "When should you sing happy birthday to me?"]},
+    },
 }
-# the word for the partner and the sibling follows the name: FEMALE lists the women's names of both pools
+# Never-said questions for the fresh held-out users: about things no user of any pool ever states.
+NEVER_SAID = {"heldout": ["What car do I drive?", "Which football team do I support?", "What's my shoe size?",
+                          "How many kids have I got?", "What's my blood type?", "What's my middle name?",
+                          "Which school did I go to?", "What colour are my eyes?", "What's my phone number?",
+                          "How tall am I?"]}
+# the word for the partner and the sibling follows the name: FEMALE lists the women's names of all pools
 PARTNER_RELS = {"train": {"f": ["wife", "girlfriend", "partner"], "m": ["husband", "boyfriend", "partner"]},
-                "heldout": {"f": ["wife", "fiancée"], "m": ["husband", "fiancé"]}}
+                "dev": {"f": ["wife", "fiancée"], "m": ["husband", "fiancé"]},
+                "heldout": {"f": ["wife", "girlfriend"], "m": ["husband", "boyfriend"]}}
 SIBLING_RELS = {"f": "sister", "m": "brother"}
 FEMALE = {"Anna", "Priya", "Sofia", "Lucia", "Amara", "Elena", "Hannah", "Yuki", "Grace", "Leila", "Chloe", "Nina",
           "Mei", "Ingrid", "Aisha", "Freya", "Rosa", "Emma", "Zara", "Nadia", "Lena", "Maya", "Julia", "Clara",
           "Fatima", "Ines", "Beatriz", "Keiko", "Sigrid", "Esperanza", "Anouk", "Wanjiru", "Astrid", "Paloma",
           "Saoirse", "Henrike", "Linnea", "Marisol", "Ottilie", "Rania", "Gwen", "Adaeze", "Noor", "Eilidh",
-          "Valentina"}
-UPDATABLE = ["home", "job", "employer"]
+          "Valentina",
+          "Aurelie", "Birgitta", "Constance", "Dagny", "Fenella", "Halima", "Ilse", "Jovana", "Kalani", "Ludmila",
+          "Marguerite", "Nkechi", "Orla", "Perpetua", "Rosalind", "Solveig", "Tamsin", "Ulrike", "Vesna",
+          "Wilhelmina", "Ximena", "Yolanda", "Zuzana", "Hortense", "Imelda"}
+UPDATABLE = ["home", "job", "employer"]                     # what changes for train and dev users
+UPDATABLE_HELDOUT = UPDATABLE + ["pet", "hobby"]             # the fresh held-out users can also get a new pet/hobby
 
 # How the assistant answers (training only). {v} the value as the answer states it.
 ANSWERS = {
@@ -322,8 +495,9 @@ ABSTAIN_REPLIES = ["You haven't told me {what}, so I don't know.", "I don't know
                    "You didn't mention {what} in our conversation. Would you like to tell me?",
                    "I'm not sure, you haven't told me {what} yet.", "You never told me {what}."]
 
-# Small talk. TRAIN: (user, assistant) pairs for the chats (openings and distractor notes). HELDOUT: user turns
-# only, for the evaluator to put between the facts and the questions.
+# Small talk. TRAIN: (user, assistant) pairs for the chats (openings and distractor notes). DEV and HELDOUT: user
+# turns only, for the evaluator to put between the facts and the questions (memory_eval.json's small_talk and
+# small_talk_heldout).
 SMALL_TALK = {
     "train": [
         ("How's your day going?", "It's going well, thanks for asking! How about yours?"),
@@ -348,7 +522,7 @@ SMALL_TALK = {
         ("I can't decide what to cook.", "A simple pasta with tomatoes and garlic is hard to beat."),
         ("What's the weather like on Mars?", "Cold and dusty: on average about minus 60 degrees Celsius."),
     ],
-    "heldout": [
+    "dev": [
         "Do clouds weigh anything?", "I just spilled coffee all over my notes.", "Why do cats purr?",
         "What's a polite way to decline an invitation?", "My phone battery dies so fast lately.",
         "Is it better to stretch before or after a run?", "How long should I boil an egg?",
@@ -361,6 +535,23 @@ SMALL_TALK = {
         "What rhymes with orange?", "I've got a job interview next week, any advice?",
         "How do I get rid of hiccups?", "What's the difference between a frog and a toad?",
         "Recommend a podcast topic.", "It's my day off and I don't know what to do.",
+    ],
+    "heldout": [
+        "My neighbour's dog barked all night.", "Why does bread go stale?",
+        "Lol, I just waved at someone who wasn't waving at me.", "How do noise-cancelling headphones work?",
+        "What's the difference between weather and climate?", "Can you give me a riddle?", "I burnt the toast again.",
+        "Is it rude to recline your seat on a plane?", "Why do onions make you cry?", "How do I fold a fitted sheet?",
+        "The printer jammed three times this morning.", "What's the longest river in South America?",
+        "Any tips for keeping houseplants alive?", "Why do we get goosebumps?",
+        "How many hours of sleep does an adult need?", "Give me a tongue twister.",
+        "Hmm, I can't think of anything to say.", "What's the best way to learn to whistle?", "How do magnets work?",
+        "I saw a rainbow on the way in.", "Should I paint the hallway green or grey?", "What's a haiku?",
+        "Why are flamingos pink?", "ok cool", "How does a microwave heat food?",
+        "I can never remember if it's affect or effect.", "What year did people first walk on the Moon?",
+        "Is dark chocolate actually good for you?", "My tea has gone cold again.", "Name three famous painters.",
+        "Why do leaves change colour in autumn?", "It's so windy out today.", "Do fish sleep?",
+        "What's the quickest way to cool down a hot drink?", "brb, someone's at the door",
+        "Honestly this week has flown by.",
     ],
 }
 # General questions for conversations whose note is beside the point (TRAIN only): the reply answers normally.
@@ -393,7 +584,11 @@ def make_person(rng, pool, name):
     others = [n for n in p["names"] if n != name]
     job, job_do, job_key = rng.choice(p["jobs"])
     hobby, hobby_key = rng.choice(p["hobbies"])
-    day, month = ordinal_day(rng), rng.choice(p["months"])
+    if p["months"]:
+        day, month = ordinal_day(rng), rng.choice(p["months"])
+        birthday = f"{day} {month}"
+    else:   # the fresh held-out pool names its birthdays ("Halloween")
+        birthday, day, month = rng.choice(p["birthdays"])
     partner, sibling = rng.sample(others, 2)
     origin, origin_key = rng.choice(p["origins"])
     rel = rng.choice(PARTNER_RELS[pool]["f" if partner in FEMALE else "m"])
@@ -403,7 +598,7 @@ def make_person(rng, pool, name):
         "hobby": hobby, "hobby_key": hobby_key, "food": rng.choice(p["foods"]), "pet": rng.choice(p["pets"]),
         "species": rng.choice(p["species"]), "partner": partner, "rel": rel, "sibling": sibling,
         "sib": SIBLING_RELS["f" if sibling in FEMALE else "m"], "allergy": rng.choice(p["allergies"]),
-        "birthday": f"{day} {month}", "day": day, "month": month,
+        "birthday": birthday, "day": day, "month": month,
     }
 
 
@@ -414,6 +609,11 @@ def new_value(rng, pool, person, attr):
         return {"city": rng.choice([c for c in p["cities"] if c != person["city"]])}
     if attr == "employer":
         return {"employer": rng.choice([e for e in p["employers"] if e != person["employer"]])}
+    if attr == "pet":   # a new pet (the old one is gone), maybe of another species
+        return {"pet": rng.choice([x for x in p["pets"] if x != person["pet"]]), "species": rng.choice(p["species"])}
+    if attr == "hobby":
+        hobby, key = rng.choice([h for h in p["hobbies"] if h[0] != person["hobby"]])
+        return {"hobby": hobby, "hobby_key": key}
     job, job_do, key = rng.choice([j for j in p["jobs"] if j[0] != person["job"]])
     return {"job": job, "job_do": job_do, "job_key": key}
 
@@ -441,20 +641,24 @@ def answer_value(attr, person, stated_with):
 
 def accepted(attr, person):
     """Lowercase strings, any of which in a reply counts as recalling the fact."""
+    value = answer_value(attr, person, None)
     if attr == "job":
-        return list(person["job_key"])   # the trade's name, and a word of the activity ("lift", "babies")
-    if attr == "hobby":
-        return [person["hobby_key"].lower()]
-    if attr == "birthday":
+        keys = list(person["job_key"])   # the trade's name, and a word of the activity ("lift", "babies")
+    elif attr == "hobby":
+        keys = [person["hobby_key"].lower()]
+    elif attr == "birthday":
         m, d = person["month"].lower(), person["day"]
         suffix = "th" if 11 <= d <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(d % 10, "th")
-        return [f"{d} {m}", f"{m} {d}", f"{d}{suffix} {m}", f"{m} {d}{suffix}", f"{d}{suffix} of {m}"]
-    if attr == "origin":
-        return [person["origin_key"]]
-    value = answer_value(attr, person, None)
-    if attr == "food" and value.endswith("s") and " " not in value:
-        return [value.lower(), value[:-1].lower()]
-    return [value.lower()]
+        keys = [f"{d} {m}", f"{m} {d}", f"{d}{suffix} {m}", f"{m} {d}{suffix}", f"{d}{suffix} of {m}"]
+        if not value[:1].isdigit():   # a named day ("New Year's Day"): its name, with or without ', or its date
+            keys = list(dict.fromkeys([value.lower(), value.lower().replace("'", "")])) + keys
+    elif attr == "origin":
+        keys = [person["origin_key"]]
+    elif attr == "food" and value.endswith("s") and " " not in value:
+        keys = [value.lower(), value[:-1].lower()]
+    else:
+        keys = [value.lower()]
+    return keys + [k for k in ALSO_ACCEPTED.get(value, []) if k not in keys]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -582,22 +786,60 @@ def build_eval_user(rng, pool, name):
                       "answer": accepted(updated, newer), "old": accepted(updated, person)})
     questions.append({"ask": ask_fact(rng, pool, missing, person)[0], "kind": "abstain",
                       "answer": list(ABSTAIN_ANSWERS)})
-    return {"name": name, "heldout": pool == "heldout", "turns": turns, "questions": questions}
+    return {"name": name, "set": pool, "heldout": False, "turns": turns, "questions": questions}
 
 
-def build_eval(rng):
+def build_heldout_user(rng, name):
+    """A fresh held-out user: a name and 2-3 facts in any order, one of which (home, job, employer, pet or hobby)
+    changes in the last turn; sometimes two facts share a message. Questions: every fact but the changed one
+    (recall), the changed one (update), and something never said (abstain): a fact of the pool that this user did
+    not state, or a question no user is ever told the answer to (NEVER_SAID)."""
+    pool = "heldout"
+    person = make_person(rng, pool, name)
+    attrs = [a for a in PHRASINGS[pool] if a != "name"]
+    updated = rng.choice(UPDATABLE_HELDOUT)
+    facts = rng.sample([a for a in attrs if a != updated], rng.choice([2, 3])) + [updated]
+    rng.shuffle(facts)
+    told = list(facts)
+    told.insert(0 if rng.random() < 0.7 else rng.randint(1, 2), "name")   # some people introduce themselves later
+    statements = [say_fact(rng, pool, a, person)[0] for a in told]
+    if rng.random() < 0.35:   # two facts in one message
+        i = rng.randrange(len(statements) - 1)
+        statements[i:i + 2] = [statements[i] + " " + statements[i + 1]]
+    newer = dict(person, **new_value(rng, pool, person, updated))
+    update_text = say_fact(rng, pool, updated, newer, "update")[0]
+    turns = [{"role": "user", "content": t} for t in statements + [update_text]]
+    questions = [{"ask": ask_fact(rng, pool, a, person)[0], "kind": "recall", "answer": accepted(a, person)}
+                 for a in told if a != updated]
+    questions.append({"ask": ask_fact(rng, pool, updated, newer)[0], "kind": "update",
+                      "answer": accepted(updated, newer), "old": accepted(updated, person)})
+    if rng.random() < 0.5:
+        never = rng.choice(NEVER_SAID[pool])
+    else:
+        never = ask_fact(rng, pool, rng.choice([a for a in attrs if a not in told]), person)[0]
+    questions.append({"ask": never, "kind": "abstain", "answer": list(ABSTAIN_ANSWERS)})
+    return {"name": name, "set": pool, "heldout": True, "turns": turns, "questions": questions}
+
+
+def build_eval(rng, fresh_rng):
     users = []
-    for pool, key in (("heldout", "heldout"), ("train", "train")):
-        for name in rng.sample(POOLS[pool]["names"], N_EVAL_USERS[key]):
+    for pool in ("dev", "train"):   # the first edition's users, unchanged (the dev ones were "heldout" then)
+        for name in rng.sample(POOLS[pool]["names"], N_EVAL_USERS[pool]):
             users.append(build_eval_user(rng, pool, name))
+    for name in fresh_rng.sample(POOLS["heldout"]["names"], N_EVAL_USERS["heldout"]):
+        users.append(build_heldout_user(fresh_rng, name))
     return {
         "format": "users[].turns: the user's messages in order (facts, then one update); the evaluator puts "
-                  "small talk (small_talk) between them and before the questions, then asks each question in a "
-                  "new turn. A reply is right when, lowercased and with ’ turned into ', it contains any of "
-                  "answer. For kind update, old lists the replaced value: a reply with old and without answer is "
-                  "stale (a right answer may name the old value as past: 'you moved from X to Y'). heldout users "
-                  "use only names, values and phrasings that data/memory_chats.jsonl never contains.",
-        "small_talk": list(SMALL_TALK["heldout"]),
+                  "small talk between them and before the questions, then asks each question in a new turn: "
+                  "small_talk_heldout for users of set heldout, small_talk for the others. A reply is right when, "
+                  "lowercased and with ’ turned into ', it contains any of answer. For kind update, old lists the "
+                  "replaced value: a reply with old and without answer is stale (a right answer may name the old "
+                  "value as past: 'you moved from X to Y'). set: train (the names, values and phrasings of "
+                  "data/memory_chats.jsonl), dev (never in the training data, but seen while the chatbot was "
+                  "built) or heldout (fresh: shares no name, value, phrasing or small talk with train or dev); "
+                  "heldout is true exactly for set heldout. Report the sets apart.",
+        "small_talk": list(SMALL_TALK["dev"]),
+        "small_talk_heldout": list(SMALL_TALK["heldout"]),
         "users": users,
     }
 
@@ -608,7 +850,8 @@ def build():
     rng = random.Random(SEED)
     chats = build_chats(rng)
     chats_text = "".join(json.dumps({"messages": c["messages"]}, ensure_ascii=False) + "\n" for c in chats)
-    eval_text = json.dumps(build_eval(random.Random(SEED + 1)), ensure_ascii=False, indent=1) + "\n"
+    eval_text = json.dumps(build_eval(random.Random(SEED + 1), random.Random(SEED + 2)), ensure_ascii=False,
+                           indent=1) + "\n"
     return chats_text, eval_text
 
 

@@ -2,14 +2,18 @@
 (data/memory_chats.jsonl) and the benchmark users for stage 06 (data/memory_eval.json).
 
 - the memory format is what the generator's constants say (06 builds the same message);
-- memory_chats.jsonl never contains a held-out name, value, fact phrasing, question phrasing or small-talk line;
-- the TRAIN and HELDOUT pools are disjoint;
-- every benchmark user has recall, update and abstain questions, worded unlike the statements;
+- memory_chats.jsonl never contains a dev or held-out name, value, fact phrasing, question phrasing or small-talk
+  line;
+- the TRAIN, DEV and HELDOUT pools are disjoint, and so are the users of the three sets (no user of one set says a
+  name, a value or a phrasing of another set's pool);
+- every benchmark user has recall, update and abstain questions, worded unlike the statements; the first edition's
+  users (sets dev and train) are unchanged;
 - the training replies use the note (or decline, or answer a general question) and never name a value that is not in
   their conversation;
 - both files are what the generator writes, byte for byte (reproducible).
 Fast: about a second.
 """
+import hashlib
 import importlib.util
 import json
 import re
@@ -57,7 +61,7 @@ def split_note(gen, content):
 
 
 def slot_values(gen):
-    """slot name -> every value either pool can put there, for matching sentences against templates."""
+    """slot name -> every value any pool can put there, for matching sentences against templates."""
     pools = list(gen.POOLS.values())
     names = [n for p in pools for n in p["names"]]
     return {
@@ -68,6 +72,7 @@ def slot_values(gen):
         "food": [x for p in pools for x in p["foods"]], "allergy": [x for p in pools for x in p["allergies"]],
         "species": [x for p in pools for x in p["species"]], "sib": list(gen.SIBLING_RELS.values()),
         "rel": [r for by_gender in gen.PARTNER_RELS.values() for rels in by_gender.values() for r in rels],
+        "birthday": [b for p in pools for b, _, _ in p.get("birthdays", [])],   # named days ("Halloween")
     }
 
 
@@ -79,7 +84,7 @@ def template_regex(template, values):
         if i % 2 == 0:
             out.append(re.escape(piece))
         elif piece == "birthday":
-            out.append(r"\d{1,2} [A-Z][a-z]+")
+            out.append("(?:" + "|".join([r"\d{1,2} [A-Z][a-z]+"] + [re.escape(b) for b in values[piece]]) + ")")
         else:
             out.append("(?:" + "|".join(re.escape(v) for v in sorted(values[piece], key=len, reverse=True)) + ")")
     return re.compile("^" + "".join(out) + "$", re.I)
@@ -109,55 +114,102 @@ def test_chats_shape(gen, chats):
     assert with_note >= 0.85 * len(chats), with_note
 
 
-def test_pools_and_phrasings_are_disjoint(gen):
-    train, held = gen.POOLS["train"], gen.POOLS["heldout"]
-    for key in train:
-        if key == "species":      # cats and dogs are in both: a species is not something to hold out
-            continue
-        shared = {str(v) for v in train[key]} & {str(v) for v in held[key]}
-        assert not shared, f"{key} in both pools: {shared}"
-    assert not set(train["names"]) & set(held["pets"]) and not set(held["names"]) & set(train["pets"])
-    for attr, kinds in gen.PHRASINGS["heldout"].items():
-        for kind, templates in kinds.items():
-            shared = set(templates) & set(gen.PHRASINGS["train"][attr].get(kind, []))
-            assert not shared, f"{attr}/{kind} phrasings in both pools: {shared}"
-    assert not {u for u, _ in gen.SMALL_TALK["train"]} & set(gen.SMALL_TALK["heldout"])
+SETS = ("train", "dev", "heldout")
+PAIRS = [("train", "dev"), ("train", "heldout"), ("dev", "heldout")]
 
 
-def heldout_words(gen):
-    """Every held-out name and value that must never appear in the training chats."""
-    held, train = gen.POOLS["heldout"], gen.POOLS["train"]
-    words = set(held["names"]) | set(held["pets"]) | set(held["cities"]) | set(held["employers"])
-    words |= set(held["foods"]) | set(held["allergies"]) | set(held["months"])
-    words |= {phrase for phrase, _ in held["origins"]} | {hobby for hobby, _ in held["hobbies"]}
-    words |= {noun for noun, _, _ in held["jobs"]} | {do for _, do, _ in held["jobs"]}
-    held_rels = {r for rels in gen.PARTNER_RELS["heldout"].values() for r in rels}
-    words |= held_rels - {r for rels in gen.PARTNER_RELS["train"].values() for r in rels}
-    return words
-
-
-def test_chats_never_contain_a_heldout_name_value_or_phrasing(gen, chats):
-    everything = "\n".join(texts_of(chats))
-    found = [w for w in heldout_words(gen) if re.search(r"(?<!\w)" + re.escape(w) + r"(?!\w)", everything, re.I)]
-    assert not found, f"held-out names/values in memory_chats.jsonl: {found[:5]}"
-    # no user sentence in the chats (a note item or a new message) is an instance of a held-out phrasing
-    held_templates = [t for kinds in gen.PHRASINGS["heldout"].values() for ts in kinds.values() for t in ts]
-    values = slot_values(gen)
-    regexes = [template_regex(t, values) for t in held_templates]
+def user_sentences(chats, gen):
+    """Every user sentence of the training chats: the note items and the new messages."""
     sentences = []
     for content in texts_of(chats, "user"):
         items, new = split_note(gen, content)
         sentences += items + [new]
-    hits = [(s, r.pattern) for s in sentences for r in regexes if r.match(s)]
-    assert not hits, f"held-out phrasings used in training: {hits[:3]}"
-    # nor does any chat contain a held-out phrasing's own words (its longest fixed part, when 3+ words long)
+    return sentences
+
+
+def templates_of(gen, pool):
+    return [t for kinds in gen.PHRASINGS[pool].values() for ts in kinds.values() for t in ts]
+
+
+def fixed_words(template):
+    """A phrasing's own words: its longest fixed part, when 3+ words long ('My badge says {employer} on it.' ->
+    'My badge says'); None for shorter ones."""
+    longest = max((p.strip(" ,.!?;:'") for p in re.split(r"\{\w+\}", template)), key=len)
+    return longest if len(longest.split()) >= 3 else None
+
+
+def small_talk_lines(gen, pool):
+    return [u for u, _ in gen.SMALL_TALK[pool]] if pool == "train" else list(gen.SMALL_TALK[pool])
+
+
+def test_pools_and_phrasings_are_disjoint(gen):
+    assert set(gen.POOLS) == set(gen.PHRASINGS) == set(gen.SMALL_TALK) == set(SETS)
+    for a, b in PAIRS:
+        pa, pb = gen.POOLS[a], gen.POOLS[b]
+        for key in set(pa) | set(pb):
+            if key == "species" and "heldout" not in (a, b):   # cats and dogs are in train and dev
+                continue
+            shared = {str(v) for v in pa.get(key, [])} & {str(v) for v in pb.get(key, [])}
+            assert not shared, f"{key} in both the {a} and the {b} pool: {shared}"
+        assert not set(pa["names"]) & set(pb["pets"]) and not set(pb["names"]) & set(pa["pets"]), (a, b)
+        for attr, kinds in gen.PHRASINGS[b].items():
+            for kind, templates in kinds.items():
+                shared = set(templates) & set(gen.PHRASINGS[a].get(attr, {}).get(kind, []))
+                assert not shared, f"{attr}/{kind} phrasings in the {a} and the {b} pool: {shared}"
+        assert not {s.lower() for s in small_talk_lines(gen, a)} & {s.lower() for s in small_talk_lines(gen, b)}
+    # the fresh pool's own words (a phrasing's longest fixed part) are in no other pool's phrasings
+    others = " ".join(templates_of(gen, "train") + templates_of(gen, "dev")).lower()
+    for template in templates_of(gen, "heldout"):
+        words = fixed_words(template)
+        assert not words or words.lower() not in others, (template, words)
+    # its never-said questions are no pool's question
+    asks = {t.lower() for pool in SETS for kinds in gen.PHRASINGS[pool].values() for t in kinds["ask"]}
+    assert gen.NEVER_SAID["heldout"] and not {q.lower() for q in gen.NEVER_SAID["heldout"]} & asks
+
+
+def pool_words(gen, pool):
+    """Every name and value of a pool (and its words for a partner that other pools lack)."""
+    p = gen.POOLS[pool]
+    words = set(p["names"]) | set(p["pets"]) | set(p["cities"]) | set(p["employers"])
+    words |= set(p["foods"]) | set(p["allergies"]) | set(p["months"]) | {b for b, _, _ in p.get("birthdays", [])}
+    words |= {phrase for phrase, _ in p["origins"]} | {hobby for hobby, _ in p["hobbies"]}
+    words |= {noun for noun, _, _ in p["jobs"]} | {do for _, do, _ in p["jobs"]}
+    if pool == "heldout":      # the fresh pool's species are its own too (train and dev share cats and dogs)
+        words |= set(p["species"])
+    own_rels = {r for rels in gen.PARTNER_RELS[pool].values() for r in rels}
+    words |= own_rels - {r for other in SETS if other != pool for rels in gen.PARTNER_RELS[other].values()
+                         for r in rels}
+    return words
+
+
+def word_hits(words, text):
+    """The words found in text as whole words: names, months and other capitalised values case-sensitively ('May'
+    is not 'may'), the rest case-insensitively."""
+    return [w for w in words if re.search(r"(?<!\w)" + re.escape(w) + r"(?!\w)", text, 0 if w[:1].isupper() else
+                                                                                          re.I)]
+
+
+def test_chats_never_contain_a_dev_or_heldout_name_value_or_phrasing(gen, chats):
+    everything = "\n".join(texts_of(chats))
     low = everything.lower()
-    for template in held_templates:
-        longest = max((p.strip(" ,.!?;:'") for p in re.split(r"\{\w+\}", template)), key=len)
-        if len(longest.split()) >= 3:
-            assert longest.lower() not in low, f"held-out words {longest!r} appear in memory_chats.jsonl"
-    for line in gen.SMALL_TALK["heldout"]:
-        assert line.lower() not in low, f"held-out small talk {line!r} appears in memory_chats.jsonl"
+    sentences = user_sentences(chats, gen)
+    values = slot_values(gen)
+    for pool in ("dev", "heldout"):
+        found = [w for w in pool_words(gen, pool) if re.search(r"(?<!\w)" + re.escape(w) + r"(?!\w)", everything,
+                                                               re.I)]
+        assert not found, f"{pool} names/values in memory_chats.jsonl: {found[:5]}"
+        # no user sentence in the chats (a note item or a new message) is an instance of a dev/held-out phrasing
+        regexes = [template_regex(t, values) for t in templates_of(gen, pool)]
+        hits = [(s, r.pattern) for s in sentences for r in regexes if r.match(s)]
+        assert not hits, f"{pool} phrasings used in training: {hits[:3]}"
+        # nor does any chat contain a dev/held-out phrasing's own words
+        for template in templates_of(gen, pool):
+            words = fixed_words(template)
+            assert not words or words.lower() not in low, f"{pool} words {words!r} appear in memory_chats.jsonl"
+        for line in small_talk_lines(gen, pool):
+            assert line.lower() not in low, f"{pool} small talk {line!r} appears in memory_chats.jsonl"
+    for question in gen.NEVER_SAID["heldout"]:
+        assert question.lower() not in low, question
 
 
 def test_chats_cover_recall_update_abstain_and_general(gen, chats):
@@ -195,13 +247,22 @@ def test_replies_use_the_note_and_invent_nothing(gen, chats):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The first edition's 48 users (36 then marked heldout, now set dev; 12 of set train), without the keys "set" and
+# "heldout", and the training chats, as published: adding the fresh set must not move them.
+FIRST_EDITION_USERS_SHA256 = "1f503b0ed90afb2a56cf08eb93d34e78f0524b9c56c48b204f312fc0ebf24296"
+CHATS_SHA256 = "52821855dff40f05d75bc4799eb80641c8927f61232a2cfdce6b7b6999cc762f"
+
+
 def test_benchmark_users(gen, bench):
     users = bench["users"]
-    assert len(users) >= 40 and sum(u["heldout"] for u in users) >= 30
-    assert len(bench["small_talk"]) >= 20
-    held_names = set(gen.POOLS["heldout"]["names"])
+    by_set = {s: [u for u in users if u.get("set") == s] for s in SETS}
+    assert sum(map(len, by_set.values())) == len(users), "every user has a set: train, dev or heldout"
+    assert len(by_set["heldout"]) >= 30 and len(by_set["dev"]) >= 30 and len(by_set["train"]) >= 10
+    assert bench["small_talk"] == gen.SMALL_TALK["dev"] and len(bench["small_talk"]) >= 20
+    assert bench["small_talk_heldout"] == gen.SMALL_TALK["heldout"] and len(bench["small_talk_heldout"]) >= 30
     for u in users:
-        assert (u["name"] in held_names) == u["heldout"], u["name"]
+        assert u["heldout"] == (u["set"] == "heldout"), u["name"]
+        assert u["name"] in gen.POOLS[u["set"]]["names"], u["name"]
         kinds = [q["kind"] for q in u["questions"]]
         assert {"recall", "update", "abstain"} <= set(kinds) and kinds.count("recall") >= 2, (u["name"], kinds)
         assert all(t["role"] == "user" and t["content"].strip() for t in u["turns"])
@@ -220,20 +281,61 @@ def test_benchmark_users(gen, bench):
                 # the newest value is said after the old one (the last turn is the update)
                 assert any(a in u["turns"][-1]["content"].lower() for a in q["answer"]), (u["name"], q)
                 assert any(o in " ".join(t["content"] for t in u["turns"][:-1]).lower() for o in q["old"]), q
+                if u["set"] == "heldout":   # and not before it (a dev user's hobby, beekeeping, says "beekeep")
+                    assert not any(a in " ".join(t["content"] for t in u["turns"][:-1]).lower() for a in q["answer"]), q
             if q["kind"] == "abstain":
                 assert q["answer"] == gen.ABSTAIN_ANSWERS
 
 
-def test_heldout_users_use_only_heldout_phrasings(gen, bench):
+def test_first_edition_users_and_chats_are_unchanged(bench):
+    first = [{k: v for k, v in u.items() if k not in ("set", "heldout")} for u in bench["users"]
+             if u["set"] != "heldout"]
+    digest = hashlib.sha256(json.dumps(first, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    assert digest == FIRST_EDITION_USERS_SHA256, "the dev and train users changed: their figures would not compare"
+    assert hashlib.sha256((DATA / "memory_chats.jsonl").read_bytes()).hexdigest() == CHATS_SHA256, (
+        "memory_chats.jsonl changed: if on purpose, retrain 05 and update CHATS_SHA256")
+
+
+def test_fresh_users_cover_every_update_and_both_kinds_of_never_said(gen, bench):
+    fresh = [u for u in bench["users"] if u["set"] == "heldout"]
     values = slot_values(gen)
-    train_regexes = [template_regex(t, values) for kinds in gen.PHRASINGS["train"].values() for ts in kinds.values()
-                     for t in ts]
+    asks = {attr: [template_regex(t, values) for t in kinds["ask"]] for attr, kinds in gen.PHRASINGS["heldout"].items()}
+
+    def attr_of(question):
+        return [attr for attr, regexes in asks.items() if any(r.match(question) for r in regexes)]
+
+    updated = [attr_of(q["ask"]) for u in fresh for q in u["questions"] if q["kind"] == "update"]
+    assert {a for found in updated for a in found} == set(gen.UPDATABLE_HELDOUT), updated
+    never = [q["ask"] for u in fresh for q in u["questions"] if q["kind"] == "abstain"]
+    assert sum(q in gen.NEVER_SAID["heldout"] for q in never) >= 5 and sum(bool(attr_of(q)) for q in never) >= 5
+    recalled = {a for u in fresh for q in u["questions"] if q["kind"] == "recall" for a in attr_of(q["ask"])}
+    assert recalled == set(gen.PHRASINGS["heldout"]), recalled   # every kind of fact is asked back somewhere
+    assert sum(len(u["turns"]) < 1 + len([q for q in u["questions"] if q["kind"] != "abstain"]) for u in fresh) >= 5
+    # (some users say two facts in one message)
+
+
+def test_sets_share_no_name_value_phrasing_or_small_talk(gen, bench):
+    values = slot_values(gen)
+    regexes = {pool: [template_regex(t, values) for t in templates_of(gen, pool)] for pool in SETS}
+    words = {pool: pool_words(gen, pool) for pool in SETS}
     for u in bench["users"]:
-        if not u["heldout"]:
-            continue
-        for text in [t["content"] for t in u["turns"]] + [q["ask"] for q in u["questions"]]:
-            assert not any(r.match(text) for r in train_regexes), (u["name"], text)
-            assert not any(re.search(rf"\b{n}\b", text) for n in gen.POOLS["train"]["names"]), (u["name"], text)
+        texts = [t["content"] for t in u["turns"]] + [q["ask"] for q in u["questions"]]
+        for other in SETS:
+            if other == u["set"]:
+                continue
+            for text in texts:
+                assert not any(r.match(text) for r in regexes[other]), (u["name"], other, text)
+                assert not word_hits(words[other], text), (u["name"], other, text, word_hits(words[other], text))
+                if other == "heldout":   # the fresh phrasings' own words are in no dev or train user's messages
+                    assert not any(w and w.lower() in text.lower() for w in map(fixed_words,
+                                                                                 templates_of(gen, "heldout"))), text
+    # the fresh small talk names nothing of any pool and holds no answer of a fresh user
+    keys = {a for u in bench["users"] if u["set"] == "heldout" for q in u["questions"] if q["kind"] != "abstain"
+            for a in q["answer"]}
+    for line in bench["small_talk_heldout"]:
+        assert not any(word_hits(words[pool], line) for pool in SETS), line
+        assert not word_hits(keys, line), (line, word_hits(keys, line))
+        assert line.lower() not in {t["content"].lower() for u in bench["users"] for t in u["turns"]}
 
 
 def test_files_are_reproducible(gen):
