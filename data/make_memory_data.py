@@ -400,7 +400,7 @@ PHRASINGS = {
                   "ask": ["What do I do for fun?", "What do I get up to on my days off?",
                           "What's the thing I do to switch off?", "Any idea what my hobby is?"],
                   "update": ["I've given up my old hobby, it's all {hobby} now.",
-                             "New obsession: {hobby}, I can't stop.",
+                             "Out with the old hobby: my new obsession is {hobby}.",
                              "I got bored of my old pastime and took up {hobby} instead."]},
         "food": {"state": ["Put {food} in front of me and I'm happy.",
                            "Whenever it's my turn to pick dinner, it's {food}.",
@@ -816,7 +816,10 @@ def build_heldout_user(rng, name):
     if rng.random() < 0.5:
         never = rng.choice(NEVER_SAID[pool])
     else:
-        never = ask_fact(rng, pool, rng.choice([a for a in attrs if a not in told]), person)[0]
+        not_said = [a for a in attrs if a not in told]
+        if {"job", "employer"} & set(told):   # "What's my day job?" -> "You work at Oxbow Logistics." is fair
+            not_said = [a for a in not_said if a not in ("job", "employer")]
+        never = ask_fact(rng, pool, rng.choice(not_said), person)[0]
     questions.append({"ask": never, "kind": "abstain", "answer": list(ABSTAIN_ANSWERS)})
     return {"name": name, "set": pool, "heldout": True, "turns": turns, "questions": questions}
 
