@@ -4,6 +4,7 @@
     python companions/04_ablation.py --budget 60 --seeds 2 --variants gpt2,llama
     python companions/04_ablation.py --device cuda --budget 120       # on a GPU (04's GPU preset shape)
     python companions/04_ablation.py --budget 10 --seeds 1            # a smoke test
+    python companions/04_ablation.py --merge out/a out/b --out out/all  # one table from runs made in parallel
 Any other flag goes to 04_minigpt.py unchanged (--data, --n-layer, --lr, --eval-interval, ...).
 
 The variants are cumulative: each adds one change to the one before.
@@ -119,10 +120,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=276.0, help="seconds of training per run (default: 04's 4.6 min)")
     parser.add_argument("--seeds", type=int, default=3, help="runs per variant, seeds 1337, 1338, ...")
+    parser.add_argument("--first-seed", type=int, default=1337, help="the first of the --seeds seeds")
+    parser.add_argument("--merge", nargs="+", metavar="DIR", help="no training: merge the results.json of earlier "
+                        "runs (e.g. one process per variant or seed, run side by side) into one table and plot")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (passed to 04_minigpt.py)")
     parser.add_argument("--variants", default=",".join(STEPS), help=f"comma-separated, from {', '.join(STEPS)}")
     parser.add_argument("--out", default="out/04_ablation", help="folder for results.json, ablation.png, runs/")
     args, passthrough = parser.parse_known_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out), parser)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in STEPS]
     if unknown or not variants:
@@ -150,7 +156,7 @@ def main(argv=None):
             switches["mlp_hidden"] = matched_mlp_hidden(cfg, vocab_size, target)
         params = L.GPT(L.replace(cfg, mlp_hidden=switches.get("mlp_hidden", 0)), vocab_size).num_params()
         results[name] = []
-        for seed in range(1337, 1337 + args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             curve, steps = run_one(name, seed, switches, args, passthrough, out / "runs" / f"{name}_seed{seed}")
             best = min(v for _, v in curve)
             results[name].append({"seed": seed, "params": params, "switches": switches, "steps": steps,
@@ -159,7 +165,12 @@ def main(argv=None):
                   flush=True)
     (out / "results.json").write_text(json.dumps({"budget_s": args.budget, "device": str(device),
                                                    "passthrough": passthrough, "results": results}, indent=1))
-    print(f"\n{'variant':10s} {'parameters':>11s} {'steps':>7s} {'best val (mean +- std)':>24s}  vs gpt2")
+    report(results, out)
+
+
+def report(results, out):
+    """The table (mean +- std of the best validation loss per variant) and the plot."""
+    print(f"\n{'variant':10s} {'parameters':>11s} {'runs':>5s} {'steps':>7s} {'best val (mean +- std)':>24s}  vs gpt2")
     reference = None
     for name, runs in results.items():
         bests = [r["best_val"] for r in runs]
@@ -167,9 +178,32 @@ def main(argv=None):
         std = statistics.stdev(bests) if len(bests) > 1 else 0.0
         reference = mean if reference is None else reference
         steps = statistics.mean(r["steps"] for r in runs)
-        print(f"{name:10s} {runs[0]['params']:>11,} {steps:>7.0f} {mean:>15.4f} +- {std:.4f}  {mean - reference:+.4f}")
+        print(f"{name:10s} {runs[0]['params']:>11,} {len(runs):>5d} {steps:>7.0f} {mean:>15.4f} +- {std:.4f}  "
+              f"{mean - reference:+.4f}")
     plot = save_plot(results, out / "ablation.png")
     print(f"\nwritten: {out / 'results.json'}" + (f", {plot}" if plot else " (matplotlib missing: no plot)"))
+
+
+def merge(folders, out, parser):
+    """Combine the results.json of several runs (same budget and device) into one, in the variants' order."""
+    merged, meta = {name: [] for name in STEPS}, set()
+    for folder in folders:
+        path = Path(folder) / "results.json"
+        if not path.is_file():
+            parser.error(f"{path} not found: pass folders written by earlier runs of this companion")
+        data = json.loads(path.read_text())
+        meta.add((data["budget_s"], data["device"].split(":")[0]))
+        for name, runs in data["results"].items():
+            merged[name].extend(runs)
+    if len(meta) > 1:
+        parser.error(f"the runs differ in budget or device ({sorted(meta)}); merge only comparable runs")
+    merged = {name: sorted(runs, key=lambda r: r["seed"]) for name, runs in merged.items() if runs}
+    out.mkdir(parents=True, exist_ok=True)
+    budget, device = meta.pop()
+    (out / "results.json").write_text(json.dumps({"budget_s": budget, "device": device, "merged_from": folders,
+                                                   "results": merged}, indent=1))
+    print(f"04 ablation, merged from {len(folders)} folders: {budget:g} s per run on {device}")
+    report(merged, out)
 
 
 if __name__ == "__main__":

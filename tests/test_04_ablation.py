@@ -36,3 +36,27 @@ def test_smoke_run_writes_table_json_and_plot(tmp_path):
 def test_unknown_variant_is_one_line(tmp_path):
     proc = run_script("companions/04_ablation.py", "--variants", "gpt2,mamba", "--out", tmp_path, timeout=60)
     assert_one_line_error(proc, code=2, contains="mamba")
+
+
+def test_merge_combines_runs_made_side_by_side(tmp_path):
+    def fake(folder, name, seed, best):
+        folder.mkdir()
+        run = {"seed": seed, "params": 1000, "switches": {}, "steps": 10, "best_val": best, "final_val": best,
+               "curve": [[0.0, 4.0], [1.0, best]]}
+        (folder / "results.json").write_text(json.dumps({"budget_s": 5.0, "device": "cpu",
+                                                         "results": {name: [run]}}))
+    fake(tmp_path / "a", "llama", 1338, 1.5)
+    fake(tmp_path / "b", "gpt2", 1337, 1.7)
+    fake(tmp_path / "c", "llama", 1337, 1.6)
+    proc = run_script("companions/04_ablation.py", "--merge", tmp_path / "a", tmp_path / "b", tmp_path / "c",
+                      "--out", tmp_path / "all", timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    merged = json.loads((tmp_path / "all" / "results.json").read_text())["results"]
+    assert list(merged) == ["gpt2", "llama"] and [r["seed"] for r in merged["llama"]] == [1337, 1338]
+    llama_row = [line for line in proc.stdout.splitlines() if line.startswith("llama")][0]
+    assert "1.5500" in llama_row and "-0.1500" in llama_row  # mean of 1.6 and 1.5, against gpt2's 1.7
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "results.json").write_text(json.dumps({"budget_s": 9.0, "device": "cpu", "results": {}}))
+    bad = run_script("companions/04_ablation.py", "--merge", tmp_path / "a", tmp_path / "d", "--out", tmp_path / "x",
+                     timeout=60)
+    assert_one_line_error(bad, code=2, contains="differ")
