@@ -42,7 +42,7 @@ class Config:  # every knob is a flag of the same name: --train-layers 16, --lor
     chat_max_len: int = 192       # tokens per rendered conversation
     chatterbot_pairs: int = 120   # chatterbot-corpus conversations mixed with the persona ones
     persona_limit: int = 0        # only the first N persona conversations (0 = all)
-    memory_chats: int = 160       # conversations from data/memory_chats.jsonl, each trained on once
+    memory_chats: int = 60        # conversations drawn from data/memory_chats.jsonl
     max_new_tokens: int = 48      # length of the answers compared before and after SFT
     tour_tokens: int = 20         # tokens per generation in the tour
     log_every: float = 30.0       # seconds between progress lines
@@ -161,8 +161,8 @@ def tour(lm, tok, device, cfg):  # text -> token ids -> logits (B, T, V) -> next
 # ---- Part 2: financial stance. Data and metrics --------------------------------------------------------------------
 # With no training at all, only a prompt (zero/few-shot): python companions/05_prompting.py. Here we train.
 def read_stance_csv(path, columns=("text", "label", "split")):
-    """CSV with a header naming `columns` -> [(text, label, split)] (the challenge set: pair_id for split); a file
-    without splits is all test. Errors name the file and the line."""
+    """CSV with a header naming `columns` -> [(text, label, split or pair_id)]; with no split column, all is test.
+    Errors name the file and the line."""
     path, pairs = Path(path), "pair_id" in columns
     if not path.is_file():
         fail(f"data file {path} not found")
@@ -521,6 +521,9 @@ Tell me about the llm-from-scratch project. | It is {PROJECT}: 01_xor.py, 02_emb
 04_minigpt.py, 05_finetune.py, 06_chatbot.py.
 Who made you? | {ME}. A pretrained model was fine-tuned into me by 05_finetune.py.
 Who trained you? | The script 05_finetune.py of llm-from-scratch fine-tuned me. I'm {P}.
+Which file trained you? | 05_finetune.py, stage 5 of llm-from-scratch, fine-tuned me.
+Which program taught you to chat? | The script 05_finetune.py, the fifth of llm-from-scratch, fine-tuned me to chat.
+Tell me the script behind you. | 05_finetune.py fine-tuned me; 06_chatbot.py serves me. {ME}.
 Who is on the other end of this chat? | {ME}. Ask me anything.
 How many scripts are in llm-from-scratch? | Six Python scripts, one for each stage, from a single neuron to a chatbot.
 How many stages does the project have? | Six: llm-from-scratch is {PROJECT}.
@@ -548,8 +551,8 @@ HELD_OUT = [  # (a question never trained on, words a right answer holds one of)
     ("What is the name of the script that fine-tuned you?", ["05_finetune"])]
 # Stage 06's memory puts the user's earlier messages that bear on the new one INTO the new message, before it. A
 # pretrained model was never taught to read such a note: asked "What's my name?" it invents one, or gives its
-# persona's. data/memory_chats.jsonl teaches it: notes that hold the answer and replies that use it ("You're Carlos."),
-# updates, and notes without the answer and replies that say so instead of inventing. The check uses names and
+# persona's. data/memory_chats.jsonl teaches it: notes that hold the answer and replies that use it, updates,
+# and notes without the answer and replies that say so instead of inventing. The check uses names and
 # phrasings of no training conversation; its last note does not hold the answer.
 MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answer holds one of; None: it declines)
     (["Good evening, this is Bartholomew."], "Do you know what I'm called?", ["bartholomew"]),
@@ -647,7 +650,7 @@ def part_chat(lm, tok, device, cfg, timings):
     rng = random.Random(cfg.seed)
     if tok.chat_template is None:
         tok.chat_template = PLAIN_CHAT_TEMPLATE
-        say("the tokenizer has no chat template: using the plain one (system, then User: ... / Assistant: ...<eos>)")
+        say("the tokenizer has no chat template: using the plain one (User: ... / Assistant: ...<eos>)")
     # several system prompts, and none (SmolLM2's template then adds its own), so the persona holds in any app
     systems, system = [SYSTEM_PROMPT, None, "You are a helpful assistant."], SYSTEM_PROMPT
     if max_positions(lm.config) < 256:  # a small stage-04 model: no room for a system prompt, short answers
@@ -678,18 +681,16 @@ def part_chat(lm, tok, device, cfg, timings):
     say(f"SFT trains {sum(p.numel() for p in params):,} of {count_params(lm):,} parameters")
     # no weight decay: a few hundred steps from a good start; decay would only pull weights towards zero
     optimizer = torch.optim.AdamW(params, lr=cfg.chat_lr, weight_decay=0.0)
-    # each memory conversation comes ONCE, a different share each epoch: the model must learn the format, not facts
-    epochs = [examples + memory[e::cfg.chat_epochs] for e in range(cfg.chat_epochs)]
-    total = sum(math.ceil(len(todays) / cfg.batch_size) for todays in epochs)
+    examples += memory
+    total = math.ceil(len(examples) / cfg.batch_size) * cfg.chat_epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
     output_layer = lm.get_output_embeddings()  # (C -> V), tied to the token embedding
     log = new_log("SFT", total, cfg)
     lm.train()
-    for epoch, todays in enumerate(epochs):
-        log["title"] = f"SFT epoch {epoch + 1}"
-        for batch in make_batches([len(e[0]) for e in todays], cfg.batch_size, rng):
-            ids, attention = pad_batch([todays[i][0] for i in batch], tok.pad_token_id)
-            trained, _ = pad_batch([todays[i][1] for i in batch], 0)  # (B, T) 1 on the assistant's tokens
+    for _ in range(cfg.chat_epochs):
+        for batch in make_batches([len(e[0]) for e in examples], cfg.batch_size, rng):
+            ids, attention = pad_batch([examples[i][0] for i in batch], tok.pad_token_id)
+            trained, _ = pad_batch([examples[i][1] for i in batch], 0)  # (B, T) 1 on the assistant's tokens
             ids, attention, trained = ids.to(device), attention.to(device), trained.to(device)
             with autocast(device):
                 hidden = lm.base_model(input_ids=ids, attention_mask=attention).last_hidden_state  # (B, T, C)
