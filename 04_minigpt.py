@@ -1,10 +1,9 @@
-"""Stage 04: your own GPT. Build GPT-2 line by line, then the four changes that make it a Llama-style model (rotary
-positions, RMSNorm, SwiGLU, grouped-query attention); train it (AdamW, warm-up + cosine, clipping, accumulation,
-bf16), sample from it (temperature, top-k, top-p, a KV cache that gives the same tokens faster), resume it exactly,
-and hand it to Hugging Face (its export loads in transformers as GPT-2 or as Llama).
+"""Stage 04: your own GPT. Build GPT-2 line by line, then the four changes that make it a Llama-style model (RoPE,
+RMSNorm, SwiGLU, grouped-query attention); train it (AdamW, warm-up + cosine, clipping, accumulation, bf16), sample
+(temperature, top-k, top-p, a KV cache), resume exactly, and export to Hugging Face (loads as Llama or GPT-2).
 
     python 04_minigpt.py                        # CPU: ~5 minutes on tiny-shakespeare, then sample and export
-    python 04_minigpt.py --arch llama           # the same with RoPE, RMSNorm, SwiGLU and GQA
+    python 04_minigpt.py --arch gpt2            # GPT-2's block (learned positions, LayerNorm, GELU, biases)
     python 04_minigpt.py --resume               # continue out/04_minigpt/ckpt.pt exactly
     python 04_minigpt.py --sample-only --prompt "ROMEO:" --num-tokens 300
     python 04_minigpt.py --data my.txt --max-minutes 1
@@ -30,12 +29,12 @@ knob = lambda default, help, choices=None: field(default=default, metadata={"hel
 @dataclass
 class Config:
     data: str = knob("", "UTF-8 text file to train on (empty: tiny-shakespeare)")
-    arch: str = knob("gpt2", "gpt2, or llama: sets the five switches below at once", ["gpt2", "llama"])
-    pos: str = knob("learned", "positions: learned vectors, or rotary (rope)", ["learned", "rope"])
-    norm: str = knob("layer", "LayerNorm, or RMSNorm (rms)", ["layer", "rms"])
-    mlp: str = knob("gelu", "MLP: gelu, or the gated swiglu", ["gelu", "swiglu"])
-    n_kv_head: int = knob(0, "key/value heads (grouped-query attention; 0 = n_head)")
-    bias: bool = knob(True, "biases in the linear layers and LayerNorms")
+    arch: str = knob("llama", "llama (the switches below), or gpt2 (learned, layer, gelu, biases)", ["gpt2", "llama"])
+    pos: str = knob("rope", "positions: rotary (rope), or learned vectors", ["learned", "rope"])
+    norm: str = knob("rms", "RMSNorm (rms), or LayerNorm", ["layer", "rms"])
+    mlp: str = knob("swiglu", "MLP: the gated swiglu, or gelu", ["gelu", "swiglu"])
+    n_kv_head: int = knob(0, "key/value heads (grouped-query attention; 0 = n_head / 2 for llama, n_head for gpt2)")
+    bias: bool = knob(False, "biases in the linear layers and LayerNorms")
     n_layer: int = knob(4, "transformer blocks")
     n_head: int = knob(4, "attention heads per block")
     n_embd: int = knob(128, "width of the residual stream (divisible by n_head)")
@@ -80,7 +79,7 @@ class Config:
 # and a strong weight decay. CPU (above): with little arithmetic, many small steps of a small model, on the clock.
 GPU = dict(n_layer=6, n_head=6, n_embd=384, block_size=512, dropout=0.25, batch_size=64, lr=1.5e-3, min_lr=1e-4,
            max_iters=2000, max_minutes=0.0, weight_decay=1.0, eval_interval=100, eval_iters=25, log_interval=100)
-LLAMA = dict(pos="rope", norm="rms", mlp="swiglu", bias=False)  # and n_kv_head = n_head / 2 (see make_config)
+GPT2 = dict(pos="learned", norm="layer", mlp="gelu", bias=True)  # --arch gpt2: GPT-2's block, all K/V heads
 PER_RUN = {"resume", "interrupt_at", "device", "threads", "out", "sample_only", "checkpoint", "export"}
 SHAPE = ("arch", "pos", "norm", "mlp", "n_kv_head", "bias", "n_layer", "n_head", "n_embd",
          "mlp_hidden")  # a checkpoint's model keeps these, whatever the flags say
@@ -114,7 +113,6 @@ class Tokenizer:
     """Text <-> ids, one id per character of the training text, then <|endoftext|> (05 and 06 need an end of text)
     and <unk> (characters never seen). (GPT-2's BPE tokens: companions/04_gpt2.py.)"""
     kind = "char"
-
     def __init__(self, chars):
         self.chars, self.itos = "".join(chars), list(chars) + [EOS_TOKEN, UNK_TOKEN]
         self.stoi = {ch: i for i, ch in enumerate(self.chars)}
@@ -179,12 +177,12 @@ class CausalSelfAttention(nn.Module):
         # nh small attention patterns (one may follow the previous character, another the speaker's name)
         B, T, C = x.shape
         hs = C // self.n_head
-        q, k, v = self.c_attn(x).split([self.n_head * hs, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
-        # view cuts C into nh chunks of hs; transpose puts the heads beside the batch: B * nh independent problems
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)                 # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)              # (B, nkv, T, hs)
-        v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)              # (B, nkv, T, hs)
-        q, k = (rotate(q, *rope), rotate(k, *rope)) if rope else (q, k)  # RoPE: turn q, k by their positions
+        # view cuts the output into heads of hs features: nh query heads, then nkv key heads, then nkv value heads
+        qk, v = self.c_attn(x).view(B, T, -1, hs).split([self.n_head + self.n_kv_head, self.n_kv_head], dim=2)
+        qk = rotate(qk, *rope) if rope else qk      # RoPE: turn every query and key head by its position
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=2)            # (B, T, nh, hs), (B, T, nkv, hs)
+        # transpose puts the heads beside the batch: B * nh independent attention problems
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs), (B, nkv, T, hs) x2
         start = 0  # absolute position of this call's first token: 0 unless a KV cache holds earlier tokens
         if cache is not None:  # step 2, for generation: see KVCache below
             start, k, v = cache.append(self.layer_index, k, v)            # k, v: (B, nkv, start + T, hs)
@@ -218,9 +216,10 @@ def rotate(x, cos, sin):
     """RoPE: read features (i, i + hs/2) of each head as a complex number a + ib and multiply it by e^(i angle).
     Rotations keep lengths, and q.k after turning q by angle(m) and k by angle(n) depends only on m - n: scores see
     relative positions, and nothing is added to the residual stream. Low i turn fast (nearby order), high i slowly
-    (distance). x: (B, h, T, hs); cos, sin: (T, hs/2)."""
-    a, b = x.float().chunk(2, dim=-1)                                   # (B, h, T, hs/2) each
-    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1).type_as(x)  # (a + ib)(cos + i sin)
+    (distance). x: (B, T, heads, hs); cos, sin: (T, 1, hs/2), broadcast over batch and heads."""
+    a, b = x.chunk(2, dim=-1)                                           # (B, T, heads, hs/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)                         # bf16 under autocast, like q and k
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)   # (a + ib)(cos + i sin), (B, T, heads, hs)
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * gain: LayerNorm without subtracting the mean and without a bias. Rescaling is
@@ -229,8 +228,10 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):  # the mean of squares in fp32, even under bf16 autocast
-        return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+    def forward(self, x):  # in fp32, even under bf16 autocast; PyTorch's own op (fewer kernels) where it has one
+        return getattr(F, "rms_norm", rms_norm)(x.float(), x.shape[-1:], self.weight, self.eps).type_as(x)
+def rms_norm(x, shape, weight, eps):  # the formula, written out (tests check F.rms_norm against it)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 def make_norm(cfg):  # LayerNorm(x) = (x - mean) / sqrt(var + eps) * gain + bias, over each token's C features
     return nn.LayerNorm(cfg.n_embd, eps=1e-5, bias=cfg.bias) if cfg.norm == "layer" else RMSNorm(cfg.n_embd)
 
@@ -276,8 +277,7 @@ class GPT(nn.Module):
             wte=nn.Embedding(vocab_size, cfg.n_embd),          # token embedding    (V, C)
             # attention is blind to order (it sums over a set of keys): each position adds a learned vector
             **({"wpe": nn.Embedding(cfg.block_size, cfg.n_embd)} if cfg.pos == "learned" else {}),  # (T, C)
-            drop=nn.Dropout(cfg.dropout),
-            h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
+            drop=nn.Dropout(cfg.dropout), h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
             ln_f=make_norm(cfg),                               # pre-norm leaves the top un-normalised
         ))
         if cfg.pos == "rope":  # buffers, not parameters: fixed angles, rebuilt here rather than saved
@@ -315,7 +315,7 @@ class GPT(nn.Module):
         if self.cfg.pos == "learned":
             x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))  # + (T, C) broadcast
         else:
-            rope = self.rope_cos[start:start + T], self.rope_sin[start:start + T]          # (T, hs/2) each
+            rope = self.rope_cos[start:start + T, None], self.rope_sin[start:start + T, None]  # (T, 1, hs/2)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, cache, rope)                                      # (B, T, C)
@@ -514,7 +514,7 @@ def generate(model, prompt_ids, max_new_tokens, temperature=0.8, top_k=0, top_p=
     half a context (the cache is refilled); the uncached path recomputes the same windows: identical tokens."""
     device, n_positions = model.transformer.wte.weight.device, model.cfg.block_size
     generator = torch.Generator(device=device).manual_seed(seed)  # repeatable draws
-    ids, cache, new_ids = list(prompt_ids) or [0], None, []  # the model needs at least one input token
+    ids, cache = list(prompt_ids) or [0], None  # the model needs at least one input token
     window_start = max(0, len(ids) - n_positions)
     for _ in range(max_new_tokens):
         if len(ids) - window_start > n_positions:     # outgrew the context: jump the window forward
@@ -526,8 +526,7 @@ def generate(model, prompt_ids, max_new_tokens, temperature=0.8, top_k=0, top_p=
             cache = cache or KVCache(model, 1)
             logits, _ = model.eval()(torch.tensor([chunk], device=device), cache=cache, last_only=True)  # (1, 1, V)
         ids.append(int(pick_next_token(logits[:, -1], temperature, top_k, top_p, generator)))
-        new_ids.append(ids[-1])
-    return new_ids
+    return ids[len(ids) - max_new_tokens:]  # the new ones
 def timed_generate(model, *args, **kwargs):
     """(ids, seconds) of one generate() call; int() of each token already waited for the GPU."""
     t0 = time.perf_counter()
@@ -540,8 +539,8 @@ def check_kv_cache(model, prompt_ids, n_tokens, log):
     sample = dict(temperature=1.0, top_k=50, top_p=0.9, seed=7)  # sampled: compares the whole distributions
     same_sampled = generate(model, prompt_ids, n_tokens, **sample) == generate(model, prompt_ids, n_tokens,
                                                                                use_cache=False, **sample)
-    same_greedy = greedy_cached == greedy_plain
-    log(f"check: KV cache vs no cache, {n_tokens} new tokens: greedy {'identical' if same_greedy else 'DIFFERENT'}, "
+    log(f"check: KV cache vs no cache, {n_tokens} new tokens: greedy "
+        f"{'identical' if (same_greedy := greedy_cached == greedy_plain) else 'DIFFERENT'}, "
         f"sampled (same seed) {'identical' if same_sampled else 'DIFFERENT'}; {n_tokens / t_cached:,.0f} vs "
         f"{n_tokens / t_plain:,.0f} tokens/s")
     return same_greedy and same_sampled, t_plain / max(t_cached, 1e-9)
@@ -615,13 +614,12 @@ def hf_model_for(model, eos):
             intermediate_size=model.transformer.h[0].mlp.c_fc.out_features, num_attention_heads=cfg.n_head,
             num_key_value_heads=nkv, max_position_embeddings=cfg.block_size, rms_norm_eps=1e-5,
             attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=True, **ids))
-        renamed = {}
-        for key, w in state.items():
+        state, ours_by_name = {}, state
+        for key, w in ours_by_name.items():
             for ours, theirs in LLAMA_NAMES.items():
                 key = key.replace(ours, theirs)
             parts = zip("qkv", w.split([cfg.n_head * hs, nkv * hs, nkv * hs])) if "c_attn" in key else [("", w)]
-            renamed.update({key.replace("attn.c_attn", f"self_attn.{q}_proj"): part for q, part in parts})
-        state = renamed
+            state.update({key.replace("attn.c_attn", f"self_attn.{q}_proj"): part for q, part in parts})
     else:
         return None
     missing, unexpected = hf.load_state_dict(state, strict=False)
@@ -696,16 +694,18 @@ def check_config(cfg, error):
 def make_config(given, device, saved=None):
     """CPU defaults <- the GPU preset on a GPU <- --arch's switches <- a checkpoint's config <- the flags given."""
     values = {**asdict(Config()), **(GPU if device.type != "cpu" else {})}
-    if given.get("arch") == "llama" and not saved:  # GQA with half as many K/V heads when n_head allows it
+    if not saved:  # --arch sets the switches (a checkpoint's saved ones win below), then single flags override
         n_head = given.get("n_head", values["n_head"])
-        values.update(LLAMA, n_kv_head=n_head // 2 if n_head % 2 == 0 else n_head)
+        values.update(GPT2 if given.get("arch", values["arch"]) == "gpt2" else  # llama: GQA, half the K/V heads
+                      dict(n_kv_head=n_head // 2 if n_head % 2 == 0 else n_head))
     values.update({k: v for k, v in (saved or {}).items() if k in values and k not in PER_RUN})
     return Config(**{**values, **given})
 def run(given, error):
     """Everything `python 04_minigpt.py` does; returns the exit code."""
-    cfg = make_config(given, torch.device("cpu"))
+    device = pick_device(given.get("device", "auto"))  # first: on a GPU the GPU preset's defaults apply
+    cfg = make_config(given, device)
     check_config(cfg, error)
-    device, out, log = pick_device(cfg.device), Path(cfg.out), print
+    out, log = Path(cfg.out), print
     torch.set_num_threads(cfg.threads or torch.get_num_threads())  # default: PyTorch's own, one per core
     out.mkdir(parents=True, exist_ok=True)
     path = Path(cfg.resume if cfg.resume not in ("", "auto") else cfg.checkpoint or out / (

@@ -8,12 +8,12 @@
 Any other flag goes to 04_minigpt.py unchanged (--data, --n-layer, --lr, --eval-interval, ...).
 
 The variants are cumulative: each adds one change to the one before.
-    gpt2     learned positions, LayerNorm, GELU MLP, multi-head attention, biases (04's default)
+    gpt2     learned positions, LayerNorm, GELU MLP, multi-head attention, biases (04's --arch gpt2)
     rope     + rotary positions instead of learned ones
     rmsnorm  + RMSNorm instead of LayerNorm
     swiglu   + SwiGLU MLP instead of GELU
     gqa      + grouped-query attention (half as many K/V heads)
-    llama    + no biases: the Llama architecture (the same as --arch llama)
+    llama    + no biases: the Llama architecture (04's default, --arch llama)
 Every variant gets the same parameter count as gpt2 (within about 1%): the MLP's width (--mlp-hidden) absorbs what
 a change adds or removes (learned positions, a third MLP matrix, fewer K/V heads, biases). Each (variant, seed) is
 a fresh `python 04_minigpt.py` process with the same time budget (--max-minutes), so a change that makes steps
@@ -78,7 +78,8 @@ def flags_of(switches):
 
 def run_one(name, seed, switches, args, passthrough, folder):
     """One training run in a fresh process; returns its evaluations as (seconds of training, val loss)."""
-    cmd = [sys.executable, str(ROOT / "04_minigpt.py"), *passthrough, *flags_of(switches), "--seed", str(seed),
+    cmd = [sys.executable, str(ROOT / "04_minigpt.py"), *passthrough, "--arch", "gpt2", *flags_of(switches),
+           "--seed", str(seed),
            "--max-minutes", str(args.budget / 60), "--device", args.device, "--out", str(folder), "--no-export",
            "--no-plots", "--check-tokens", "0", "--num-tokens", "0"]
     proc = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True)
@@ -135,7 +136,7 @@ def main(argv=None):
         parser.error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(STEPS)}")
     if args.budget <= 0 or args.seeds < 1:
         parser.error("need --budget > 0 and --seeds >= 1")
-    given = vars(L.build_parser().parse_known_args(passthrough)[0])
+    given = {**vars(L.build_parser().parse_known_args(passthrough)[0]), "arch": "gpt2"}  # variants build on gpt2
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     base = L.make_config(given, device)

@@ -102,8 +102,7 @@ def main(argv=None):
     if args.bench_kv <= 0 and args.mfu <= 0:
         parser.error("pass --bench-kv N or --mfu STEPS (positive)")
     try:
-        cfg = L.make_config(given, torch.device("cpu"))
-        device = L.pick_device(cfg.device)
+        device = L.pick_device(given.get("device", "auto"))
         cfg = L.make_config(given, device)
         L.check_config(cfg, parser.error)
         if cfg.threads:

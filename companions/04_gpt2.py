@@ -88,9 +88,9 @@ def load_hf_gpt2(name_or_dir, cfg, given, log):
     block_size = given.get("block_size", hc.n_positions)
     if block_size > hc.n_positions:
         raise L.UserError(f"--block-size {block_size} is larger than the model's {hc.n_positions} positions")
-    gpt2 = L.Config()  # GPT-2's switches: learned positions, LayerNorm, GELU, multi-head, biases
+    # GPT-2's switches: learned positions, LayerNorm, GELU, multi-head attention (all K/V heads), biases
     cfg = replace(cfg, n_layer=hc.n_layer, n_head=hc.n_head, n_embd=hc.n_embd, block_size=block_size, arch="gpt2",
-                  **{k: getattr(gpt2, k) for k in ("pos", "norm", "mlp", "n_kv_head", "bias", "mlp_hidden")})
+                  n_kv_head=0, mlp_hidden=0, **L.GPT2)
     model, theirs = L.GPT(cfg, hc.vocab_size), hf_model.state_dict()
     with torch.no_grad():
         for name, w in model.state_dict().items():

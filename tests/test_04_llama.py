@@ -41,12 +41,12 @@ def randomise_vectors(model, scale=0.1):
 def test_rope_equals_a_direct_complex_rotation():
     hs, T = 8, 11
     cos, sin = m.rope_angles(T, hs)
-    x = torch.randn(2, 3, T, hs)
-    ours = m.rotate(x, cos, sin)
+    x = torch.randn(2, T, 3, hs)                                                 # (B, T, heads, hs)
+    ours = m.rotate(x, cos[:, None], sin[:, None])                               # cos, sin: (T, 1, hs/2)
     # the same rotation written with complex numbers: z = a + ib for the pair (i, i + hs/2), times e^(i p theta_i)
     z = torch.complex(x[..., :hs // 2], x[..., hs // 2:])
     theta = 10000.0 ** (-torch.arange(0, hs, 2).float() / hs)
-    angle = torch.arange(T).float()[:, None] * theta[None, :]                    # (T, hs/2)
+    angle = torch.arange(T).float()[:, None, None] * theta                        # (T, 1, hs/2)
     turned = z * torch.polar(torch.ones_like(angle), angle)
     assert torch.allclose(ours, torch.cat([turned.real, turned.imag], dim=-1), atol=1e-6)
     # rotations keep lengths, and q.k depends only on the distance between the two positions
@@ -63,6 +63,7 @@ def test_rmsnorm_equals_torch():
     x = torch.randn(4, 5, 16)
     expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
     assert torch.allclose(norm(x), expected, atol=1e-6)
+    assert torch.allclose(m.rms_norm(x, (16,), norm.weight, 1e-5), expected, atol=1e-6)  # the lesson's written formula
     if hasattr(F, "rms_norm"):
         assert torch.allclose(norm(x), F.rms_norm(x, (16,), norm.weight, eps=1e-5), atol=1e-6)
 
@@ -74,7 +75,7 @@ def test_swiglu_equals_its_formula_and_keeps_the_weight_count():
     wg, wu, wd = mlp.c_gate.weight, mlp.c_fc.weight, mlp.c_proj.weight
     expected = (F.silu(x @ wg.T) * (x @ wu.T)) @ wd.T
     assert torch.allclose(mlp(x), expected, atol=1e-6)
-    gelu = sum(p.numel() for p in m.MLP(m.Config(n_embd=48, bias=False)).parameters())
+    gelu = sum(p.numel() for p in m.MLP(m.Config(n_embd=48, mlp="gelu", bias=False)).parameters())
     assert abs(sum(p.numel() for p in mlp.parameters()) - gelu) <= 0.02 * gelu  # 8C/3 wide: about the same size
 
 
@@ -83,8 +84,8 @@ def test_grouped_query_attention_equals_multi_head_with_shared_heads(n_kv_head):
     """n_kv_head == n_head is multi-head attention; fewer K/V heads equal multi-head attention whose K/V weights
     are copied across each group of query heads."""
     torch.manual_seed(0)
-    gqa = m.CausalSelfAttention(m.Config(n_embd=32, n_head=4, n_kv_head=n_kv_head), 0).eval()
-    mha = m.CausalSelfAttention(m.Config(n_embd=32, n_head=4), 0).eval()
+    gqa = m.CausalSelfAttention(m.Config(n_embd=32, n_head=4, n_kv_head=n_kv_head, **m.GPT2), 0).eval()
+    mha = m.CausalSelfAttention(m.Config(n_embd=32, n_head=4, **m.GPT2), 0).eval()
     hs, group = 8, 4 // n_kv_head
     with torch.no_grad():
         q, k, v = gqa.c_attn.weight.split([32, n_kv_head * hs, n_kv_head * hs])
@@ -158,7 +159,12 @@ def test_arch_llama_sets_the_switches_and_flags_override():
     assert (cfg.pos, cfg.norm, cfg.mlp, cfg.bias, cfg.n_kv_head) == ("rope", "rms", "swiglu", False, 2)
     cfg = m.make_config({"arch": "llama", "n_kv_head": 4, "bias": True}, torch.device("cpu"))
     assert (cfg.n_kv_head, cfg.bias) == (4, True)
-    assert m.make_config({}, torch.device("cpu")).pos == "learned"
+    cfg = m.make_config({}, torch.device("cpu"))  # llama is the default
+    assert (cfg.arch, cfg.pos, cfg.norm, cfg.mlp, cfg.bias, cfg.n_kv_head) == ("llama", "rope", "rms", "swiglu", False, 2)
+    cfg = m.make_config({"arch": "gpt2"}, torch.device("cpu"))
+    assert (cfg.pos, cfg.norm, cfg.mlp, cfg.bias, cfg.n_kv_head) == ("learned", "layer", "gelu", True, 0)
+    cfg = m.make_config({"n_kv_head": 3}, torch.device("cuda"))  # the GPU preset's 6 heads: 3 K/V heads are valid
+    assert (cfg.n_head, cfg.n_kv_head) == (6, 3)
 
 
 def test_llama_cli_exact_resume_and_export(text_file, tmp_path):

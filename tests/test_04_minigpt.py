@@ -33,9 +33,9 @@ def one_thread():
 
 
 def tiny_model(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32, seed=0, **arch):
-    """A small random model; arch: the switches (pos, norm, mlp, n_kv_head, bias, mlp_hidden)."""
+    """A small random model, GPT-2's block unless arch (pos, norm, mlp, n_kv_head, bias, mlp_hidden) says else."""
     torch.manual_seed(seed)
-    cfg = m.Config(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, **arch)
+    cfg = m.Config(block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, **{**m.GPT2, **arch})
     return m.GPT(cfg, vocab_size).eval()
 
 
@@ -246,20 +246,28 @@ def test_export_roundtrip(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # The script end to end: golden trace, train, exact resume, Ctrl-C, sample-only
 # ---------------------------------------------------------------------------------------------------------------
-# The first 30 training losses of a tiny CPU run at seed 1337 (computed once with this code). A change to the
-# initialisation, the batches, the loss or its scaling changes them.
-GOLDEN_LOSSES = [3.444177, 3.323587, 3.230813, 3.111331, 3.148209, 3.002480, 3.073838, 2.970175, 2.829944, 2.873259,
-                 2.892451, 2.892712, 2.866184, 2.725344, 2.671449, 2.707959, 2.635359, 2.691427, 2.603820, 2.655206,
-                 2.523358, 2.674481, 2.459622, 2.628772, 2.570009, 2.489370, 2.581240, 2.336344, 2.497499, 2.436622]
+# The first 30 training losses of a tiny CPU run at seed 1337, for each architecture (computed once with this code).
+# A change to the initialisation, the batches, the loss or its scaling, RoPE or the norms changes them.
+GOLDEN_LOSSES = {
+    "gpt2": [3.444177, 3.323587, 3.230813, 3.111331, 3.148209, 3.002480, 3.073838, 2.970175, 2.829944, 2.873259,
+             2.892451, 2.892712, 2.866184, 2.725344, 2.671449, 2.707959, 2.635359, 2.691427, 2.603820, 2.655206,
+             2.523358, 2.674481, 2.459622, 2.628772, 2.570009, 2.489370, 2.581240, 2.336344, 2.497499, 2.436622],
+    "llama": [3.452246, 3.342109, 3.209417, 3.101028, 3.153491, 3.041941, 3.014423, 3.049351, 2.798082, 2.852245,
+              2.915387, 2.883099, 2.835253, 2.695579, 2.647060, 2.688020, 2.613804, 2.647215, 2.520028, 2.617741,
+              2.564519, 2.645181, 2.406164, 2.566247, 2.520415, 2.494782, 2.570441, 2.357757, 2.434580, 2.431828],
+}
 
 
-def test_golden_trace_first_30_losses(text_file, tmp_path):
-    proc = run_script("04", "--data", text_file, *TINY, "--max-iters", "30", "--eval-interval", "1000",
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_golden_trace_first_30_losses(text_file, tmp_path, arch):
+    flags = [] if arch == "llama" else ["--arch", arch]  # llama is the default
+    proc = run_script("04", "--data", text_file, *TINY, *flags, "--max-iters", "30", "--eval-interval", "1000",
                       "--log-interval", "1", "--no-export", "--out", tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"model: {arch} (" in proc.stdout
     losses = json.loads((tmp_path / "history.json").read_text())["losses"]
     assert len(losses) == 30
-    assert losses == pytest.approx(GOLDEN_LOSSES, abs=1e-4), losses
+    assert losses == pytest.approx(GOLDEN_LOSSES[arch], abs=1e-4), losses
 
 
 def test_train_then_exact_resume(text_file, tmp_path):
