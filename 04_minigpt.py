@@ -75,10 +75,10 @@ class Config:
     no_export: bool = knob(False, "skip the Hugging Face export")
     no_plots: bool = knob(False, "skip the loss-curve PNG")
 
-# GPU: nanoGPT's shakespeare_char shape, 512 tokens of context; it sees the text ~40 times and overfits, so dropout
+# GPU: nanoGPT's shakespeare_char shape, 512 tokens of context; it sees the text ~30 times and overfits, so dropout
 # and a strong weight decay. CPU (above): with little arithmetic, many small steps of a small model, on the clock.
 GPU = dict(n_layer=6, n_head=6, n_embd=384, block_size=512, dropout=0.25, batch_size=64, lr=1.5e-3, min_lr=1e-4,
-           max_iters=2000, max_minutes=0.0, weight_decay=1.0, eval_interval=100, eval_iters=25, log_interval=100)
+           max_iters=1000, max_minutes=0.0, weight_decay=1.0, eval_interval=100, eval_iters=25, log_interval=100)
 GPT2 = dict(pos="learned", norm="layer", mlp="gelu", bias=True)  # --arch gpt2: GPT-2's block, all K/V heads
 PER_RUN = {"resume", "interrupt_at", "device", "threads", "out", "sample_only", "checkpoint", "export"}
 SHAPE = ("arch", "pos", "norm", "mlp", "n_kv_head", "bias", "n_layer", "n_head", "n_embd",
