@@ -19,12 +19,12 @@ def test_variants_are_cumulative_and_parameter_matched():
         hidden = a.matched_mlp_hidden(variant, 66, target) if name != "gpt2" else 0
         params = a.L.GPT(a.L.replace(variant, mlp_hidden=hidden), 66).num_params()
         assert abs(params - target) <= 0.01 * target, (name, params, target)
-        if name != "gpt2":  # the GPU's widths: multiples of 64, within 2% at the GPU preset's width
+        if name != "gpt2":  # the GPU's widths: multiples of 64, within half a step of 64 (2.1%) at the GPU preset's width
             gpu = a.L.make_config({"arch": "gpt2"}, torch.device("cuda"))
             variant = a.L.replace(gpu, **a.variant_switches(name, gpu.n_head))
             hidden = a.matched_mlp_hidden(variant, 66, a.L.GPT(gpu, 66).num_params(), 64)
             gpu_params = a.L.GPT(a.L.replace(variant, mlp_hidden=hidden), 66).num_params()
-            assert hidden % 64 == 0 and abs(gpu_params - 10_869_504) <= 0.02 * 10_869_504, (name, hidden, gpu_params)
+            assert hidden % 64 == 0 and abs(gpu_params - 10_869_504) <= 0.021 * 10_869_504, (name, hidden, gpu_params)
 
 
 def test_smoke_run_writes_table_json_and_plot(tmp_path):
