@@ -153,6 +153,8 @@ def read_users(path=DATA):
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         users, small_talk = data["users"], [str(s) for s in data["small_talk"]]
+        # the fresh held-out users (set "heldout") get their own small talk, written apart from everything else
+        small_talk = {"other": small_talk, "heldout": [str(s) for s in data.get("small_talk_heldout") or small_talk]}
         for user in users:
             assert user["name"] and user["turns"] and user["questions"] and small_talk
             assert all(q["kind"] in ("recall", "update", "abstain") and q["answer"] for q in user["questions"])
@@ -194,7 +196,8 @@ def small_talk_replies(engine, lines, sampling, say=print):
 def conversation_of(user, small_talk, replies, offset):
     """The user's statements with small talk between them and before the questions (the bot's replies fixed)."""
     conversation = chat.Conversation(system_prompt=chat.SYSTEM, memory_at="off")
-    talk = (small_talk[(offset + i) % len(small_talk)] for i in range(10_000))
+    lines = small_talk["heldout" if user.get("set") == "heldout" else "other"]
+    talk = (lines[(offset + i) % len(lines)] for i in range(10_000))
     for n, turn in enumerate(user["turns"]):
         conversation.messages += [{"role": "user", "content": turn["content"]},
                                   {"role": "assistant", "content": STATED_REPLY}]
@@ -310,7 +313,8 @@ def main():
               f"{sum(len(u['questions']) for u in users)} questions, windows {contexts}, base model {engine.model_id}",
               flush=True)
         chat.warm_up(engine)
-        replies = small_talk_replies(engine, sorted(set(small_talk)), greedy())
+        wanted = {"heldout" if u.get("set") == "heldout" else "other" for u in users}
+        replies = small_talk_replies(engine, sorted({line for key in wanted for line in small_talk[key]}), greedy())
         results = []
         for context in contexts:
             for condition in ("none", "regex", "retrieval"):

@@ -84,3 +84,18 @@ def test_the_command_reports_every_condition_and_writes_json(tmp_path):
     assert retrieval["memory_ms_per_turn"] > 0 and result["results"][0]["summary"]["memory_ms_per_turn"] == 0
     proc = run_script("companions/06_memory_eval.py", "--data", tmp_path / "missing.json", timeout=120)
     assert_one_line_error(proc, code=2, contains="make_memory_data.py")
+
+
+def test_fresh_heldout_users_get_their_own_small_talk(tmp_path):
+    path = tmp_path / "eval.json"
+    user = lambda name, kind: {"name": name, "set": kind, "heldout": kind == "heldout",
+                               "turns": [{"role": "user", "content": f"I'm {name}."}],
+                               "questions": [{"ask": "Who am I?", "kind": "recall", "answer": [name.lower()]}]}
+    path.write_text(json.dumps({"small_talk": ["Old line one.", "Old line two."],
+                                "small_talk_heldout": ["Fresh line one.", "Fresh line two."],
+                                "users": [user("Ada", "dev"), user("Bea", "heldout")]}), encoding="utf-8")
+    users, small_talk = evaluation.read_users(path)
+    replies = {line: "ok" for lines in small_talk.values() for line in lines}
+    said = lambda u: {m["content"] for m in evaluation.conversation_of(u, small_talk, replies, 0).messages}
+    assert said(users[0]) & {"Old line one.", "Old line two."} and not said(users[0]) & set(small_talk["heldout"])
+    assert said(users[1]) & {"Fresh line one.", "Fresh line two."} and not said(users[1]) & set(small_talk["other"])
