@@ -87,14 +87,9 @@ def int_list(text):
     return [int(v) for v in values]
 
 
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return int(text)
-
-
 def main(argv=None):
+    lesson = load_lesson()
+    positive_int = lesson.positive_int  # the lesson's argparse type (int_list above differs: longer T allowed)
     parser = argparse.ArgumentParser(description="Memory and time of naive vs tiled attention vs torch SDPA.")
     parser.add_argument("--lengths", type=int_list, default=list(LENGTHS), help="sequence lengths T, e.g. 256,512")
     parser.add_argument("--block", type=positive_int, default=BLOCK, help="tile size of the tiled attention")
@@ -106,7 +101,6 @@ def main(argv=None):
     if unknown and not all(u.startswith("-f") or u.endswith(".json") for u in unknown):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     torch.set_num_threads(args.threads)
-    lesson = load_lesson()
     print(f"float32, causal, head size {args.head_dim}, torch threads {torch.get_num_threads()}. "
           f"Naive holds T x T scores; tiled one {args.block} x {args.block} tile.")
     print(f"  {'T':>6} | {'peak MB naive':>13} {'tiled':>7} | {'ms naive':>9} {'tiled':>8} {'torch SDPA':>11}")

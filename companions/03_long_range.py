@@ -48,22 +48,9 @@ def lstm_with_forget_bias(lesson, forget_bias):
     return build
 
 
-def int_list(text):
-    """argparse type: '8,16,32' -> [8, 16, 32], each from 1 to 4096 (the LSTM walks long sequences slowly)."""
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values or not all(v.isdigit() and 1 <= int(v) <= 4096 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers from 1 to 4096 like 8,16,32; got {text!r}")
-    return [int(v) for v in values]
-
-
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return int(text)
-
-
 def main(argv=None):
+    lesson = load_lesson()  # its argparse types too: the same rules for the same flags
+    int_list, positive_int = lesson.int_list, lesson.positive_int
     parser = argparse.ArgumentParser(description="Lesson 03's attention vs LSTM experiment with another LSTM init.")
     parser.add_argument("--lstm-forget-bias", type=float, default=LSTM_FORGET_BIAS, help="initial forget-gate bias")
     parser.add_argument("--lengths", type=int_list, default=list(LENGTHS), help="sequence lengths T, e.g. 8,16,32")
@@ -77,7 +64,6 @@ def main(argv=None):
     if not math.isfinite(args.lstm_forget_bias):
         parser.error(f"--lstm-forget-bias must be a finite number; got {args.lstm_forget_bias}")
     torch.set_num_threads(args.threads)
-    lesson = load_lesson()
     device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     print(f"Recall the first token; LSTM forget-gate bias {args.lstm_forget_bias:g} (forget gates start at "
           f"{1 / (1 + math.exp(-args.lstm_forget_bias)):.2f}); {args.steps} steps x batch {args.batch}; {device}.")
