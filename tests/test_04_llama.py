@@ -8,25 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_one_line_error, load_script, run_script
-from test_04_minigpt import TINY, synthetic_text, tiny_model
+from test_04_minigpt import TINY, one_thread, text_file, tiny_model  # noqa: F401 (fixtures, shared)
 
 m = load_script("04")
 LLAMA = dict(pos="rope", norm="rms", mlp="swiglu", bias=False, arch="llama")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tiny.txt"
-    path.write_text(synthetic_text(), encoding="utf-8")
-    return path
 
 
 def randomise_vectors(model, scale=0.1):
