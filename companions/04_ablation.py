@@ -14,8 +14,11 @@ The variants are cumulative: each adds one change to the one before.
     swiglu   + SwiGLU MLP instead of GELU
     gqa      + grouped-query attention (half as many K/V heads)
     llama    + no biases: the Llama architecture (04's default, --arch llama)
+Beside the chain, on top of llama alone: qknorm (RMS-normalised queries and keys) and muon (04's --optimizer muon;
+the others use AdamW).
 Every variant gets the same parameter count as gpt2 (within about 1% on a CPU, 2% on a GPU, where widths are
-rounded to multiples of 64): the MLP's width (--mlp-hidden) absorbs what a change adds or removes (learned positions, a third MLP matrix, fewer K/V heads, biases). Each (variant, seed) is
+rounded to multiples of 64): the MLP's width (--mlp-hidden) absorbs what a change adds or removes (learned
+positions, a third MLP matrix, fewer K/V heads, biases). Each (variant, seed) is
 a fresh `python 04_minigpt.py` process with the same time budget (--max-minutes), so a change that makes steps
 slower pays for it in fewer steps. Recorded: validation loss against seconds of training (from the first
 evaluation, so start-up time is left out). Written under --out: results.json, ablation.png, and one folder per run.
@@ -40,13 +43,35 @@ else:
     spec.loader.exec_module(L)
 
 STEPS = {  # each variant: the switches it sets on top of the previous one
-    "gpt2": {},
+    "gpt2": {"optimizer": "adamw"},
     "rope": {"pos": "rope"},
     "rmsnorm": {"norm": "rms"},
     "swiglu": {"mlp": "swiglu"},
     "gqa": {"n_kv_head": "half"},
     "llama": {"bias": False},
 }
+EXTRAS = {  # not cumulative: each on top of llama alone
+    "qknorm": {},                   # RMS-normalised queries and keys (QKNormAttention below; not in the lesson)
+    "muon": {"optimizer": "muon"},  # Muon for the blocks' matrices (04's --optimizer muon)
+}
+QK_NORM_FLAG = "--with-qk-norm"  # first argument: run the lesson in this process with QKNormAttention
+
+
+class QKNormAttention(L.CausalSelfAttention):
+    """QK-norm (as in OLMo 2, Gemma 3, Qwen3): an RMSNorm with its own gains over each head's query and key features,
+    before RoPE, so a score cannot grow just because q or k grew. A forward hook rewrites c_attn's output: the
+    lesson's attention code runs unchanged."""
+    def __init__(self, cfg, layer_index):
+        super().__init__(cfg, layer_index)
+        hs = cfg.n_embd // cfg.n_head
+        self.q_norm, self.k_norm = L.RMSNorm(hs), L.RMSNorm(hs)
+        self.c_attn.register_forward_hook(self.normalise)
+
+    def normalise(self, module, inputs, out):
+        B, T, _ = out.shape
+        q, k, v = out.view(B, T, -1, self.q_norm.weight.numel()).split(
+            [self.n_head, self.n_kv_head, self.n_kv_head], dim=2)
+        return torch.cat([self.q_norm(q), self.k_norm(k), v], dim=2).view(B, T, -1)
 
 
 def variant_switches(name, n_head):
@@ -54,8 +79,9 @@ def variant_switches(name, n_head):
     switches = {}
     for step, change in STEPS.items():
         switches.update(change)
-        if step == name:
+        if step == name or step == "llama" and name in EXTRAS:
             break
+    switches.update(EXTRAS.get(name, {}))
     if switches.get("n_kv_head") == "half":
         switches["n_kv_head"] = n_head // 2 if n_head % 2 == 0 else n_head
     return switches
@@ -80,7 +106,8 @@ def flags_of(switches):
 
 def run_one(name, seed, switches, args, passthrough, folder):
     """One training run in a fresh process; returns its evaluations as (seconds of training, val loss)."""
-    cmd = [sys.executable, str(ROOT / "04_minigpt.py"), *passthrough, "--arch", "gpt2", *flags_of(switches),
+    script = [str(Path(__file__).resolve()), QK_NORM_FLAG] if name == "qknorm" else [str(ROOT / "04_minigpt.py")]
+    cmd = [sys.executable, *script, *passthrough, "--arch", "gpt2", *flags_of(switches),
            "--seed", str(seed),
            "--max-minutes", str(args.budget / 60), "--device", args.device, "--out", str(folder), "--no-export",
            "--no-plots", "--check-tokens", "0", "--num-tokens", "0"]
@@ -120,6 +147,10 @@ def save_plot(results, path):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [QK_NORM_FLAG]:  # one qknorm run: the lesson's main with the attention class swapped
+        L.CausalSelfAttention = QKNormAttention
+        return L.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=276.0, help="seconds of training per run (default: 04's 4.6 min)")
     parser.add_argument("--seeds", type=int, default=3, help="runs per variant, seeds 1337, 1338, ...")
@@ -127,15 +158,17 @@ def main(argv=None):
     parser.add_argument("--merge", nargs="+", metavar="DIR", help="no training: merge the results.json of earlier "
                         "runs (e.g. one process per variant or seed, run side by side) into one table and plot")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (passed to 04_minigpt.py)")
-    parser.add_argument("--variants", default=",".join(STEPS), help=f"comma-separated, from {', '.join(STEPS)}")
+    parser.add_argument("--variants", default=",".join(STEPS),
+                        help=f"comma-separated, from {', '.join([*STEPS, *EXTRAS])}")
     parser.add_argument("--out", default="out/04_ablation", help="folder for results.json, ablation.png, runs/")
     args, passthrough = parser.parse_known_args(argv)
     if args.merge:
         return merge(args.merge, Path(args.out), parser)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in STEPS]
+    unknown = [v for v in variants if v not in STEPS and v not in EXTRAS]
     if unknown or not variants:
-        parser.error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(STEPS)}")
+        parser.error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; "
+                     f"choose from {', '.join([*STEPS, *EXTRAS])}")
     if args.budget <= 0 or args.seeds < 1:
         parser.error("need --budget > 0 and --seeds >= 1")
     given = {**vars(L.build_parser().parse_known_args(passthrough)[0]), "arch": "gpt2"}  # variants build on gpt2
@@ -157,7 +190,8 @@ def main(argv=None):
         cfg = L.replace(base, **switches)
         if name != "gpt2":
             switches["mlp_hidden"] = matched_mlp_hidden(cfg, vocab_size, target, 64 if device.type == "cuda" else 8)
-        params = L.GPT(L.replace(cfg, mlp_hidden=switches.get("mlp_hidden", 0)), vocab_size).num_params()
+        params = L.GPT(L.replace(cfg, mlp_hidden=switches.get("mlp_hidden", 0)), vocab_size).num_params() + (
+            2 * base.n_embd // base.n_head * base.n_layer if name == "qknorm" else 0)  # + the q and k gains
         results[name] = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             curve, steps = run_one(name, seed, switches, args, passthrough, out / "runs" / f"{name}_seed{seed}")
@@ -189,7 +223,7 @@ def report(results, out):
 
 def merge(folders, out, parser):
     """Combine the results.json of several runs (same budget and device) into one, in the variants' order."""
-    merged, meta = {name: [] for name in STEPS}, set()
+    merged, meta = {name: [] for name in [*STEPS, *EXTRAS]}, set()
     for folder in folders:
         path = Path(folder) / "results.json"
         if not path.is_file():

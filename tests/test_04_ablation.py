@@ -10,8 +10,11 @@ a = load_script("companions/04_ablation.py")
 
 
 def test_variants_are_cumulative_and_parameter_matched():
-    assert a.variant_switches("gpt2", 4) == {}
-    assert a.variant_switches("llama", 4) == dict(pos="rope", norm="rms", mlp="swiglu", n_kv_head=2, bias=False)
+    assert a.variant_switches("gpt2", 4) == {"optimizer": "adamw"}  # the chain compares architectures, all with AdamW
+    assert a.variant_switches("llama", 4) == dict(optimizer="adamw", pos="rope", norm="rms", mlp="swiglu", n_kv_head=2,
+                                                  bias=False)
+    assert a.variant_switches("muon", 4) == {**a.variant_switches("llama", 4), "optimizer": "muon"}
+    assert a.variant_switches("qknorm", 4) == a.variant_switches("llama", 4)  # + QKNormAttention in its process
     cfg = a.L.Config()
     target = a.L.GPT(cfg, 66).num_params()
     for name in a.STEPS:

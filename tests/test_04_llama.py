@@ -174,3 +174,73 @@ def test_llama_cli_exact_resume_and_export(text_file, tmp_path):
 def test_bad_kv_heads(tmp_path):
     proc = run_script("04", "--n-head", "4", "--n-kv-head", "3", "--out", tmp_path)
     assert_one_line_error(proc, code=2, contains="--n-kv-head")
+
+
+# ---- Muon (the CPU default optimizer) and QK-norm (measured in the ablation companion only) -------------------------
+def test_orthogonalize_approximates_the_nearest_orthogonal_matrix():
+    torch.manual_seed(0)
+    for shape in [(16, 40), (40, 16), (24, 24)]:
+        g = torch.randn(*shape) @ torch.diag(torch.logspace(-1, 0.5, shape[1]))  # spread-out singular values
+        x = m.orthogonalize(g)
+        assert x.shape == g.shape
+        s = torch.linalg.svdvals(x)
+        assert s.quantile(0.2) > 0.5 and s.max() < 1.3, s  # most directions now move by about the same amount
+        u, _, vh = torch.linalg.svd(g, full_matrices=False)
+        cosine = (x * (u @ vh)).sum() / (x.norm() * (u @ vh).norm())
+        assert cosine > 0.9, cosine  # and it points where U V^T points
+
+
+def test_muon_updates_matrices_at_adamw_scale_and_its_adamw_part_equals_torch():
+    cfg = m.replace(m.Config(), n_layer=1, n_head=2, n_embd=16, block_size=8, optimizer="muon", weight_decay=0.1)
+    torch.manual_seed(0)
+    model = m.GPT(cfg, 11)
+    twin = m.GPT(cfg, 11)
+    twin.load_state_dict(model.state_dict())
+    opt = m.configure_optimizer(model, cfg, torch.device("cpu"))
+    assert isinstance(opt, m.Muon)
+    matrices = {id(p) for b in model.transformer.h for p in b.parameters() if p.dim() == 2}
+    others = [p for p in model.parameters() if id(p) not in matrices]
+    twin_others = [p for (n, p) in twin.named_parameters() if id(dict(model.named_parameters())[n]) not in matrices]
+    reference = torch.optim.AdamW([{"params": [p for p in twin_others if p.dim() >= 2], "weight_decay": 0.1},
+                                   {"params": [p for p in twin_others if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(0.9, cfg.beta2))
+    x = torch.randint(0, 11, (3, 8))
+    for _ in range(3):
+        before = {id(p): p.detach().clone() for p in model.parameters()}
+        for net, o in ((model, opt), (twin, reference)):
+            o.zero_grad()
+            net(x, x)[1].backward()
+            o.step()
+        with torch.no_grad():  # the twin's matrices follow Muon's, so both see the same gradients next step
+            for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+                q.copy_(p) if id(p) in matrices else None
+        for p in model.parameters():
+            if id(p) in matrices:  # an orthogonalised step has AdamW's typical RMS (0.2 lr), whatever the gradient
+                step_rms = ((p.detach() - before[id(p)] * (1 - cfg.lr * 0.1)).pow(2).mean().sqrt() / cfg.lr).item()
+                assert 0.1 < step_rms < 0.3, step_rms
+    for p, q in zip(others, twin_others):  # the written-out AdamW equals torch's
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_muon_run_resumes_exactly_and_refuses_another_optimizer(text_file, tmp_path):
+    common = ["--data", text_file, *TINY, "--max-iters", "12", "--eval-interval", "4", "--no-export", "--dropout", "0.1"]
+    full = run_script("04", *common, "--out", tmp_path / "full", timeout=120)
+    cut = run_script("04", *common, "--out", tmp_path / "cut", "--interrupt-at", "5", timeout=120)
+    resumed = run_script("04", *common, "--out", tmp_path / "cut", "--resume", timeout=120)
+    assert full.returncode == 0 and cut.returncode == 130 and resumed.returncode == 0, resumed.stderr[-1000:]
+    losses = [json.loads((tmp_path / d / "history.json").read_text())["losses"] for d in ("full", "cut")]
+    assert losses[0] == losses[1] and len(losses[0]) == 12  # Muon's momentum and AdamW's moments were saved
+    other = run_script("04", *common, "--out", tmp_path / "cut", "--resume", "--optimizer", "adamw", timeout=60)
+    assert_one_line_error(other, 2, "--optimizer adamw differs from the checkpoint's muon")
+
+
+def test_qk_norm_attention_of_the_ablation_normalises_queries_and_keys():
+    abl = load_script("companions/04_ablation.py")
+    cfg = m.replace(m.Config(), n_layer=1, n_head=4, n_kv_head=2, n_embd=32, block_size=8)
+    attn = abl.QKNormAttention(cfg, 0)
+    out = attn.c_attn(torch.randn(2, 8, 32) * 5)  # (B, T, (nh + 2 nkv) hs), through the hook
+    q, k, v = out.view(2, 8, -1, 8).split([4, 2, 2], dim=2)
+    assert torch.allclose(q.pow(2).mean(-1), torch.ones(2, 8, 4), atol=1e-3)   # unit RMS per head
+    assert torch.allclose(k.pow(2).mean(-1), torch.ones(2, 8, 2), atol=1e-3)
+    assert v.pow(2).mean() > 2  # values untouched
+    assert attn(torch.randn(2, 8, 32), rope=tuple(t[:, None] for t in m.rope_angles(8, 8))).shape == (2, 8, 32)
