@@ -6,6 +6,11 @@ with a plain `import` statement, so `load_script` loads one by path. Importing a
 
 `run_script` runs a script as a learner would (`python 04_minigpt.py --flags`), in a subprocess with a timeout,
 and returns the finished process (returncode, stdout, stderr) so a test can assert on what it printed.
+
+Speed (the README's `python -m pytest` runs the tests in parallel, one pytest-xdist worker per core, see pyproject.toml):
+OpenMP threads that have no work wait passively (OMP_WAIT_POLICY=PASSIVE) instead of spinning, in the test processes
+and in every script they start. With two workers on two cores, spinning threads of one process steal the cores the
+other process needs; passive waiting changes no result and no thread count, only how idle threads wait.
 """
 import importlib.util
 import os
@@ -16,6 +21,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Before anything imports torch (OpenMP reads it once, when it is loaded): see the module docstring.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def script_path(name):
@@ -59,6 +67,7 @@ def test_env(**extra):
         HF_HUB_DISABLE_TELEMETRY="1",
         PYTHONUNBUFFERED="1",
         TOKENIZERS_PARALLELISM="false",
+        OMP_WAIT_POLICY=os.environ["OMP_WAIT_POLICY"],  # idle OpenMP threads sleep: see the module docstring
     )
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -84,6 +93,17 @@ def assert_one_line_error(proc, code=None, contains=None):
     assert err, "no error message on stderr"
     if contains is not None:
         assert contains.lower() in err.lower(), f"{contains!r} not in error message: {err!r}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_in_tests():
+    """Tests that run models in the test process use tiny ones: one thread is as fast, and leaves the other core to
+    the other xdist worker (scripts the tests start choose their own threads, with --threads or their default)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
