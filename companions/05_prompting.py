@@ -9,7 +9,7 @@ instruction and examples are the same for every sentence, so their keys and valu
     python companions/05_prompting.py --model out/04_minigpt/hf --shots-per-label 1
     python companions/05_prompting.py --eval-file data/stance_challenge.csv    # also on the challenge set
 """
-import argparse, copy, importlib.util, inspect, random, sys, time
+import argparse, copy, importlib.util, inspect, json, random, sys, time
 from pathlib import Path
 
 import torch
@@ -136,7 +136,8 @@ def run_prompting(lm, tok, train_rows, eval_sets, device, args):
             say(f"{name} on {set_name} ({len(rows)} sentences, {n_prefix}-token prefix run once, "
                 f"{time.time() - started:.1f}s): calibrated accuracy {cal['acc']:.3f}, macro-F1 {cal['f1']:.3f}; "
                 f"uncalibrated {plain['acc']:.3f} / {plain['f1']:.3f}")
-            results.append(dict(name=name, set=set_name, calibrated=calibrated, **{k: cal[k] for k in ("acc", "f1")}))
+            results.append(dict(name=name, set=set_name, calibrated=calibrated, seconds=time.time() - started,
+                                **{k: float(cal[k]) for k in ("acc", "f1")}))
     return results
 
 
@@ -151,6 +152,7 @@ def main(argv=None):
     p.add_argument("--max-len", type=int, default=64, help="tokens per sentence")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the test split's rows (name, acc, f1, seconds) to this file")
     args, _ = p.parse_known_args(argv)
     if min(args.shots_per_label, args.max_eval) < 0 or min(args.batch_size, args.max_len) < 1:
         p.error("--shots-per-label and --max-eval cannot be negative; --batch-size and --max-len must be >= 1")
@@ -174,7 +176,11 @@ def main(argv=None):
     lm = transformers.AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only).to(device).eval()
     say(f"model: {source}")
     train = [(t, lab) for t, lab, sp in rows if sp == "train"]
-    return run_prompting(lm, tok, train, [("test split", test)] + eval_sets, device, args)
+    results = run_prompting(lm, tok, train, [("test split", test)] + eval_sets, device, args)
+    if args.json:  # for 05_finetune.py's results table
+        Path(args.json).write_text(json.dumps([{k: r[k] for k in ("name", "acc", "f1", "seconds")}
+                                               for r in results if r["set"] == "test split"]))
+    return results
 
 
 if __name__ == "__main__":
