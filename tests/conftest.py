@@ -5,7 +5,10 @@ with a plain `import` statement, so `load_script` loads one by path. Importing a
 (every script guards `main()` with `if __name__ == "__main__":`), so unit tests can call its functions directly.
 
 `run_script` runs a script as a learner would (`python 04_minigpt.py --flags`), in a subprocess with a timeout,
-and returns the finished process (returncode, stdout, stderr) so a test can assert on what it printed.
+and returns the finished process (returncode, stdout, stderr) so a test can assert on what it printed. It runs the
+script in a fork of a warm Python that has already imported torch and transformers (tests/warm_python.py): the same
+argv, folder, stdin, stdout, stderr and exit code as `python script`, without paying the imports for every run.
+LLM_TESTS_FRESH_PYTHON=1 runs every script in a fresh interpreter instead (as do runs with their own environment).
 
 Speed (the README's `python -m pytest` runs the tests in parallel, one pytest-xdist worker per core, see pyproject.toml):
 OpenMP threads that have no work wait passively (OMP_WAIT_POLICY=PASSIVE) instead of spinning, in the test processes
@@ -16,6 +19,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,9 +77,78 @@ def test_env(**extra):
     return env
 
 
+_warm = {}
+_warm_lock = threading.Lock()  # a run_script from a second thread, while one runs there, gets a fresh interpreter
+
+
+def comparable_env():
+    """test_env() without the variable pytest changes for every test (the name of the test running)."""
+    env = test_env()
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env
+
+
+def warm_python():
+    """This test process's tests/warm_python.py (started on first use, with test_env()), or None if it cannot run."""
+    if "proc" not in _warm:
+        _warm["proc"] = None
+        if os.environ.get("LLM_TESTS_FRESH_PYTHON") != "1" and hasattr(os, "fork"):
+            import atexit
+            import json
+            proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm_python.py"))],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=test_env(),
+                                    cwd=str(ROOT))
+            atexit.register(proc.stdin.close)  # end of the tests: the warm Python reads EOF and exits
+            line = proc.stdout.readline()
+            if line and not json.loads(line)["import_warnings"]:  # an import warning would be hidden from scripts
+                _warm["proc"], _warm["env"] = proc, comparable_env()
+            else:
+                proc.stdin.close()
+    proc = _warm["proc"]
+    usable = proc is not None and proc.poll() is None and comparable_env() == _warm["env"]  # unchanged since
+    return proc if usable else None
+
+
+def run_warm(cmd, cwd, input, timeout):
+    """run_script's work in a forked child of the warm Python: same argv, folder, stdin, stdout, stderr, exit code."""
+    import json
+    import select
+    import signal
+    import tempfile
+    warm = warm_python()
+    with tempfile.TemporaryDirectory(prefix="run_script_") as folder:
+        stdin = None
+        if input is not None:
+            stdin = os.path.join(folder, "stdin")
+            with open(stdin, "w") as f:
+                f.write(input)
+        out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
+        warm.stdin.write(json.dumps({"argv": cmd[1:], "cwd": cwd, "stdin": stdin, "stdout": out, "stderr": err})
+                         + "\n")
+        warm.stdin.flush()
+        pid = json.loads(warm.stdout.readline())["pid"]
+        ready, _, _ = select.select([warm.stdout], [], [], timeout)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        returncode = json.loads(warm.stdout.readline())["returncode"]
+        with open(out) as f_out, open(err) as f_err:  # text mode as subprocess.run(text=True) decodes
+            stdout, stderr = f_out.read(), f_err.read()
+    if not ready:
+        raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(cmd, returncode, stdout, stderr)
+
+
 def run_script(name, *args, timeout=300, cwd=None, env=None, input=None):
-    """Run `python <stage script> args...`; return the CompletedProcess (text mode). Never raises on exit codes."""
+    """Run `python <stage script> args...`; return the CompletedProcess (text mode). Never raises on exit codes.
+
+    Runs in a fork of the warm Python (tests/warm_python.py: torch and transformers already imported) unless the
+    test gives its own environment, or LLM_TESTS_FRESH_PYTHON=1 asks for a fresh interpreter every time."""
     cmd = [sys.executable, str(script_path(name)), *map(str, args)]
+    if env is None and warm_python() is not None and _warm_lock.acquire(blocking=False):  # one run at a time there
+        try:
+            return run_warm(cmd, str(cwd or ROOT), input, timeout)
+        finally:
+            _warm_lock.release()
     return subprocess.run(
         cmd, cwd=str(cwd or ROOT), env=env or test_env(), input=input,
         capture_output=True, text=True, timeout=timeout,
