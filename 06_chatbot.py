@@ -47,7 +47,7 @@ REPETITION_PENALTY = 1.1     # > 1 makes tokens already said less likely (small 
 MAX_NEW_TOKENS = 256         # the longest reply, in tokens
 CONTEXT = 2048               # the token window prompt + reply share (SmolLM2 allows 8192; a CPU prefers less)
 MEMORY_AT = "end"            # the recalled memory: a note just before the new message, in the system prompt, or off
-MEMORY_ITEMS = 4             # at most this many past messages are recalled per reply...
+MEMORY_ITEMS = 3             # at most this many past messages are recalled per reply...
 MEMORY_CHARS = 200           # ...each at most this long, so the memory's share of the prompt stays bounded
 SEED = None                  # an int makes sampling repeatable
 THREADS = 0                  # CPU threads (0 = torch's default; on a busy machine 1 can be several times faster)
@@ -289,24 +289,28 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 #   idf(w) = log(1 + (N - n(w) + 0.5) / (n(w) + 0.5))     N messages, n(w) of them contain w
 # idf: a word found in few messages ("Lisbon") tells more than a common one; tf saturates (k1 = 1.2), so a word
 # repeated ten times does not win alone; b = 0.75 evens out long and short messages. Words are compared stemmed and
-# without stop words. Questions rarely reuse the statement's words ("What do you call me?" after "My name is
-# Rafael"), so the query is widened with groups of words that ask about the same thing: a small hand-written
-# stand-in for what a sentence encoder learns. Places left over go to what the user said about themselves.
+# without stop words. Questions rarely reuse the statement's words ("What do you call me?" after "Morning! Rafael
+# here."), so the query is widened with groups of words that ask about the same thing: a small hand-written stand-in
+# for what a sentence encoder learns. A 135M model reads a SHORT note best: only messages that share a (widened) word
+# with the question go in, and when none does the note is left out, so the model can answer "you did not tell me"
+# instead of inventing from unrelated lines.
 STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with about as into is are was were be
 been am do does did have has had i im ive me my mine you your we our us it its this that these those what which who
 whom how when where why can could would should will shall may might must not no yes just very too also there here
 then than if please tell know think say oh ok okay well hi hello hey thanks thank now still again really""".split())
-SYNONYMS = ("name call called named address introduce chatting talking | job work working profession career living "
-            "occupation employ office trade company firm employer payroll wage salary business | live lives living "
-            "home house flat apartment place city town moved move based settled rent address | pet animal dog cat "
-            "puppy kitten | from born grew raised origin originally country roots childhood hometown | age old older "
-            "years birthday born celebrate | like love favourite favorite enjoy prefer hobby pastime free weekend "
-            "hooked busy unwind relax spare | food dish meal eat cook dinner lunch | wife husband partner married "
-            "girlfriend boyfriend together dating life | allergy allergic avoid away intolerant | brother sister "
-            "sibling family | children kids son daughter | study student school university college").split("|")
-ABOUT_ME = re.compile(r"\b(my|mine|our)\b|\b(i|i'm|me|we|us)\b.*\?", re.IGNORECASE)   # asks about the user
-SELF = re.compile(r"\b(i|i'm|im|i've|my|we|our)\b", re.IGNORECASE)    # a statement about the user
-FACTLIKE = re.compile(r"(?<=\w[ ,])(?!I\b|I')[A-Z]|\d")    # a capital inside a sentence (a name) or a digit
+SYNONYMS = ("name call called named introduce chatting talking address meet pleased hiya morning greetings | job work "
+            "working profession career living occupation employ office trade company firm employer payroll wage salary "
+            "business clock shift contract notice earn bills pay workplace boss colleague hired | live lives living home "
+            "house flat apartment place city town moved move based settled rent removal neighbourhood street | pet "
+            "animal dog cat puppy kitten adopted budgie parrot rabbit hamster iguana tortoise bird fish vet | from born "
+            "grew raised origin originally country roots childhood hometown native | age old older birthday born "
+            "celebrate candles cake party turn january february march april may june july august september october "
+            "november december | like love favourite favorite enjoy prefer hobby pastime free weekend hooked busy unwind "
+            "relax spare evenings passion fan crazy pleasure | food dish meal eat cook dinner lunch breakfast plate "
+            "crave tasty delicious restaurant favourite love crazy | wife husband partner married girlfriend boyfriend "
+            "together dating date life fiance fiancee spouse wedding anniversary half | allergy allergic avoid away "
+            "intolerant hives sneeze react reaction rash doctor | brother sister sibling family twin | children kids "
+            "son daughter | study student school university college").split("|")
 
 
 def stem(word):   # "lives", "living", "lived" -> "liv": a crude stemmer, enough to match forms of a word
@@ -321,7 +325,8 @@ def words(text):   # the stemmed words BM25 compares: "I'm living in Porto!" -> 
     return [stem(w) for w in re.findall(r"[a-z0-9]+", text.lower().replace("'", "")) if w not in STOP_WORDS]
 
 
-RELATED = {stem(w): {stem(x) for x in group.split()} for group in SYNONYMS for w in group.split()}
+GROUPS = [{stem(w) for w in group.split()} for group in SYNONYMS]
+RELATED = {w: set().union(*(g for g in GROUPS if w in g)) for group in GROUPS for w in group}   # a word: its groups
 
 
 def statements(messages):
@@ -352,16 +357,12 @@ def bm25(query, documents, k1=1.2, b=0.75):   # the score of each document (a li
 
 
 def recall(messages, question, k=MEMORY_ITEMS):
-    """The (at most k) past messages of the user most relevant to `question`, oldest first."""
+    """The past messages of the user that best answer `question`: at most k, oldest first, [] when none matches."""
     found = statements(messages)
     asked = words(question)
     query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
     scores = bm25(query, [w for _, w in found])
     best = sorted((i for i, score in enumerate(scores) if score > 0), key=lambda i: (-scores[i], -i))[:k]
-    if len(best) < k and ABOUT_ME.search(question):   # about the user: fill up with what they said about themselves,
-        # facts first (a name, a place, a date: a capital letter inside the message, or a digit), oldest first
-        own = [i for i, (text, _) in enumerate(found) if i not in best and (SELF.search(text) or FACTLIKE.search(text))]
-        best += sorted(own, key=lambda i: (not FACTLIKE.search(found[i][0]), i))[:k - len(best)]
     return [found[i][0] for i in sorted(best)]     # oldest first: the newest value of a fact comes last
 
 

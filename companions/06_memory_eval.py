@@ -39,6 +39,7 @@ CONTEXTS = (512, 2048)       # the two windows reported by default
 BETWEEN = 2                  # small-talk exchanges after each statement
 BEFORE_QUESTIONS = 10        # ...and after the last one, before the questions
 REPLY_TOKENS = 32            # greedy replies of at most this many tokens
+CONDITIONS = ("none", "regex", "retrieval", "retrieval+")   # the rows of the table, in this order
 STATED_REPLY = "Thanks for telling me!"   # the bot's reply to a statement (fixed: no reply may repeat a fact)
 
 
@@ -291,7 +292,11 @@ def main():
     parser.set_defaults(context=None)
     parser.add_argument("--base", default="smollm2", help="the model of the none/regex/retrieval rows (stock SmolLM2)")
     parser.add_argument("--users", type=int, default=0, help="only the first N users (0 = all)")
-    parser.add_argument("--heldout-only", action="store_true", help="only the users flagged heldout")
+    parser.add_argument("--heldout-only", action="store_true", help="only the users flagged heldout (= --set heldout)")
+    parser.add_argument("--set", choices=("train", "dev", "heldout"), dest="user_set",
+                        help="only the users of this set (tune on dev, report on heldout)")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help="which rows, comma-separated (default: all of " + ",".join(CONDITIONS) + ")")
     parser.add_argument("--data", default=str(DATA), help="the benchmark file")
     parser.add_argument("--json", default=str(OUT), help="where the results go")
     args, _unknown = parser.parse_known_args()
@@ -302,9 +307,15 @@ def main():
     chat.check_args(parser, args)
     if args.users < 0:
         parser.error("--users must be 0 (all) or positive")
+    conditions = [c for c in args.conditions.split(",") if c]
+    if not conditions or set(conditions) - set(CONDITIONS):
+        parser.error(f"--conditions: choose among {','.join(CONDITIONS)}")
+    if args.heldout_only:
+        args.user_set = "heldout"
     try:
         users, small_talk = read_users(args.data)
-        users = [u for u in users if u.get("heldout") or not args.heldout_only][:args.users or None]
+        users = [u for u in users if args.user_set in (None, u.get("set", "heldout" if u.get("heldout") else None))]
+        users = users[:args.users or None]
         model = args.model or (str(chat.CHAT05) if (chat.CHAT05 / "config.json").exists() else None)
         base_args = copy.copy(args)
         base_args.model = args.base
@@ -317,11 +328,13 @@ def main():
         replies = small_talk_replies(engine, sorted({line for key in wanted for line in small_talk[key]}), greedy())
         results = []
         for context in contexts:
-            for condition in ("none", "regex", "retrieval"):
+            for condition in [c for c in CONDITIONS[:3] if c in conditions]:
                 records = run_condition(engine, users, small_talk, replies, condition, context)
                 results.append({"condition": condition, "context": context, "model": engine.model_id,
                                 "summary": summarize(records), "records": records})
-        if model and model not in ("smollm2", "SmolLM2-135M-Instruct"):
+        if "retrieval+" not in conditions:
+            pass
+        elif model and model not in ("smollm2", "SmolLM2-135M-Instruct"):
             model_args = copy.copy(args)
             model_args.model = model
             trained, _s, _c = chat.setup(model_args)
