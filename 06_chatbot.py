@@ -299,7 +299,7 @@ been am do does did have has had i im ive me my mine you your we our us it its t
 whom how when where why can could would should will shall may might must not no yes just very too also there here
 then than if please tell know think say oh ok okay well hi hello hey thanks thank now still again really""".split())
 SYNONYMS = ("name call called named introduce chatting talking address meet pleased hiya morning greetings | job work "
-            "working profession career living occupation employ office trade company firm employer payroll wage salary "
+            "working profession career occupation employ office trade company firm employer payroll wage salary "
             "business clock shift contract notice earn bills pay workplace boss colleague hired | live lives living home "
             "house flat apartment place city town moved move based settled rent removal neighbourhood street | pet "
             "animal dog cat puppy kitten adopted budgie parrot rabbit hamster iguana tortoise bird fish vet | from born "
