@@ -297,13 +297,14 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with about as into is are was were be
 been am do does did have has had i im ive me my mine you your we our us it its this that these those what which who
 whom how when where why can could would should will shall may might must not no yes just very too also there here
-then than if please tell know think say oh ok okay well hi hello hey thanks thank now still again really""".split())
-SYNONYMS = ("name call called named introduce chatting talking address meet pleased hiya morning greetings | job work "
+then than if please tell know think say oh ok okay well hi hello hey thanks thank now still again really whats
+whos wheres hows thats theres youre""".split())   # ("what's" loses its apostrophe: "whats")
+SYNONYMS = ("name call called named introduce chatting talking address | job work "
             "working profession career occupation employ office trade company firm employer payroll wage salary "
             "business clock shift contract notice earn bills pay workplace boss colleague hired | live lives living home "
             "house flat apartment place city town moved move based settled rent removal neighbourhood street | pet "
             "animal dog cat puppy kitten adopted budgie parrot rabbit hamster iguana tortoise bird fish vet | from born "
-            "grew raised origin originally country roots childhood hometown native | age old older birthday born "
+            "grew grow raised origin originally country roots childhood hometown native | age old older birthday born "
             "celebrate candles cake party turn january february march april may june july august september october "
             "november december | like love favourite favorite enjoy prefer hobby pastime free weekend hooked busy unwind "
             "relax spare evenings passion fan crazy pleasure | food dish meal eat cook dinner lunch breakfast plate "
@@ -318,14 +319,16 @@ def stem(word):   # "lives", "living", "lived" -> "liv": a crude stemmer, enough
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             word = word[:-len(suffix)]
             break
-    return word[:-1] if word.endswith("e") and len(word) > 3 else word
+    word = word[:-1] if word.endswith("e") and len(word) > 3 else word
+    return word[:-1] + "i" if word.endswith("y") and len(word) > 3 else word   # "allergy", "allergies" -> "allergi"
 
 
 def words(text):   # the stemmed words BM25 compares: "I'm living in Porto!" -> ['liv', 'porto']
     return [stem(w) for w in re.findall(r"[a-z0-9]+", text.lower().replace("'", "")) if w not in STOP_WORDS]
 
 
-GROUPS = [{stem(w) for w in group.split()} for group in SYNONYMS]
+GROUPS = [{stem(w) for w in group.split()} for group in SYNONYMS]      # GROUPS[0]: the words that ask for a name
+ABOUT_ME = re.compile(r"\b(my|mine|our)\b|\b(i|i'm|me|we|us)\b.*\?", re.IGNORECASE)   # a question about the user
 RELATED = {w: set().union(*(g for g in GROUPS if w in g)) for group in GROUPS for w in group}   # a word: its groups
 
 
@@ -363,6 +366,8 @@ def recall(messages, question, k=MEMORY_ITEMS):
     query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
     scores = bm25(query, [w for _, w in found])
     best = sorted((i for i, score in enumerate(scores) if score > 0), key=lambda i: (-scores[i], -i))[:k]
+    if found and 0 not in best and ABOUT_ME.search(question) and set(asked) <= GROUPS[0]:   # "What's my name?":
+        best = [0] + best[:k - 1]   # people introduce themselves first ("Morning! Rafael here."): the first one too
     return [found[i][0] for i in sorted(best)]     # oldest first: the newest value of a fact comes last
 
 
