@@ -289,29 +289,27 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 #   idf(w) = log(1 + (N - n(w) + 0.5) / (n(w) + 0.5))     N messages, n(w) of them contain w
 # idf: a word found in few messages ("Lisbon") tells more than a common one; tf saturates (k1 = 1.2), so a word
 # repeated ten times does not win alone; b = 0.75 evens out long and short messages. Words are compared stemmed and
-# without stop words. Questions rarely reuse the statement's words ("What do you call me?" after "Morning! Rafael
-# here."), so the query is widened with groups of words that ask about the same thing: a small hand-written stand-in
-# for what a sentence encoder learns. A 135M model reads a SHORT note best: only messages that share a (widened) word
-# with the question go in, and when none does the note is left out, so the model can answer "you did not tell me"
-# instead of inventing from unrelated lines.
-STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with about as into is are was were be
-been am do does did have has had i im ive me my mine you your we our us it its this that these those what which who
-whom how when where why can could would should will shall may might must not no yes just very too also there here
-then than if please tell know think say oh ok okay well hi hello hey thanks thank now still again really whats
-whos wheres hows thats theres youre""".split())   # ("what's" loses its apostrophe: "whats")
-SYNONYMS = ("name call called named introduce chatting talking address | job work "
-            "working profession career occupation employ office trade company firm employer payroll wage salary "
-            "business clock shift contract notice earn bills pay workplace boss colleague hired | live lives living home "
-            "house flat apartment place city town moved move based settled rent removal neighbourhood street | pet "
-            "animal dog cat puppy kitten adopted budgie parrot rabbit hamster iguana tortoise bird fish vet | from born "
-            "grew grow raised origin originally country roots childhood hometown native | age old older birthday born "
-            "celebrate candles cake party turn january february march april may june july august september october "
-            "november december | like love favourite favorite enjoy prefer hobby pastime free weekend hooked busy unwind "
-            "relax spare evenings passion fan crazy pleasure | food dish meal eat cook dinner lunch breakfast plate "
-            "crave tasty delicious restaurant favourite love crazy | wife husband partner married girlfriend boyfriend "
-            "together dating date life fiance fiancee spouse wedding anniversary half | allergy allergic avoid away "
-            "intolerant hives sneeze react reaction rash doctor | brother sister sibling family twin | children kids "
-            "son daughter | study student school university college").split("|")
+# without stop words. Questions rarely reuse the statement's words ("What's my job?" after "I fix lifts in office
+# towers"), so the query is widened with groups of words that ask about the same thing: a hand-written stand-in for
+# what a sentence encoder learns. A 135M model reads a SHORT note best: only messages sharing a (widened) word with the
+# question go in; when none does, there is no note, and the model can say "you did not tell me" instead of inventing.
+STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with about as into is are was were be been
+am do does did have has had i im ive me my mine you your we our us it its this that these those what which who whom how
+when where why can could would should will shall may might must not no yes just very too also there here then than if
+please tell know think say oh ok okay well hi hello hey thanks thank now still again really whats whos wheres hows
+thats theres youre""".split())
+SYNONYMS = """name call called named introduce chatting talking address | job work working profession career occupation
+employ office trade company firm employer payroll wage salary business clock shift contract notice earn bills pay
+workplace boss colleague hired | live lives living home house flat apartment place city town moved move based settled
+rent removal neighbourhood street | pet animal dog cat puppy kitten adopted budgie parrot rabbit hamster iguana
+tortoise bird fish vet | from born grew grow raised origin originally country roots childhood hometown native | age old
+older birthday born celebrate candles cake party turn january february march april may june july august september
+october november december | like love favourite favorite enjoy prefer hobby pastime free weekend hooked busy unwind
+relax spare evenings passion fan crazy pleasure | food dish meal eat cook dinner lunch breakfast plate crave tasty
+delicious restaurant favourite love crazy | wife husband partner married girlfriend boyfriend together dating date life
+fiance fiancee spouse wedding anniversary half | allergy allergic avoid away intolerant hives sneeze react reaction
+rash doctor | brother sister sibling family twin | children kids son daughter | study student school university
+college""".split("|")   # groups of words that ask about the same thing
 
 
 def stem(word):   # "lives", "living", "lived" -> "liv": a crude stemmer, enough to match forms of a word
@@ -361,8 +359,7 @@ def bm25(query, documents, k1=1.2, b=0.75):   # the score of each document (a li
 
 def recall(messages, question, k=MEMORY_ITEMS):
     """The past messages of the user that best answer `question`: at most k, oldest first, [] when none matches."""
-    found = statements(messages)
-    asked = words(question)
+    found, asked = statements(messages), words(question)
     query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
     scores = bm25(query, [w for _, w in found])
     best = sorted((i for i, score in enumerate(scores) if score > 0), key=lambda i: (-scores[i], -i))[:k]
