@@ -4,6 +4,8 @@ companions/06_memory_eval.py: how well the 06 chatbot remembers what a user told
     python companions/06_memory_eval.py                          # every user of data/memory_eval.json, 512 and 2048
     python companions/06_memory_eval.py --users 3 --context 512  # a quick look
     python companions/06_memory_eval.py --model out/05_finetune/chat --heldout-only
+    python companions/06_memory_eval.py --set dev --users 12 --context 512 --conditions retrieval+   # tuning
+    python companions/06_memory_eval.py --notes --set dev       # the retrieved notes alone, no model (seconds)
 
 The users come from data/memory_eval.json (written by data/make_memory_data.py): each states facts in varied natural
 phrasings ("Morning! Rafael here.", "I spend my days fixing lifts in office towers."), then updates one of them (a
@@ -20,7 +22,8 @@ Four conditions, each asked the same questions on the same conversation:
   retrieval+  the same with --model (stage 05's chat model, trained to read the note; default out/05_finetune/chat)
 Reported: recall (facts asked back), update accuracy (the newest value, not the old one), abstention (a question
 about something never said), on all users and on the held-out ones; the memory's cost per turn (ms). A table on
-screen, everything in out/06_chatbot/memory_eval.json. Replies are greedy, so a run is repeatable.
+screen, everything in out/06_chatbot/memory_eval.json. Replies are greedy, so a run is repeatable. Tune on the
+users of set dev (--set dev), report on heldout: a memory tuned on the users it is measured on would flatter itself.
 """
 import argparse
 import copy
@@ -272,6 +275,24 @@ def summarize(records):
     return summary
 
 
+def note_check(users, small_talk):
+    """The retrieval alone, no model: how often the note holds the answer (recall, update: the newest value in the
+    last line), is empty for a never-said fact, and how many lines it has. Seconds, so memory changes can be tried."""
+    replies = {line: "I see." for lines in small_talk.values() for line in lines}   # only user messages are searched
+    counts = {"recall": [], "update": [], "abstain": [], "lines": []}
+    for u, user in enumerate(users):
+        messages = conversation_of(user, small_talk, replies, offset=u * 7).messages
+        for question in user["questions"]:
+            recalled = [line.lower().replace("\u2019", "'") for line in chat.recall(messages, question["ask"])]
+            holds = [any(answer in line for answer in question["answer"]) for line in recalled]
+            good = {"recall": any(holds), "update": bool(holds) and holds[-1], "abstain": not recalled}
+            for key, value in ((question["kind"], good[question["kind"]]), ("lines", len(recalled))):
+                counts[key].append(value)
+    print(f"the note alone ({len(users)} users): " + ", ".join(
+        f"{key} {sum(v) / len(v):.2f}" for key, v in counts.items() if v) + "  (recall/update: the note holds the answer, "
+        "the newest value last; abstain: no note; lines: the note's mean length)")
+
+
 def percent(value):
     return "   -" if value is None else f"{100 * value:3.0f}%"
 
@@ -297,6 +318,7 @@ def main():
                         help="only the users of this set (tune on dev, report on heldout)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS),
                         help="which rows, comma-separated (default: all of " + ",".join(CONDITIONS) + ")")
+    parser.add_argument("--notes", action="store_true", help="check the retrieved notes alone (no model, seconds)")
     parser.add_argument("--data", default=str(DATA), help="the benchmark file")
     parser.add_argument("--json", default=str(OUT), help="where the results go")
     args, _unknown = parser.parse_known_args()
@@ -316,6 +338,8 @@ def main():
         users, small_talk = read_users(args.data)
         users = [u for u in users if args.user_set in (None, u.get("set", "heldout" if u.get("heldout") else None))]
         users = users[:args.users or None]
+        if args.notes:
+            return note_check(users, small_talk)
         model = args.model or (str(chat.CHAT05) if (chat.CHAT05 / "config.json").exists() else None)
         base_args = copy.copy(args)
         base_args.model = args.base
