@@ -194,6 +194,35 @@ def test_recall_keeps_the_update_last_and_bm25_prefers_rare_words():
     assert bot.recall([], "What is my name?") == [] and bot.memory_note([]) is None
 
 
+def test_no_note_for_what_was_never_said_and_only_matching_messages_otherwise():
+    # nothing matches: no note at all, so the model can say it was not told instead of inventing from other lines
+    for question in ["When is my birthday?", "Who is my brother?", "What is the tallest mountain?"]:
+        assert bot.recall(LIFE, question) == [], question
+        assert bot.with_memory(question, bot.recall(LIFE, question)) == question
+    # precise: the matching message only, not everything the user said about themselves
+    cat = "We adopted a three-legged cat last spring, she's called Noodle."
+    assert bot.recall(LIFE, "Do you remember my cat?") == [cat]
+    assert bot.recall(LIFE, "What's my job?") == ["I spend my days fixing lifts in office towers."]
+    assert bot.recall(LIFE, "Where do I live now?") == ["I live in Lisbon, close to the river.",
+                                                        "Actually we moved to Porto last month."]
+    # a question that asks only for the user's name also recalls their first message: introductions come first
+    chat = said("Hiya, it's Rania again.", "I fix lifts for a living.", "Lovely weather today.")
+    assert bot.recall(chat, "What do you call me?") == ["Hiya, it's Rania again."]
+    assert bot.recall(chat, "Who am I?") == ["Hiya, it's Rania again."]
+    assert bot.recall(chat, "How are you?") == [], "not about the user: no note"
+    assert bot.stem("allergies") == bot.stem("allergy") and bot.words("What's my name?") == ["nam"]
+
+
+def test_a_200_turn_conversation_recalls_a_bounded_note_with_the_newest_value_last():
+    towns = ["Quito", "Lima", "Oslo", "Riga", "Cork"]
+    chat = said(*[f"We moved to {towns[i // 40]} this spring." if i % 40 == 0 else f"Some small talk number {i}."
+                  for i in range(200)])
+    recalled = bot.recall(chat, "Where do I live now?")
+    assert recalled == ["We moved to Oslo this spring.", "We moved to Riga this spring.",
+                        "We moved to Cork this spring."], "at most MEMORY_ITEMS, the newest value last"
+    assert len(recalled) == bot.MEMORY_ITEMS and bot.recall(chat, "Who is my sister?") == []
+
+
 @pytest.mark.parametrize("mode", ["end", "system", "off"])
 def test_memory_survives_trimming_and_sits_where_asked(engine, mode):
     """The fact's turn falls out of the prompt window, but the recalled note brings it back."""
@@ -213,7 +242,7 @@ def test_memory_survives_trimming_and_sits_where_asked(engine, mode):
     if mode == "off":
         assert "Zorblax" not in text and conversation.recalled == []
     elif mode == "system":
-        assert text.startswith(f"<|im_start|>system\nSYS\n\n{note}\n")
+        assert text.startswith(f"<|im_start|>system\nSYS\n\n{note}<|im_end|>"), "the fact alone, no filler"
         assert text.endswith("<|im_start|>user\nWhat is my name?<|im_end|>\n<|im_start|>assistant\n")
     else:   # the layout stage 05 trains on (data/make_memory_data.py): the note inside the newest user message
         assert text.startswith("<|im_start|>system\nSYS<|im_end|>")
