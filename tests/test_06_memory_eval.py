@@ -99,3 +99,18 @@ def test_fresh_heldout_users_get_their_own_small_talk(tmp_path):
     said = lambda u: {m["content"] for m in evaluation.conversation_of(u, small_talk, replies, 0).messages}
     assert said(users[0]) & {"Old line one.", "Old line two."} and not said(users[0]) & set(small_talk["heldout"])
     assert said(users[1]) & {"Fresh line one.", "Fresh line two."} and not said(users[1]) & set(small_talk["other"])
+
+
+def test_notes_alone_by_user_set_and_the_conditions_flag(tmp_path, monkeypatch, capsys):
+    """--notes checks the retrieved notes without a model; --set picks the users; --conditions is validated."""
+    data = str(tiny_benchmark(tmp_path / "bench.json"))
+    def run(*flags):
+        monkeypatch.setattr("sys.argv", ["06_memory_eval.py", "--data", data, *flags])
+        evaluation.main()
+        return capsys.readouterr().out
+    assert "the note alone (2 users): recall 1.00, update 1.00, abstain 1.00, lines 1.00" in run("--notes")
+    assert "the note alone (1 users): recall 1.00, lines 1.00" in run("--notes", "--set", "heldout")
+    with pytest.raises(SystemExit) as exit_info:
+        run("--conditions", "retrieval,oracle")
+    assert exit_info.value.code == 2 and capsys.readouterr().err.splitlines()[-1].startswith(
+        "06_memory_eval.py: error: --conditions")
