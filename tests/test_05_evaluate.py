@@ -1,5 +1,7 @@
 """Tests of companions/05_evaluate.py and companions/05_prompting.py (05's saved classifier, files, baselines,
 plots, zero/few-shot prompting with a KV-cached prefix), with the tiny models of tests/test_05_finetune.py."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -99,10 +101,14 @@ def test_prompting_companion_runs_warning_free(tmp_path, llama_dir):
     challenge = tmp_path / "c.csv"
     challenge.write_text("pair_id,sentence,label\n1,great news,positive\n1,awful news,negative\n", encoding="utf-8")
     proc = run_script("companions/05_prompting.py", "--model", llama_dir, "--data", stance_csv(tmp_path / "s.csv"),
-                      "--shots-per-label", "1", "--eval-file", challenge, timeout=240)
+                      "--shots-per-label", "1", "--eval-file", challenge, "--json", tmp_path / "rows.json", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "zero-shot prompt on test split" in proc.stdout and "few-shot prompt (k=3)" in proc.stdout
     assert "Warning" not in proc.stderr, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())  # the test split's rows, for 05's results table
+    assert [r["name"] for r in rows] == ["zero-shot prompt", "few-shot prompt (k=3)"]
+    printed = float(proc.stdout.split("zero-shot prompt on test split")[1].split("calibrated accuracy ")[1][:5])
+    assert rows[0]["acc"] == pytest.approx(printed, abs=5e-4) and all(r["seconds"] > 0 for r in rows)
 
 
 @pytest.mark.slow
