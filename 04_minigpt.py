@@ -277,7 +277,8 @@ class GPT(nn.Module):
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
     def set_attention(self, kind):  # "manual" (stage 03's math) or "sdpa"; returns the model
-        [setattr(block.attn, "manual", kind == "manual") for block in self.transformer.h]
+        for block in self.transformer.h:
+            block.attn.manual = kind == "manual"
         return self
     def num_params(self):  # the tied matrix counts once
         return sum(p.numel() for p in self.parameters())
@@ -544,8 +545,8 @@ def check_kv_cache(model, prompt_ids, n_tokens, log):
     sample = dict(temperature=1.0, top_k=50, top_p=0.9, seed=7)  # sampled: compares the whole distributions
     same_sampled = generate(model, prompt_ids, n_tokens, **sample) == generate(model, prompt_ids, n_tokens,
                                                                                use_cache=False, **sample)
-    log(f"check: KV cache vs no cache, {n_tokens} new tokens: greedy "
-        f"{'identical' if (same_greedy := greedy_cached == greedy_plain) else 'DIFFERENT'}, "
+    same_greedy = greedy_cached == greedy_plain
+    log(f"check: KV cache vs no cache, {n_tokens} new tokens: greedy {'identical' if same_greedy else 'DIFFERENT'}, "
         f"sampled (same seed) {'identical' if same_sampled else 'DIFFERENT'}; {n_tokens / t_cached:,.0f} vs "
         f"{n_tokens / t_plain:,.0f} tokens/s")
     return same_greedy and same_sampled, t_plain / max(t_cached, 1e-9)
@@ -685,8 +686,7 @@ def check_config(cfg, error):
         if type(value) in (int, float) and name != "interrupt_at" and value < (name in ones):
             error(f"--{name.replace('_', '-')} is too small: {value}")
     if cfg.n_embd % cfg.n_head or cfg.n_head % (cfg.n_kv_head or cfg.n_head) or cfg.n_embd // cfg.n_head % 2:
-        error(f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head}) into even head sizes (RoPE turns "
-              "pairs), and --n-head by --n-kv-head")
+        error(f"--n-embd {cfg.n_embd} must be divisible by --n-head into even heads (RoPE), --n-head by --n-kv-head")
     if not (0 <= cfg.dropout < 1 and 0 < cfg.top_p <= 1 and 0 < cfg.beta2 < 1 and 0 <= cfg.min_lr <= cfg.lr):
         error("need 0 <= --dropout < 1, 0 < --top-p <= 1, 0 < --beta2 < 1 and 0 <= --min-lr <= --lr")
 def make_config(given, device, saved=None):

@@ -363,8 +363,8 @@ def recall(messages, question, k=MEMORY_ITEMS):
     query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
     scores = bm25(query, [w for _, w in found])
     best = sorted((i for i, score in enumerate(scores) if score > 0), key=lambda i: (-scores[i], -i))[:k]
-    if found and 0 not in best and ABOUT_ME.search(question) and set(asked) <= GROUPS[0]:   # "What's my name?":
-        best = [0] + best[:k - 1]   # people introduce themselves first ("Morning! Rafael here."): the first one too
+    if found and 0 not in best and ABOUT_ME.search(question) and set(asked) <= GROUPS[0]:  # name words, or none:
+        best = [0] + best[:k - 1]   # "What's my name?", "Who am I?": people introduce themselves first: message 0 too
     return [found[i][0] for i in sorted(best)]     # oldest first: the newest value of a fact comes last
 
 

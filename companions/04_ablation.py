@@ -76,10 +76,10 @@ class QKNormAttention(L.CausalSelfAttention):
 
 def variant_switches(name, n_head):
     """The cumulative switches of variant `name` (a dict of Config fields)."""
-    switches = {}
+    switches, last = {}, "llama" if name in EXTRAS else name  # an extra builds on the whole chain
     for step, change in STEPS.items():
         switches.update(change)
-        if step == name or step == "llama" and name in EXTRAS:
+        if step == last:
             break
     switches.update(EXTRAS.get(name, {}))
     if switches.get("n_kv_head") == "half":
@@ -191,7 +191,7 @@ def main(argv=None):
         if name != "gpt2":
             switches["mlp_hidden"] = matched_mlp_hidden(cfg, vocab_size, target, 64 if device.type == "cuda" else 8)
         params = L.GPT(L.replace(cfg, mlp_hidden=switches.get("mlp_hidden", 0)), vocab_size).num_params() + (
-            2 * base.n_embd // base.n_head * base.n_layer if name == "qknorm" else 0)  # + the q and k gains
+            2 * (base.n_embd // base.n_head) * base.n_layer if name == "qknorm" else 0)  # + the q and k gains
         results[name] = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             curve, steps = run_one(name, seed, switches, args, passthrough, out / "runs" / f"{name}_seed{seed}")

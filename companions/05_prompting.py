@@ -132,11 +132,11 @@ def run_prompting(lm, tok, train_rows, eval_sets, device, args):
             raw, calibrated, n_prefix = prompt_classify(lm, tok, examples, [r[0] for r in rows], unlabelled, device,
                                                         args.batch_size, args.max_len)
             true = [LABELS.index(r[1]) for r in rows]
-            plain, cal = ft.evaluate(true, raw), ft.evaluate(true, calibrated)
+            plain, cal, seconds = ft.evaluate(true, raw), ft.evaluate(true, calibrated), time.time() - started
             say(f"{name} on {set_name} ({len(rows)} sentences, {n_prefix}-token prefix run once, "
-                f"{time.time() - started:.1f}s): calibrated accuracy {cal['acc']:.3f}, macro-F1 {cal['f1']:.3f}; "
+                f"{seconds:.1f}s): calibrated accuracy {cal['acc']:.3f}, macro-F1 {cal['f1']:.3f}; "
                 f"uncalibrated {plain['acc']:.3f} / {plain['f1']:.3f}")
-            results.append(dict(name=name, set=set_name, calibrated=calibrated, seconds=time.time() - started,
+            results.append(dict(name=name, set=set_name, calibrated=calibrated, seconds=seconds,
                                 **{k: float(cal[k]) for k in ("acc", "f1")}))
     return results
 

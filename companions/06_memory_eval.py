@@ -356,9 +356,8 @@ def main():
                 records = run_condition(engine, users, small_talk, replies, condition, context)
                 results.append({"condition": condition, "context": context, "model": engine.model_id,
                                 "summary": summarize(records), "records": records})
-        if "retrieval+" not in conditions:
-            pass
-        elif model and model not in ("smollm2", "SmolLM2-135M-Instruct"):
+        trained_model = model and model not in ("smollm2", "SmolLM2-135M-Instruct")
+        if "retrieval+" in conditions and trained_model:
             model_args = copy.copy(args)
             model_args.model = model
             trained, _s, _c = chat.setup(model_args)
@@ -366,7 +365,7 @@ def main():
                 records = run_condition(trained, users, small_talk, replies, "retrieval+", context)
                 results.append({"condition": "retrieval+", "context": context, "model": trained.model_id,
                                 "summary": summarize(records), "records": records})
-        else:
+        elif "retrieval+" in conditions:
             print("note: no stage-05 chat model (run python 05_finetune.py, or pass --model DIR): "
                   "row retrieval+ skipped")
     except chat.UsageError as error:
