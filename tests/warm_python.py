@@ -1,6 +1,7 @@
 """A warm Python for tests/conftest.py's run_script: it imports torch, numpy and transformers once, then runs each
 script it is asked to run in a forked copy of itself, so that a script run costs no interpreter start-up and no
-torch/transformers import (about 2 s of CPU for torch, 5 s with transformers, on a 2-core CPU).
+torch/transformers import (about 2 s of CPU for torch, 5 s with transformers, on a 2-core CPU), nor the 1-2 s of
+the lazy imports most scripts make later (torch._dynamo, transformers' Llama and GPT-2 classes, pyplot).
 
 Not a test file, and not run by hand: conftest.py starts one per test process (with the test environment), writes
 one JSON request a line on its stdin and reads JSON answers from its stdout:
@@ -28,6 +29,13 @@ with warnings.catch_warnings(record=True) as IMPORT_WARNINGS:  # "always": nothi
     import torch  # noqa: F401
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (the lazy parts the scripts use)
+    # What most script runs import later, about 2 s of CPU a run: torch._dynamo (torch.optim imports it with the
+    # first optimizer; 03 and 04 start it early), the Llama and GPT-2 classes of transformers (exports, checks,
+    # 05 and 06), and pyplot (the lessons' pictures; MPLBACKEND=Agg is in the test environment).
+    import torch._dynamo  # noqa: F401
+    import transformers.models.gpt2.modeling_gpt2  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
 
 
 def run_child(request):
