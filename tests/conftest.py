@@ -13,7 +13,9 @@ LLM_TESTS_FRESH_PYTHON=1 runs every script in a fresh interpreter instead (as do
 Speed (the README's `python -m pytest` runs the tests in parallel, one pytest-xdist worker per core, see pyproject.toml):
 OpenMP threads that have no work wait passively (OMP_WAIT_POLICY=PASSIVE) instead of spinning, in the test processes
 and in every script they start. With two workers on two cores, spinning threads of one process steal the cores the
-other process needs; passive waiting changes no result and no thread count, only how idle threads wait.
+other process needs; passive waiting changes no result and no thread count, only how idle threads wait. For the same
+reason scripts start with one torch thread (OMP_NUM_THREADS=1, unless it is set already): the workers already fill
+the cores, the tests' models are tiny, and a script's own --threads flag still sets what it asks for.
 """
 import importlib.util
 import os
@@ -26,8 +28,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Before anything imports torch (OpenMP reads it once, when it is loaded): see the module docstring.
+# Before anything imports torch (OpenMP reads them once, when it is loaded): see the module docstring.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def script_path(name):
@@ -72,6 +75,7 @@ def test_env(**extra):
         PYTHONUNBUFFERED="1",
         TOKENIZERS_PARALLELISM="false",
         OMP_WAIT_POLICY=os.environ["OMP_WAIT_POLICY"],  # idle OpenMP threads sleep: see the module docstring
+        OMP_NUM_THREADS=os.environ["OMP_NUM_THREADS"],  # one thread unless a script's --threads says otherwise
     )
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -368,10 +368,11 @@ def test_default_style_run_exports_and_sample_only(text_file, tmp_path):
 # Flags and bad input: one line on stderr, non-zero exit, no traceback
 # ---------------------------------------------------------------------------------------------------------------
 def test_threads_flag_sets_torch_threads(text_file, tmp_path):
-    proc = run_script("04", "--data", text_file, *TINY, "--max-iters", "0", "--no-export", "--out", tmp_path,
-                      timeout=60)
+    # 2, not TINY's 1: scripts under test start with one thread (conftest), so only another number can show the flag
+    proc = run_script("04", "--data", text_file, *TINY, "--threads", "2", "--max-iters", "0", "--no-export",
+                      "--out", tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "(1 threads)" in proc.stdout
+    assert "(2 threads)" in proc.stdout
 
 
 def test_missing_data_file(tmp_path):
