@@ -226,8 +226,11 @@ def ask(engine, conversation, question, condition, sampling):
         prompt = regex_prompt(engine, branch, sampling, memory)
     else:
         branch.memory_at = "off" if condition == "none" else "end"
+        if condition != "none" and engine.encoder:   # in a chat each message was encoded when it was said: do so now
+            [chat.embed(text) for text, _ in chat.statements(branch.messages[:-1])]
+        started = time.perf_counter()
         if condition != "none":
-            chat.recall(branch.messages[:-1], question)     # timed alone: the memory's own cost
+            chat.recall(branch.messages[:-1], question, encoder=engine.encoder)   # timed alone: the memory's cost
         memory_ms = (time.perf_counter() - started) * 1000 if condition != "none" else 0.0
         prompt = chat.prepare_prompt(engine, branch, sampling)
     stats = {}
@@ -275,22 +278,26 @@ def summarize(records):
     return summary
 
 
-def note_check(users, small_talk):
-    """The retrieval alone, no model: how often the note holds the answer (recall, update: the newest value in the
-    last line), is empty for a never-said fact, and how many lines it has. Seconds, so memory changes can be tried."""
+def note_check(users, small_talk, encoder=None):
+    """The retrieval alone, no model: how often the note holds the answer (recall; update: the newest value, with no
+    old value in a line after it), is empty for a never-said fact, and how many lines it has. Seconds, so memory
+    changes can be tried."""
     replies = {line: "I see." for lines in small_talk.values() for line in lines}   # only user messages are searched
     counts = {"recall": [], "update": [], "abstain": [], "lines": []}
     for u, user in enumerate(users):
         messages = conversation_of(user, small_talk, replies, offset=u * 7).messages
         for question in user["questions"]:
-            recalled = [line.lower().replace("\u2019", "'") for line in chat.recall(messages, question["ask"])]
+            recalled = [line.lower().replace("\u2019", "'")
+                        for line in chat.recall(messages, question["ask"], encoder=encoder)]
             holds = [any(answer in line for answer in question["answer"]) for line in recalled]
-            good = {"recall": any(holds), "update": bool(holds) and holds[-1], "abstain": not recalled}
+            newest = max((i for i, held in enumerate(holds) if held), default=-1)   # the last line with the answer
+            stale = any(old in line for line in recalled[newest + 1:] for old in question.get("old", []))
+            good = {"recall": any(holds), "update": newest >= 0 and not stale, "abstain": not recalled}
             for key, value in ((question["kind"], good[question["kind"]]), ("lines", len(recalled))):
                 counts[key].append(value)
     print(f"the note alone ({len(users)} users): " + ", ".join(
         f"{key} {sum(v) / len(v):.2f}" for key, v in counts.items() if v) + "  (recall/update: the note holds the answer, "
-        "the newest value last; abstain: no note; lines: the note's mean length)")
+        "the newest value after the old; abstain: no note; lines: the note's mean length)")
 
 
 def percent(value):
@@ -319,6 +326,8 @@ def main():
     parser.add_argument("--conditions", default=",".join(CONDITIONS),
                         help="which rows, comma-separated (default: all of " + ",".join(CONDITIONS) + ")")
     parser.add_argument("--notes", action="store_true", help="check the retrieved notes alone (no model, seconds)")
+    parser.add_argument("--retrieval", choices=("vectors", "words"), default="vectors",
+                        help="the memory's search: sentence vectors (when the encoder is installed) or word overlap")
     parser.add_argument("--data", default=str(DATA), help="the benchmark file")
     parser.add_argument("--json", default=str(OUT), help="where the results go")
     args, _unknown = parser.parse_known_args()
@@ -338,12 +347,15 @@ def main():
         users, small_talk = read_users(args.data)
         users = [u for u in users if args.user_set in (None, u.get("set", "heldout" if u.get("heldout") else None))]
         users = users[:args.users or None]
+        encoder = chat.sentence_encoder() if args.retrieval == "vectors" else None
+        print("memory: " + ("sentence vectors" if encoder else "word overlap (BM25)"))
         if args.notes:
-            return note_check(users, small_talk)
+            return note_check(users, small_talk, encoder)
         model = args.model or (str(chat.CHAT05) if (chat.CHAT05 / "config.json").exists() else None)
         base_args = copy.copy(args)
         base_args.model = args.base
         engine, _sampling, _conversation = chat.setup(base_args)
+        engine.encoder = encoder
         print(f"memory evaluation: {len(users)} users ({sum(bool(u.get('heldout')) for u in users)} held out), "
               f"{sum(len(u['questions']) for u in users)} questions, windows {contexts}, base model {engine.model_id}",
               flush=True)
@@ -361,6 +373,7 @@ def main():
             model_args = copy.copy(args)
             model_args.model = model
             trained, _s, _c = chat.setup(model_args)
+            trained.encoder = encoder
             for context in contexts:
                 records = run_condition(trained, users, small_talk, replies, "retrieval+", context)
                 results.append({"condition": "retrieval+", "context": context, "model": trained.model_id,
