@@ -6,6 +6,7 @@ companions/06_memory_eval.py: how well the 06 chatbot remembers what a user told
     python companions/06_memory_eval.py --model out/05_finetune/chat --heldout-only
     python companions/06_memory_eval.py --set dev --users 12 --context 512 --conditions retrieval+   # tuning
     python companions/06_memory_eval.py --notes --set dev       # the retrieved notes alone, no model (seconds)
+    python companions/06_memory_eval.py --notes --retrieval words   # the same with the word fallback (BM25)
 
 The users come from data/memory_eval.json (written by data/make_memory_data.py): each states facts in varied natural
 phrasings ("Morning! Rafael here.", "I spend my days fixing lifts in office towers."), then updates one of them (a
@@ -18,7 +19,8 @@ Four conditions, each asked the same questions on the same conversation:
   none        no memory: only the window
   regex       the earlier memory of this project: a dozen regular expressions ("my name is ...") fill a fact store,
               shown as a system note just before the question
-  retrieval   the lesson's memory (BM25 over the whole conversation, the note inside the newest message), stock model
+  retrieval   the lesson's memory (sentence vectors over the whole conversation, or BM25 over words with --retrieval
+              words or without the encoder's package; the note inside the newest message), stock model
   retrieval+  the same with --model (stage 05's chat model, trained to read the note; default out/05_finetune/chat)
 Reported: recall (facts asked back), update accuracy (the newest value, not the old one), abstention (a question
 about something never said), on all users and on the held-out ones; the memory's cost per turn (ms). A table on
@@ -226,7 +228,8 @@ def ask(engine, conversation, question, condition, sampling):
         prompt = regex_prompt(engine, branch, sampling, memory)
     else:
         branch.memory_at = "off" if condition == "none" else "end"
-        if condition != "none" and engine.encoder:   # in a chat each message was encoded when it was said: do so now
+        if condition != "none" and engine.encoder:   # in a chat each message was encoded when it was said: do so now,
+            chat.embed.cache_clear()                 # and the question not yet (a cache warm from another row would be)
             [chat.embed(text) for text, _ in chat.statements(branch.messages[:-1])]
         started = time.perf_counter()
         if condition != "none":
@@ -347,6 +350,7 @@ def main():
         users, small_talk = read_users(args.data)
         users = [u for u in users if args.user_set in (None, u.get("set", "heldout" if u.get("heldout") else None))]
         users = users[:args.users or None]
+        chat.transformers.utils.logging.disable_progress_bar()
         encoder = chat.sentence_encoder() if args.retrieval == "vectors" else None
         print("memory: " + ("sentence vectors" if encoder else "word overlap (BM25)"))
         if args.notes:
