@@ -82,7 +82,6 @@ SHAPE = ("arch", "pos", "norm", "mlp", "n_kv_head", "bias", "n_layer", "n_head",
 EOS_TOKEN, UNK_TOKEN = "<|endoftext|>", "<unk>"
 CHECKPOINT_FORMAT = "llm-from-scratch/04_minigpt/v3"
 ASSETS = Path(os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch")
-
 class UserError(Exception):
     """A problem the user can fix (a file, a checkpoint, a model name): main prints it as one line."""
 # ---- Data: text -> token ids -> random windows -------------------------------------------------------------------
@@ -145,10 +144,11 @@ def batch_generator(seed, step, stream):
     return torch.Generator().manual_seed(((seed * 1_000_003 + stream) * 1_000_000_007 + step) % 2**63)
 def get_batch(ids, batch_size, block_size, generator):
     """B random windows: x (B, T) input tokens and y (B, T) the same windows shifted by one (the targets)."""
-    # start + T < len(ids) leaves room for T inputs plus the one extra target token
+    # start + T < len(ids) leaves room for T inputs plus the one extra target token. non_blocking: the copy to the GPU
+    # does not wait for the GPU to finish the last step, so Python queues this step's kernels while those run
     starts = torch.randint(len(ids) - block_size - 1, (batch_size, 1), generator=generator)  # (B, 1)
     # broadcasting (B, 1) + (T,) -> (B, T): row b holds start_b, start_b + 1, ..., start_b + T - 1
-    positions = starts.to(ids.device) + torch.arange(block_size, device=ids.device)           # (B, T)
+    positions = starts.to(ids.device, non_blocking=True) + torch.arange(block_size, device=ids.device)  # (B, T)
     # y[b, t] = x[b, t + 1]: at every position the target is the token that follows it in the text
     return ids[positions], ids[positions + 1]                                                  # (B, T), (B, T)
 # ---- The model: GPT-2 (names equal Hugging Face's GPT2LMHeadModel), and the switches that make it a Llama --------
