@@ -325,7 +325,7 @@ def statements(messages):
     """The user's past messages that state something: (text on one line, its words). "Do I like tea?" states nothing."""
     said = [(m["content"], [s for s in re.findall(r"[^.!?\n]+[.!?]*", m["content"]) if not s.strip().endswith("?")])
             for m in messages if m["role"] == "user"]    # (a message, its sentences that are no questions)
-    return [(" ".join(text.split())[:MEMORY_CHARS], words(" ".join(t))) for text, t in said if any(map(words, t))]
+    return [(" ".join(text.split()), words(" ".join(t))) for text, t in said if any(map(words, t))]
 
 
 @functools.cache   # loaded once, however many engines are made; None without its package: the memory compares words
@@ -364,14 +364,15 @@ def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
     found, asked = statements(messages), words(question)
     if encoder and found:
         vectors = torch.stack([embed(text) for text, _ in found])               # (N, 384)
-        scores, least = (vectors @ embed(question)).tolist(), MEMORY_SIMILARITY   # N cosines
+        asking = embed(" ".join(question.split()))   # the same text as it has later as a statement: encoded once
+        scores, least = (vectors @ asking).tolist(), MEMORY_SIMILARITY            # N cosines
     else:
         query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
         scores, least = bm25(query, [w for _, w in found]), 1e-9      # BM25: any shared word
     best = sorted((i for i, score in enumerate(scores) if score >= least), key=lambda i: (-scores[i], -i))[:k]
     if found and 0 not in best and ABOUT_ME.search(question) and set(asked) <= GROUPS[0]:  # name words, or none:
         best = [0] + best[:k - 1]   # "What's my name?", "Who am I?": people introduce themselves first: message 0 too
-    return [found[i][0] for i in sorted(best)]     # oldest first: the newest value of a fact comes last
+    return [found[i][0][:MEMORY_CHARS] for i in sorted(best)]   # oldest first: the newest value of a fact last
 
 
 # The layout stage 05 trains its chat model to read (data/make_memory_data.py writes the same), for example:
