@@ -86,9 +86,12 @@ _warm_lock = threading.Lock()  # a run_script from a second thread, while one ru
 
 
 def comparable_env():
-    """test_env() without the variable pytest changes for every test (the name of the test running)."""
+    """test_env() without the variables the test process changes by itself: the name of the running test (pytest), and
+    the inductor cache folder that importing torch._dynamo writes into os.environ (its default, which the warm Python
+    and every script compute alike). Any other change since the warm Python started sends runs to a fresh one."""
     env = test_env()
     env.pop("PYTEST_CURRENT_TEST", None)
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     return env
 
 
