@@ -175,6 +175,25 @@ def assert_one_line_error(proc, code=None, contains=None):
         assert contains.lower() in err.lower(), f"{contains!r} not in error message: {err!r}"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `long` (fresh interpreters: torchrun, subprocesses of subprocesses) go first, one at the head of
+    each pytest-xdist worker's first share (worksteal hands worker i the i-th of equal consecutive shares), so that
+    they run side by side from the start and the run does not end waiting on one of them. Without xdist: no change."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    long = [item for item in items if item.get_closest_marker("long")]
+    if workers < 2 or not long:
+        return
+    rest = [item for item in items if not item.get_closest_marker("long")]
+    heads = [long[i::workers] for i in range(workers)]   # round robin: worker i gets long tests i, i + workers, ...
+    ordered, left = [], len(items)
+    for i in range(workers):  # share sizes as xdist computes them: what is left // workers still to serve
+        size = left // (workers - i)
+        take = max(0, size - len(heads[i]))
+        ordered += heads[i] + rest[:take]
+        rest, left = rest[take:], left - len(heads[i]) - take
+    items[:] = ordered + rest
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread_in_tests():
     """Tests that run models in the test process use tiny ones: one thread is as fast, and leaves the other core to

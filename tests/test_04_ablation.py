@@ -1,6 +1,7 @@
 """Tests of companions/04_ablation.py: variants at equal parameter count, a tiny smoke run, results and plot."""
 import json
 
+import pytest
 import torch
 
 from conftest import assert_one_line_error, load_script, run_script
@@ -30,10 +31,11 @@ def test_variants_are_cumulative_and_parameter_matched():
             assert hidden % 64 == 0 and abs(gpu_params - 10_869_504) <= 0.021 * 10_869_504, (name, hidden, gpu_params)
 
 
+@pytest.mark.long
 def test_smoke_run_writes_table_json_and_plot(tmp_path):
     data = tmp_path / "tiny.txt"
     data.write_text(synthetic_text(), encoding="utf-8")
-    proc = run_script("companions/04_ablation.py", "--budget", "3", "--seeds", "1", "--variants", "gpt2,llama",
+    proc = run_script("companions/04_ablation.py", "--budget", "1", "--seeds", "1", "--variants", "gpt2,llama",
                       "--out", tmp_path / "abl", "--data", data, "--threads", "1", "--n-layer", "1", "--n-head", "2",
                       "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--eval-interval", "20",
                       "--eval-iters", "2", timeout=240)

@@ -59,10 +59,12 @@ def check_ddp_equals_one_process(arch, text_file, out):
     return ddp_ckpt
 
 
+@pytest.mark.long
 def test_ddp_two_gloo_processes_equal_one_process_accumulating_gpt2(text_file, tmp_path):
     check_ddp_equals_one_process("gpt2", text_file, tmp_path)
 
 
+@pytest.mark.long
 def test_ddp_llama_equals_one_process_then_interrupt_and_resume(text_file, tmp_path):
     """The llama run above; then rank 0 saves on an interrupt, and a DDP resume continues to the same end as that
     uninterrupted DDP run (one torchrun run serves both checks)."""

@@ -95,6 +95,7 @@ def test_block_size_larger_than_model_positions(random_hf_gpt2, text_file, tmp_p
     assert_one_line_error(proc, code=2, contains="positions")
 
 
+@pytest.mark.long
 def test_init_from_gpt2_offline_is_one_clear_line(tmp_path):
     proc = run_script("companions/04_gpt2.py", "--init-from", "gpt2", "--sample-only", "--out", tmp_path,
                       timeout=90, env=offline_env(HF_HOME=str(tmp_path / "hf-home")))

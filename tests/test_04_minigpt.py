@@ -321,6 +321,7 @@ def test_train_then_exact_resume(text_file, tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX-only")
+@pytest.mark.long
 def test_real_ctrl_c_saves_a_consistent_checkpoint(text_file, tmp_path):
     """A real SIGINT mid-training: exit 130, and the checkpoint's step counter agrees with the optimizer's."""
     out = tmp_path / "out"

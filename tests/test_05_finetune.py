@@ -338,6 +338,7 @@ def test_plain_template_model_chat_and_classify(tmp_path, gpt2_dir, out_dir):
     assert saved.chat_template == ft.PLAIN_CHAT_TEMPLATE
 
 
+@pytest.mark.long
 def test_offline_default_falls_back_to_cached_smollm2(tmp_path, llama_dir):
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -354,6 +354,7 @@ def smollm2_server():
     httpd.server_close()
 
 
+@pytest.mark.long
 def test_official_client_with_a_40_message_history_gets_early_facts_recalled(smollm2_server, monkeypatch):
     """Issue 14: through the official client, a 40-message history whose first facts no longer fit a 512-token
     window: the fact reaches the prompt the model sees, and the greedy reply of the real model contains it."""
@@ -472,6 +473,7 @@ def test_browser_sends_a_message_and_sees_the_streamed_reply(server, tmp_path):
             driver.kill()
 
 
+@pytest.mark.long
 def test_server_command_prints_its_address_and_answers(tiny_chat):
     proc = subprocess.Popen([sys.executable, str(script_path("companions/06_server.py")), "--port", "0",
                              "--threads", "1",
