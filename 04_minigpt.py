@@ -80,7 +80,7 @@ PER_RUN = {"resume", "interrupt_at", "device", "threads", "out", "sample_only", 
 SHAPE = ("arch", "pos", "norm", "mlp", "n_kv_head", "bias", "n_layer", "n_head", "n_embd", "mlp_hidden",
          "optimizer")  # a checkpoint's model keeps these, whatever the flags say
 EOS_TOKEN, UNK_TOKEN = "<|endoftext|>", "<unk>"
-CHECKPOINT_FORMAT = "llm-from-scratch/04_minigpt/v3"
+CHECKPOINT_FORMAT = "llm-from-scratch/04_minigpt/v4"
 ASSETS = Path(os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch")
 class UserError(Exception):
     """A problem the user can fix (a file, a checkpoint, a model name): main prints it as one line."""
@@ -102,7 +102,6 @@ def load_text(cfg):
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"data file {path} not found or not UTF-8 text ({type(exc).__name__}); pass another --data"
                         if path else "no tiny-shakespeare offline and no internet: run python companions/assets.py")
-
 class Tokenizer:
     """Text <-> ids, one id per character of the training text, then <|endoftext|> (05 and 06 need an end of text)
     and <unk> (characters never seen). (GPT-2's BPE tokens: companions/04_gpt2.py.)"""
@@ -121,8 +120,7 @@ class Tokenizer:
     def decode(self, ids):
         return "".join(self.itos[i] for i in ids if i < self.eos_id)  # special tokens print as nothing
     def to_hf(self):
-        """The same tokenizer for transformers: a BPE with no merges looks each character up (unseen ones: <unk>),
-        and the Fuse decoder joins the pieces back."""
+        """For transformers: a BPE with no merges looks each character up (else <unk>); Fuse joins them back."""
         from tokenizers import Tokenizer as RustTokenizer, decoders, models
         from transformers import PreTrainedTokenizerFast
         backend = RustTokenizer(models.BPE({t: i for i, t in enumerate(self.itos)}, [], unk_token=UNK_TOKEN))
@@ -204,7 +202,6 @@ def rotate(x, cos, sin):
     a, b = x.chunk(2, dim=-1)                                           # (B, T, heads, hs/2) each
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)                         # bf16 under autocast, like q and k
     return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)   # (a + ib)(cos + i sin), (B, T, heads, hs)
-
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * gain: LayerNorm without subtracting the mean and without a bias. Rescaling is
     what keeps the stream's scale in check; the mean adds little, and skipping it saves a reduction."""
@@ -217,7 +214,6 @@ def rms_norm(x, shape, weight, eps):  # the formula, written out (tests check F.
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 def make_norm(cfg):  # LayerNorm(x) = (x - mean) / sqrt(var + eps) * gain + bias, over each token's C features
     return nn.LayerNorm(cfg.n_embd, eps=1e-5, bias=cfg.bias) if cfg.norm == "layer" else RMSNorm(cfg.n_embd)
-
 class MLP(nn.Module):
     """Widen, non-linearity, project back. Attention only moves information between tokens (a weighted average is
     linear in the values); here each token's vector is transformed on its own, non-linearly."""
@@ -325,13 +321,11 @@ def configure_optimizer(model, cfg, device):
     params = [p for p in model.parameters() if p.requires_grad]  # the tied matrix appears once
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    if cfg.optimizer == "muon":  # the blocks' matrices to Muon; the embedding (= the head) and the gains to AdamW
-        hidden = {id(p) for block in model.transformer.h for p in block.parameters() if p.dim() == 2}
-        groups = [{**g, "params": [p for p in g["params"] if (id(p) in hidden) == muon], "muon": muon}
-                  for g in groups for muon in (True, False)]
-        return Muon([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, cfg.beta2))
-    extra = {"fused": True} if device.type == "cuda" else {}  # one kernel for the whole update on a GPU
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), **extra)
+    blocks = model.transformer.h if cfg.optimizer == "muon" else []  # Muon: the blocks' matrices; AdamW: the rest
+    to_muon = {id(p) for block in blocks for p in block.parameters() if p.dim() == 2}  # (the embedding is the head)
+    groups = [{**g, "params": [p for p in g["params"] if (id(p) in to_muon) == muon], "muon": muon}
+              for g in groups for muon in (True, False)]
+    return Muon([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, cfg.beta2))
 def orthogonalize(g, steps=5):
     """Newton-Schulz: x <- a x + b (x x^T) x + c (x x^T)^2 x pushes every singular value of x toward 1 with matmuls
     only (no SVD): G = U S V^T becomes ~U V^T. (a, b, c) from Jordan et al. (2024): fast rather than exact."""
@@ -343,18 +337,28 @@ def orthogonalize(g, steps=5):
         s = x @ x.mT
         x = 3.4445 * x + (-4.7750 * s + 2.0315 * s @ s) @ x
     return (x if wide else x.mT).to(g.dtype)
-class Muon(torch.optim.Optimizer):
+class Muon:
     """Muon for groups marked muon, AdamW for the rest. Adam scales each weight on its own, and a matrix's few dominant
     directions (singular vectors) take most of its step; Muon steps along U V^T of the momentum M = U S V^T: every
-    direction moves alike. Times 0.2 sqrt(max(rows, cols)) its step has AdamW's typical RMS: one lr serves both."""
+    direction moves alike. Times 0.2 sqrt(max(rows, cols)) its step has AdamW's typical RMS: one lr serves both.
+    Not a torch.optim.Optimizer, whose first use imports torch._dynamo (seconds of start-up); its interface."""
     def __init__(self, groups, lr, betas, momentum=0.95, eps=1e-8):
-        super().__init__(groups, dict(lr=lr, betas=betas, momentum=momentum, eps=eps))
+        self.param_groups = [dict(lr=lr, betas=betas, momentum=momentum, eps=eps, **g) for g in groups]
+        self.state, self.params = {}, [p for g in groups for p in g["params"]]  # state: step, m (and AdamW's v)
+    def zero_grad(self, set_to_none=True):  # dropping .grad frees its memory; backward() makes a fresh one
+        for p in self.params:
+            p.grad = None
+    def state_dict(self):  # by position, as torch.optim saves it (the settings come back with the config)
+        return {"state": [self.state.get(p, {}) for p in self.params]}
+    def load_state_dict(self, saved):
+        self.state = {p: {k: v.to(p.device) if torch.is_tensor(v) else v for k, v in s.items()}
+                      for p, s in zip(self.params, saved["state"]) if s}
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
             lr, (b1, b2), mu = group["lr"], group["betas"], group["momentum"]
             for p in [p for p in group["params"] if p.grad is not None]:
-                state, g = self.state[p], p.grad
+                state, g = self.state.setdefault(p, {}), p.grad
                 t = state["step"] = state.get("step", 0) + 1
                 p.mul_(1 - lr * group["weight_decay"])  # decoupled weight decay, as in AdamW
                 if group["muon"]:  # momentum, a Nesterov look-ahead (g + mu (m - g)), orthogonalised
@@ -386,7 +390,7 @@ def evaluate(model, batches, autocast):
     return result
 def train(cfg, model, tokenizer, train_ids, val_ids, device, out, log, resume=None):
     """The training loop. Returns the run's state; writes ckpt.pt (everything) and best.pt (best weights)."""
-    autocast = autocast_for(cfg, device)
+    autocast, torch.backends.cuda.matmul.allow_tf32 = autocast_for(cfg, device), True  # TF32: what stays in fp32
     optimizer = configure_optimizer(model.to(device).train(), cfg, device)  # after .to(): it holds these tensors
     train_ids, val_ids = train_ids.to(device), val_ids.to(device)  # the whole token stream lives on the device
     batches = eval_batches(cfg, train_ids, val_ids)
@@ -562,15 +566,14 @@ def sample_and_report(model, tokenizer, cfg, out, log):
 # ---- Checkpoints: atomic writes, everything an exact resume needs, safe loading ----------------------------------
 def rng_states():
     """torch's random state (it draws the dropout masks; the batches have their own generators): without it a resumed
-    run would draw other masks and drift from the full run. Python's and numpy's generators are not used here."""
+    run would draw other masks and drift from the full run."""
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 def restore_rng_states(states):  # the inverse of rng_states
     torch.set_rng_state(states["torch"])
     if states["cuda"] and len(states["cuda"]) == torch.cuda.device_count():  # else fresh CUDA streams: no harm
         torch.cuda.set_rng_state_all(states["cuda"])
 def make_checkpoint(cfg, model, tokenizer, state, optimizer=None):
-    """Plain tensors, dicts, lists, numbers and strings (what weights_only loading accepts). Without an optimizer
-    (best.pt): what sampling needs, 3x smaller than with AdamW's two moments per weight."""
+    """Tensors, dicts, lists, numbers, strings (what weights_only accepts). best.pt, with no optimizer: 3x smaller."""
     ckpt = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": asdict(cfg), "chars": tokenizer.chars,
             "vocab_size": model.vocab_size, **state}
     return {**ckpt, "optimizer": optimizer.state_dict(), "rng": rng_states()} if optimizer else ckpt
@@ -719,15 +722,12 @@ def run(given, error):
     check_config(cfg, error)
     log(f"04_minigpt: torch {torch.__version__}, device {device} "
         f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")
-    torch.backends.cuda.matmul.allow_tf32 = True  # on GPUs: TF32 tensor cores for what still runs in fp32
     torch.manual_seed(cfg.seed)  # the same seed gives the same initial weights and, on a CPU, the same run
     if ckpt:
         model, tokenizer = GPT(cfg, ckpt["vocab_size"]), Tokenizer(ckpt["chars"])
         model.load_state_dict(ckpt["model"])
         log(f"loaded {path}: step {ckpt['step']}, best val {ckpt['best_val']:.4f}, {model.num_params():,} parameters")
     if not cfg.sample_only:
-        # torch.optim imports torch._dynamo (seconds) with the first optimizer: start it now, beside the data loading
-        threading.Thread(target=__import__, args=("torch._dynamo",)).start()
         text = load_text(cfg)
         if not ckpt:  # a fresh model: the data fixes the vocabulary
             tokenizer = Tokenizer(sorted(set(text)))
@@ -738,7 +738,7 @@ def run(given, error):
         log(f"data: {len(text):,} chars, {len(train_ids) + len(val_ids):,} tokens, vocabulary {tokenizer.vocab_size}")
         log(f"model: {cfg.arch} ({cfg.pos}, {cfg.norm}, {cfg.mlp}, {cfg.n_kv_head or cfg.n_head} kv heads), "
             f"{cfg.n_layer} x {cfg.n_head} x {cfg.n_embd}, context {cfg.block_size}: {model.num_params():,} parameters")
-        self_checks(model, cfg, val_ids[:cfg.block_size + 1][None], fresh=not ckpt, log=log)
+        self_checks(model.to(device), cfg, val_ids[:cfg.block_size + 1][None].to(device), fresh=not ckpt, log=log)
         try:
             state = train(cfg, model, tokenizer, train_ids, val_ids, device, out, log, ckpt)
         except KeyboardInterrupt:

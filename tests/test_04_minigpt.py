@@ -340,7 +340,7 @@ def test_real_ctrl_c_saves_a_consistent_checkpoint(text_file, tmp_path):
     assert proc.returncode == 130, stderr[-2000:]
     assert "Ctrl-C: finishing this step" in stdout and "continue with --resume" in stdout
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
-    adam_steps = {int(state["step"]) for state in ckpt["optimizer"]["state"].values()}
+    adam_steps = {int(state["step"]) for state in ckpt["optimizer"]["state"]}  # one state per parameter, in order
     assert adam_steps == {ckpt["step"]}  # every weight was updated exactly `step` times: nothing half-done
     assert ckpt["history"]["steps"] == list(range(1, ckpt["step"] + 1))
     resumed = run_script("04", "--data", text_file, *TINY, "--max-iters", str(ckpt["step"] + 4), "--eval-interval",
