@@ -176,15 +176,22 @@ def assert_one_line_error(proc, code=None, contains=None):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `long` (fresh interpreters: torchrun, subprocesses of subprocesses) go first, one at the head of
-    each pytest-xdist worker's first share (worksteal hands worker i the i-th of equal consecutive shares), so that
-    they run side by side from the start and the run does not end waiting on one of them. Without xdist: no change."""
+    """Tests marked `long` (fresh interpreters: torchrun, subprocesses of subprocesses) go first, at the heads of the
+    pytest-xdist workers' shares (worksteal hands worker i the i-th of equal consecutive shares), so that they run side
+    by side from the start and the run does not end waiting on one of them. The long tests of one file stay together
+    on one worker, one after the other (two torchrun jobs at once can wait on each other for ever). Without xdist:
+    no change."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     long = [item for item in items if item.get_closest_marker("long")]
     if workers < 2 or not long:
         return
     rest = [item for item in items if not item.get_closest_marker("long")]
-    heads = [long[i::workers] for i in range(workers)]   # round robin: worker i gets long tests i, i + workers, ...
+    files = {}
+    for item in long:
+        files.setdefault(item.path, []).append(item)
+    heads = [[] for _ in range(workers)]
+    for i, group in enumerate(files.values()):  # round robin by file: worker i gets files i, i + workers, ...
+        heads[i % workers] += group
     ordered, left = [], len(items)
     for i in range(workers):  # share sizes as xdist computes them: what is left // workers still to serve
         size = left // (workers - i)
