@@ -179,8 +179,8 @@ def pytest_collection_modifyitems(config, items):
     """Tests marked `long` (fresh interpreters: torchrun, subprocesses of subprocesses) go first, at the heads of the
     pytest-xdist workers' shares (worksteal hands worker i the i-th of equal consecutive shares), so that they run side
     by side from the start and the run does not end waiting on one of them. The long tests of one file stay together
-    on one worker, one after the other (two torchrun jobs at once can wait on each other for ever). Without xdist:
-    no change."""
+    on one worker, one after the other (the two DDP tests' torchrun jobs, of three processes each, do not compete for
+    the cores). Without xdist: no change."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     long = [item for item in items if item.get_closest_marker("long")]
     if workers < 2 or not long:
