@@ -314,7 +314,7 @@ def autocast_for(cfg, device):
     digits); inside autocast the matmuls run in bf16 (fp32's range) at tensor-core speed."""
     bf16 = cfg.dtype == "bfloat16" or cfg.dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-def configure_optimizer(model, cfg, device):
+def configure_optimizer(model, cfg):
     """AdamW: per weight, m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; w -= lr * m_hat / (sqrt(v_hat) + eps)
     + lr * weight_decay * w (decoupled decay). Decay only matrices and embeddings: biases and gains merely shift or
     scale, and pulling a gain toward 0 would switch a feature off."""
@@ -391,7 +391,7 @@ def evaluate(model, batches, autocast):
 def train(cfg, model, tokenizer, train_ids, val_ids, device, out, log, resume=None):
     """The training loop. Returns the run's state; writes ckpt.pt (everything) and best.pt (best weights)."""
     autocast, torch.backends.cuda.matmul.allow_tf32 = autocast_for(cfg, device), True  # TF32: what stays in fp32
-    optimizer = configure_optimizer(model.to(device).train(), cfg, device)  # after .to(): it holds these tensors
+    optimizer = configure_optimizer(model.to(device).train(), cfg)  # after .to(): it holds these tensors
     train_ids, val_ids = train_ids.to(device), val_ids.to(device)  # the whole token stream lives on the device
     batches = eval_batches(cfg, train_ids, val_ids)
     state = {"step": 0, "best_val": float("inf"), "elapsed": 0.0, "history": {"steps": [], "losses": [], "evals": []}}

@@ -53,7 +53,7 @@ def bench_kv(model, n_tokens, log):
 def bench_mfu(model, cfg, device, steps, peak_tflops, log):
     autocast = L.autocast_for(cfg, device)
     model.to(device).train()
-    optimizer = L.configure_optimizer(model, cfg, device)
+    optimizer = L.configure_optimizer(model, cfg)
     fast_model = torch.compile(model) if cfg.compile else model
     ids = torch.randint(model.vocab_size, (100_000,), generator=torch.Generator().manual_seed(0)).to(device)
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum

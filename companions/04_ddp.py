@@ -89,7 +89,7 @@ def train_ddp(cfg, model, tokenizer, train_ids, val_ids, device, out, log, rank,
     master = rank == 0
     autocast = L.autocast_for(cfg, device)
     model.to(device)
-    optimizer = L.configure_optimizer(model, cfg, device)
+    optimizer = L.configure_optimizer(model, cfg)
     train_ids, val_ids = train_ids.to(device), val_ids.to(device)
     batches = L.eval_batches(cfg, train_ids, val_ids)
     state = {"step": 0, "best_val": float("inf"), "elapsed": 0.0, "history": {"steps": [], "losses": [], "evals": []}}

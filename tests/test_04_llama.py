@@ -196,7 +196,7 @@ def test_muon_updates_matrices_at_adamw_scale_and_its_adamw_part_equals_torch():
     model = m.GPT(cfg, 11)
     twin = m.GPT(cfg, 11)
     twin.load_state_dict(model.state_dict())
-    opt = m.configure_optimizer(model, cfg, torch.device("cpu"))
+    opt = m.configure_optimizer(model, cfg)
     assert isinstance(opt, m.Muon)
     matrices = {id(p) for b in model.transformer.h for p in b.parameters() if p.dim() == 2}
     others = [p for p in model.parameters() if id(p) not in matrices]

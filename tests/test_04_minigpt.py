@@ -151,7 +151,7 @@ def test_weights_are_tied_and_init_loss_near_ln_vocab():
 
 def test_a_few_steps_lower_the_loss():
     model = tiny_model().train()
-    optimizer = m.configure_optimizer(model, m.Config(lr=3e-3, weight_decay=0.1), torch.device("cpu"))
+    optimizer = m.configure_optimizer(model, m.Config(lr=3e-3, weight_decay=0.1))
     data = torch.arange(400) % 13  # a simple repeating pattern
     g = torch.Generator().manual_seed(0)
     losses = []

@@ -37,7 +37,7 @@ def test_adamw_option_equals_torch_adamw_on_every_parameter():
     torch.manual_seed(0)
     model, twin = m.GPT(cfg, 11), m.GPT(cfg, 11)
     twin.load_state_dict(model.state_dict())
-    ours = m.configure_optimizer(model, cfg, torch.device("cpu"))
+    ours = m.configure_optimizer(model, cfg)
     assert not any(group["muon"] for group in ours.param_groups)
     params = list(twin.parameters())
     reference = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
@@ -52,6 +52,6 @@ def test_adamw_option_equals_torch_adamw_on_every_parameter():
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(p, q, atol=1e-6), (p - q).abs().max()
     state = ours.state_dict()  # positions, as torch.optim saves them; a fresh optimizer takes them back
-    again = m.configure_optimizer(model, cfg, torch.device("cpu"))
+    again = m.configure_optimizer(model, cfg)
     again.load_state_dict(state)
     assert all(torch.equal(again.state[p]["v"], ours.state[p]["v"]) for p in model.parameters())
