@@ -41,14 +41,15 @@ def share_scheduling_weight(proc):
     own weight (/proc/PID/autogroup). Where the tests run with a raised weight (say `echo -20 > /proc/self/autogroup`
     on a busy machine) the workers would get a sliver of a CPU beside other raised programs and reach the timeout:
     give them the weight this process has, in a background thread while torchrun starts them (Linux only; where the
-    weight cannot be read or written nothing changes)."""
+    weight cannot be read or written, or the file is empty as in some CI containers, nothing changes)."""
     try:
         with open("/proc/self/autogroup") as f:
-            nice = f.read().split()[-1]  # "/autogroup-123 nice -20"
+            fields = f.read().split()  # "/autogroup-123 nice -20"; empty or absent in some containers
     except OSError:
         return
-    if nice == "0":
+    if len(fields) < 3 or fields[-2] != "nice" or fields[-1] in ("0", "+0"):
         return
+    nice = fields[-1]
 
     def raise_workers():
         done = set()
