@@ -35,6 +35,7 @@ class Config:  # every knob is a flag of the same name: --train-layers 16, --lor
     lr: float = 1e-4              # AdamW step size for pretrained weights
     head_lr: float = 1e-3         # the new classification head starts random: a larger step
     lora_lr: float = 1e-3         # LoRA's matrices start at zero: a larger step too
+    lora_epochs: int = 2          # LoRA's passes
     lora_rank: int = 16           # r, the rank of LoRA's update B @ A
     lora_alpha: float = 32        # LoRA's update is scaled by alpha / r
     chat_epochs: int = 4          # SFT passes over the chat data
@@ -103,15 +104,15 @@ def load_tokenizer(source, local_only):
     """The model's own tokenizer (the vocabulary its weights know), with a pad token and padding on the right."""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    # Batches pad sentences to the longest one. GPT-2 has no pad token: reuse eos (or unk) rather than add a token
-    # (a new embedding row). Which token pads does not matter: the attention mask hides it.
+    # Batches pad sentences to the longest one. GPT-2 has no pad token: reuse eos (or unk) rather than add a new
+    # embedding row; the attention mask hides it anyway.
     tok.pad_token = tok.pad_token or tok.eos_token or tok.unk_token or tok.bos_token or fail(
         f"the tokenizer of {source} has no pad, eos, unk or bos token to pad with")
     # Right padding, "Profit fell . <pad> <pad>": in a causal model real tokens only attend to tokens BEFORE them,
     # so they never see the pads, and their positions stay 0, 1, 2, ... as in pretraining.
     tok.padding_side = "right"
     return tok
-def max_positions(config):  # positions the model attends over (GPT-2: n_positions; Llama: max_position_embeddings)
+def max_positions(config):  # GPT-2: n_positions; Llama: max_position_embeddings
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
 def count_params(module, trainable_only=False):  # a tied tensor (embedding = output layer) is counted once
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
@@ -270,8 +271,11 @@ def make_batches(lengths, batch_size, rng):
     batches = [chunk[i:i + batch_size] for chunk in chunks for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+# fused: one kernel per update, not a loop over tensors. No weight decay: a few hundred steps from a good start
+def adamw(params, device, **kw):
+    return torch.optim.AdamW(params, weight_decay=0.0, fused=device.type in ("cpu", "cuda"), **kw)
 def optimizer_step(loss, params, optimizer, schedule, log):
-    # clear old gradients, backpropagate, clip the gradient norm at 1 (one bad batch cannot throw weights far), step
+    # clear old gradients, backpropagate, clip the gradient norm at 1 (one bad batch cannot throw weights far)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -301,9 +305,8 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title):
     many classes); keep the epoch best on val macro-F1, stop after `patience` worse ones. -> (test logits, info)."""
     params = [p for p in clf.parameters() if p.requires_grad]  # full: top blocks + head; LoRA: A, B + head
     head = {id(p) for p in clf.score.parameters()}  # the random head needs bigger steps than pretrained weights
-    optimizer = torch.optim.AdamW([dict(params=[p for p in params if id(p) not in head], lr=lr),
-                                   dict(params=[p for p in params if id(p) in head], lr=max(lr, cfg.head_lr))],
-                                  weight_decay=0.0)
+    optimizer = adamw([dict(params=[p for p in params if id(p) not in head], lr=lr),
+                       dict(params=[p for p in params if id(p) in head], lr=max(lr, cfg.head_lr))], device)
     train, rng = split_idx["train"], random.Random(cfg.seed)
     total = math.ceil(len(train) / cfg.batch_size) * cfg.epochs  # planned steps (early stopping may end sooner)
     warmup = max(1, total // 10)
@@ -338,7 +341,7 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title):
                 p.copy_(best[2][name])
     test_logits = predict_logits(clf, data, split_idx["test"], device, cfg.batch_size)
     return test_logits, dict(seconds=time.time() - log["started"], losses=log["losses"], best_val_f1=best[0])
-def save_dir_atomic(path, save):  # save(folder) fills a folder beside `path`, renamed into place: never half a model
+def save_dir_atomic(path, save):  # save(folder) fills a folder beside `path`, then renamed: never half a model
     path, old = Path(path), Path(path).with_name(f".{Path(path).name}.old{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))  # same filesystem: atomic rename
@@ -387,7 +390,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     # the floor every method must beat: always answer the most frequent training label
     majority = int(np.argmax(np.bincount([data["y"][i] for i in split_idx["train"]], minlength=len(LABELS))))
     results = [dict(name="majority class", trainable=0, seconds=0.0, **evaluate(test_y, [majority] * len(test_y)))]
-    # zero- and few-shot prompting (no training): companions/05_prompting.py, run for the table when it is at hand
+    # zero- and few-shot prompting (no training): companions/05_prompting.py, when at hand
     prompting = repo_dir() / "companions" / "05_prompting.py"
     if prompting.is_file() and not cfg.tiny:
         with tempfile.TemporaryDirectory() as tmp:
@@ -422,11 +425,11 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     # ---- the shortcut, and its fix ----
     # A good test score does not show WHAT the model reads. Shortcut learning: a model picks up whatever predicts its
     # labels most cheaply. "Pretax profit was EUR 7.1 mn, against EUR 9.3 mn a year earlier" reads like results, and
-    # results are more often good news: finance words come to mean good news, whichever way the numbers moved. The
+    # results are more often good news: finance words come to mean good news, whichever way numbers moved. The
     # challenge set (never trained on) asks in minimal pairs: figures swapped, "loss" for "profit", "narrowed" for
     # "widened". A pair counts only when BOTH sides are right: reading the words alone gets half the sentences and few
-    # pairs. The fix is counterfactual data: generated pairs in which only the direction differs, so nothing else
-    # predicts their labels; one pass, mixed with as many original sentences.
+    # pairs. The fix is counterfactual data: generated pairs that differ only in direction, so nothing else predicts
+    # their labels; one pass, mixed with as many originals.
     shortcut = {}
     def challenge(when):  # a pair is two adjacent rows
         pred = predict_logits(clf_full, data, split_idx["challenge"], device, cfg.batch_size).argmax(1)
@@ -445,7 +448,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     clf_lora = fresh_classifier()
     add_lora(clf_lora, list(block_stack(clf_lora))[n_bottom:], cfg.lora_rank, cfg.lora_alpha)
     clf_lora.score.weight.requires_grad_(True)  # the head is random: nothing pretrained for LoRA to adapt
-    lora = train(clf_lora, f"LoRA r={cfg.lora_rank} on attention" + top, cfg.lora_lr)
+    lora = train(clf_lora, f"LoRA r={cfg.lora_rank} on attention" + top, cfg.lora_lr, epochs=cfg.lora_epochs)
     # fold B A into W: the plain model must give the logits of W plus the LoRA path, up to rounding (fp32)
     probe = split_idx["test"][:64]
     beside = predict_logits(clf_lora, data, probe, device, cfg.batch_size, fp32=True)
@@ -530,8 +533,8 @@ HELD_OUT = [  # (a question never trained on, words a right answer holds one of)
     ("What is the name of the script that fine-tuned you?", ["05_finetune"])]
 # Stage 06's memory puts the user's earlier messages that bear on the new one INTO the new message, before it. A
 # pretrained model was never taught to read such a note: asked "What's my name?" it invents one. data/memory_chats.jsonl
-# teaches it: notes that hold the answer and replies that use it, updates, and notes without the answer and replies that
-# say so. The check uses names and phrasings of no training conversation.
+# teaches it: notes with the answer and replies that use it, updates, notes without it and replies that say so. The
+# check uses names and phrasings of no training conversation.
 MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answer holds one of; None: it declines)
     (["Good evening, this is Bartholomew."], "Do you know what I'm called?", ["bartholomew"]),
     (["I repair bicycles in a little shop."], "What is it that I do for a living?", ["bicycle", "bike"]),
@@ -649,8 +652,7 @@ def part_chat(lm, tok, device, cfg, timings):
     set_trainable_top(lm, n_layers - (n_layers if cfg.train_layers <= 0 else min(cfg.train_layers, n_layers)))
     params = [p for p in lm.parameters() if p.requires_grad]
     say(f"SFT trains {sum(p.numel() for p in params):,} of {count_params(lm):,} parameters")
-    # no weight decay: a few hundred steps from a good start; decay would only pull weights towards zero
-    optimizer = torch.optim.AdamW(params, lr=cfg.chat_lr, weight_decay=0.0)
+    optimizer = adamw(params, device, lr=cfg.chat_lr)
     examples += memory
     total = math.ceil(len(examples) / cfg.batch_size) * cfg.chat_epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
@@ -690,9 +692,10 @@ def part_chat(lm, tok, device, cfg, timings):
 # ---- Flags and main ------------------------------------------------------------------------------------------------
 # --quick and --tiny fill only the knobs left unset on the command line: --tiny --epochs 2 trains 2 epochs
 PRESETS = dict(quick=dict(epochs=2, chat_epochs=3, chatterbot_pairs=40, train_layers=8, max_train=400, max_eval=150),
-               tiny=dict(epochs=1, batch_size=8, chat_epochs=1, chatterbot_pairs=4, memory_chats=6, max_new_tokens=6,
-                         chat_max_len=96, max_train=24, max_eval=12, persona_limit=6, tour_tokens=5))
-AT_LEAST_ONE = {"batch_size", "epochs", "lora_rank", "chat_epochs", "chat_max_len", "max_new_tokens", "tour_tokens"}
+               tiny=dict(epochs=1, lora_epochs=1, batch_size=8, chat_epochs=1, chatterbot_pairs=4, memory_chats=6,
+                         max_new_tokens=6, chat_max_len=96, max_train=24, max_eval=12, persona_limit=6, tour_tokens=5))
+AT_LEAST_ONE = {"batch_size", "epochs", "lora_epochs", "lora_rank", "chat_epochs", "chat_max_len", "max_new_tokens",
+                "tour_tokens"}
 def parse_args(argv=None):
     # SUPPRESS: a flag left out is absent from the result, so a preset can tell it from a typed default
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], argument_default=argparse.SUPPRESS)
@@ -751,7 +754,7 @@ def main(argv=None):
             results[part] = tour(lm, tok, device, cfg) if part == "tour" else part_chat(lm, tok, device, cfg, timings) \
                 if part == "chat" else part_classify(lm, tok, source, local_only, data_path, device, cfg, timings)
             timings[part + " (total)"] = time.time() - started
-    timings["whole run"] = time.time() - started_all  # all measured, for 05_evaluate.py --plots (arrays as lists):
+    timings["whole run"] = time.time() - started_all  # for 05_evaluate.py --plots:
     (Path(cfg.out) / "results.json").write_text(json.dumps(results, indent=1, default=lambda a: np.asarray(a).tolist()))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # > 1 per core: other programs ran
     say(f"\nmodel {source} on {device}; wall time per part (load average now {load:.1f}):\n"

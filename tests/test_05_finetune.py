@@ -292,9 +292,12 @@ def test_tiny_run_saves_classifier_and_chat_model(tmp_path, llama_dir, out_dir):
     data = stance_csv(tmp_path / "s.csv")
     pairs_and_challenge(tmp_path)
     proc = run_script("05", "--model", llama_dir, "--data", data, "--tiny", "--train-layers", "1", "--out", out_dir,
-                      "--no-plots", timeout=240)
+                      "--lora-epochs", "2", "--no-plots", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
+    # --tiny trains one epoch; --lora-epochs sets LoRA's own (the fix pass is always one)
+    assert len(re.findall(r"^  \[fine-tune all weights[^]]*\] epoch \d", out, re.M)) == 1
+    assert len(re.findall(r"^  \[LoRA r=\d+ on attention[^]]*\] epoch \d", out, re.M)) == 2
     for expected in ["Part 1", "majority class", "LoRA r=", "max abs logit diff", "persona check:", "[[", "whole run",
                      "the fix: 12 generated sentences (minimal pairs) and 12 original ones, one pass", "generated 12"]:
         assert expected in out, expected
@@ -363,6 +366,19 @@ def test_bad_input_gets_one_line_error(tmp_path, args, message):
     env = offline_env(HF_HUB_CACHE=tmp_path / "hub", HF_HOME=tmp_path / "hf") if "--model" in args else None
     proc = run_script("05", *args, "--out", tmp_path / "o", env=env, timeout=120)
     assert_one_line_error(proc, code=2, contains=message)
+
+
+def test_adamw_is_fused_on_cpu_and_makes_the_plain_update():
+    torch.manual_seed(0)
+    w = torch.randn(64, 32, requires_grad=True)
+    v = w.detach().clone().requires_grad_(True)
+    ours, plain = ft.adamw([w], torch.device("cpu"), lr=1e-2), torch.optim.AdamW([v], lr=1e-2, weight_decay=0.0)
+    assert ours.defaults["fused"] and ours.defaults["weight_decay"] == 0.0
+    for _ in range(3):
+        g = torch.randn(64, 32)
+        w.grad, v.grad = g.clone(), g.clone()
+        ours.step(), plain.step()
+    assert torch.allclose(w, v, atol=1e-6) and not torch.equal(w, torch.zeros_like(w))
 
 
 def test_presets_fill_only_unset_knobs():
