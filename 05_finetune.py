@@ -460,7 +460,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
         f"{'macro-F1':>8} {'trainable':>12} {'train':>8}")
     for r in results:
         say(f"  {r['name']:<50} {r['acc']:>6.3f} {r['f1']:>8.3f} {r['trainable']:>12,} {r['seconds']:>7.1f}s")
-    # save the fixed model (without the pairs: the fine-tuning better on val); reload it as a user would
+    # save the fixed model (no pairs file: whichever fine-tuning is better on val); reload it as a user would
     best_clf, best_name = (clf_full, "the fixed full fine-tuning") if shortcut else (clf_lora, "LoRA (merged)") \
         if lora["best_val_f1"] > full["best_val_f1"] else (clf_full, "full fine-tuning (better on val)")
     stance_dir = Path(cfg.out) / "stance"  # a plain folder: AutoModelForSequenceClassification loads it
