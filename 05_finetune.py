@@ -271,7 +271,8 @@ def make_batches(lengths, batch_size, rng):
     batches = [chunk[i:i + batch_size] for chunk in chunks for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
-# fused: one kernel per update, not a loop over tensors. No weight decay: a few hundred steps from a good start
+# fused: one kernel per update, not a per-tensor loop. No weight decay: few steps from a good start; decay only pulls
+# weights towards zero
 def adamw(params, device, **kw):
     return torch.optim.AdamW(params, weight_decay=0.0, fused=device.type in ("cpu", "cuda"), **kw)
 def optimizer_step(loss, params, optimizer, schedule, log):
@@ -613,7 +614,7 @@ def chat_answer(lm, tok, messages, device, max_new_tokens):
     return " ".join(answer.split("User:")[0].split())  # a plain-template model may run on into the next turn
 def answer_check(lm, tok, device, cfg, system, cases):
     """cases [(label, user message, words)] -> [(label, answer, right)]: right when the answer holds one of the words
-    (crude, transparent, hard to pass by chance), or for words None when it declines."""
+    (crude but transparent), or for words None when it declines."""
     answers = [chat_answer(lm, tok, to_messages([m], system), device, cfg.max_new_tokens) for _, m, _ in cases]
     return [(label, a, bool(re.search(DECLINES, a.lower().replace("\u2019", "'"))) if words is None else
              any(w.lower() in a.lower() for w in words)) for (label, _, words), a in zip(cases, answers)]
