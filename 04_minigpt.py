@@ -241,8 +241,7 @@ class Block(nn.Module):
         self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
     def forward(self, x, cache=None, rope=None):
         x = x + self.attn(self.ln_1(x), cache, rope)  # tokens talk to each other       (B, T, C)
-        x = x + self.mlp(self.ln_2(x))                # each token thinks on its own   (B, T, C)
-        return x
+        return x + self.mlp(self.ln_2(x))             # each token thinks on its own   (B, T, C)
 
 class GPT(nn.Module):
     """Embeddings, n_layer blocks, a final norm and the head (tied to the token embedding)."""
@@ -390,7 +389,8 @@ def evaluate(model, batches, autocast):
     return result
 def train(cfg, model, tokenizer, train_ids, val_ids, device, out, log, resume=None):
     """The training loop. Returns the run's state; writes ckpt.pt (everything) and best.pt (best weights)."""
-    autocast, torch.backends.cuda.matmul.allow_tf32 = autocast_for(cfg, device), True  # TF32: what stays in fp32
+    torch.backends.cuda.matmul.allow_tf32 = True  # on GPUs: TF32 tensor cores for matmuls left in fp32
+    autocast = autocast_for(cfg, device)
     optimizer = configure_optimizer(model.to(device).train(), cfg)  # after .to(): it holds these tensors
     train_ids, val_ids = train_ids.to(device), val_ids.to(device)  # the whole token stream lives on the device
     batches = eval_batches(cfg, train_ids, val_ids)

@@ -122,7 +122,8 @@ def run_bench(engine, sampling, startup):
     # run on a shared machine should not decide the figure.
     for _ in range(3):
         conversation, stats, engine.cache = copy.deepcopy(base), {}, None
-        chat.embed.cache_clear() if engine.encoder else None  # nothing cached: the memory encodes the history too
+        if engine.encoder:  # nothing cached: the memory encodes the history too
+            chat.embed.cache_clear()
         for _ in chat.chat_turn(engine, conversation, BENCH_QUESTION, reply, stats):
             pass
         cold.append(stats["ttft"])
