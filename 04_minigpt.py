@@ -9,7 +9,7 @@ sample (temperature, top-k, top-p, a KV cache), resume exactly, and export to Hu
 Beyond the lesson (companions/): 04_gpt2.py (GPT-2's BPE tokens and weights), 04_ddp.py (several GPUs with torchrun),
 04_bench.py (KV-cache speed, MFU), 04_ablation.py (GPT-2 -> Llama, step by step, measured).
 """
-import argparse, contextlib, json, math, os, shutil, signal, subprocess, sys, threading, time, urllib.request
+import argparse, contextlib, copy, json, math, os, shutil, signal, subprocess, sys, threading, time, urllib.request
 PROCESS_START = time.time()  # before the heavy imports, so "seconds since start" includes them
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -47,6 +47,7 @@ class Config:
     weight_decay: float = knob(0.1, "AdamW weight decay (matrices only)")
     beta2: float = knob(0.99, "AdamW momentum of the squared gradient")
     grad_clip: float = knob(1.0, "clip the global gradient norm to this (0 = off)")
+    ema: float = knob(0.0, "decay of the weights' moving average, evaluated and kept (0 = off)")
     eval_interval: int = knob(500, "steps between evaluations")
     eval_iters: int = knob(20, "batches per split in each evaluation")
     log_interval: int = knob(250, "steps between log lines")
@@ -70,11 +71,11 @@ class Config:
     no_export: bool = knob(False, "skip the Hugging Face export")
     no_plots: bool = knob(False, "skip the loss-curve PNG")
 
-# GPU: nanoGPT's shakespeare_char shape, 512 tokens of context; it sees the text ~30 times and overfits, so dropout
-# and a strong weight decay. CPU (above): with little arithmetic, many small steps of a small model, on the clock.
+# GPU: nanoGPT's shakespeare_char shape, 512 tokens of context; it sees the text ~35 times and overfits: dropout, a
+# strong weight decay, and the weights' moving average. CPU (above): many small steps of a small model, on the clock.
 GPU = dict(n_layer=6, n_head=6, n_embd=384, block_size=512, dropout=0.25, batch_size=64, lr=1.5e-3, min_lr=1e-4,
-           max_iters=1000, max_minutes=0.0, weight_decay=1.0, eval_interval=50, eval_iters=10, log_interval=100,
-           optimizer="adamw")
+           max_iters=1200, max_minutes=0.0, weight_decay=2.0, beta2=0.95, ema=0.99, eval_interval=50, eval_iters=10,
+           log_interval=100, optimizer="adamw")
 GPT2 = dict(pos="learned", norm="layer", mlp="gelu", bias=True)  # --arch gpt2: GPT-2's block, all K/V heads
 PER_RUN = {"resume", "interrupt_at", "device", "threads", "out", "sample_only", "checkpoint", "export"}
 SHAPE = ("arch", "pos", "norm", "mlp", "n_kv_head", "bias", "n_layer", "n_head", "n_embd", "mlp_hidden",
@@ -103,8 +104,7 @@ def load_text(cfg):
         raise UserError(f"data file {path} not found or not UTF-8 text ({type(exc).__name__}); pass another --data"
                         if path else "no tiny-shakespeare offline and no internet: run python companions/assets.py")
 class Tokenizer:
-    """Text <-> ids, one id per character of the training text, then <|endoftext|> (05 and 06 need an end of text)
-    and <unk> (characters never seen). (GPT-2's BPE tokens: companions/04_gpt2.py.)"""
+    """Text <-> ids: one per character of the training text, then <|endoftext|> (for 05 and 06) and <unk>."""
     kind = "char"
     def __init__(self, chars):
         self.chars, self.itos = "".join(chars), list(chars) + [EOS_TOKEN, UNK_TOKEN]
@@ -142,8 +142,7 @@ def batch_generator(seed, step, stream):
     return torch.Generator().manual_seed(((seed * 1_000_003 + stream) * 1_000_000_007 + step) % 2**63)
 def get_batch(ids, batch_size, block_size, generator):
     """B random windows: x (B, T) input tokens and y (B, T) the same windows shifted by one (the targets)."""
-    # start + T < len(ids) leaves room for T inputs plus the one extra target token. non_blocking: the copy to the GPU
-    # does not wait for the GPU to finish the last step, so Python queues this step's kernels while those run
+    # start + T < len(ids): room for T inputs and one more target. non_blocking: Python queues kernels meanwhile
     starts = torch.randint(len(ids) - block_size - 1, (batch_size, 1), generator=generator)  # (B, 1)
     # broadcasting (B, 1) + (T,) -> (B, T): row b holds start_b, start_b + 1, ..., start_b + T - 1
     positions = starts.to(ids.device, non_blocking=True) + torch.arange(block_size, device=ids.device)  # (B, T)
@@ -231,7 +230,6 @@ class MLP(nn.Module):
         # * (x W_up), silu(z) = z sigmoid(z): one branch decides, feature by feature, how much of the other passes.
         h = F.silu(self.c_gate(x)) * self.c_fc(x) if self.gated else F.gelu(self.c_fc(x), approximate="tanh")
         return self.dropout(self.c_proj(h))                              # (B, T, H) -> (B, T, C)
-
 class Block(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). The norm sits inside each branch, so the residual
     stream is an untouched identity path: d(x + f(x))/dx = I + df/dx, and gradients reach the first layers."""
@@ -242,7 +240,6 @@ class Block(nn.Module):
     def forward(self, x, cache=None, rope=None):
         x = x + self.attn(self.ln_1(x), cache, rope)  # tokens talk to each other       (B, T, C)
         return x + self.mlp(self.ln_2(x))             # each token thinks on its own   (B, T, C)
-
 class GPT(nn.Module):
     """Embeddings, n_layer blocks, a final norm and the head (tied to the token embedding)."""
     def __init__(self, cfg, vocab_size):
@@ -324,7 +321,7 @@ def configure_optimizer(model, cfg):
     to_muon = {id(p) for block in blocks for p in block.parameters() if p.dim() == 2}  # (the embedding is the head)
     groups = [{**g, "params": [p for p in g["params"] if (id(p) in to_muon) == muon], "muon": muon}
               for g in groups for muon in (True, False)]
-    return Muon([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, cfg.beta2))
+    return Muon([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, cfg.beta2), ema=cfg.ema)
 def orthogonalize(g, steps=5):
     """Newton-Schulz: x <- a x + b (x x^T) x + c (x x^T)^2 x pushes every singular value of x toward 1 with matmuls
     only (no SVD): G = U S V^T becomes ~U V^T. (a, b, c) from Jordan et al. (2024): fast rather than exact."""
@@ -339,11 +336,11 @@ def orthogonalize(g, steps=5):
 class Muon:
     """Muon for groups marked muon, AdamW for the rest. Adam scales each weight on its own, and a matrix's few dominant
     directions (singular vectors) take most of its step; Muon steps along U V^T of the momentum M = U S V^T: every
-    direction moves alike. Times 0.2 sqrt(max(rows, cols)) its step has AdamW's typical RMS: one lr serves both.
-    Not a torch.optim.Optimizer, whose first use imports torch._dynamo (seconds of start-up); its interface."""
-    def __init__(self, groups, lr, betas, momentum=0.95, eps=1e-8):
+    direction moves alike. Times 0.2 sqrt(max(rows, cols)) its step has AdamW's typical RMS: one lr serves both. (Not
+    a torch.optim.Optimizer: its first use imports torch._dynamo, seconds of start-up.)"""
+    def __init__(self, groups, lr, betas, momentum=0.95, eps=1e-8, ema=0.0):
         self.param_groups = [dict(lr=lr, betas=betas, momentum=momentum, eps=eps, **g) for g in groups]
-        self.state, self.params = {}, [p for g in groups for p in g["params"]]  # state: step, m (and AdamW's v)
+        self.state, self.params, self.ema = {}, [p for g in groups for p in g["params"]], ema  # state: step, m, v
     def zero_grad(self, set_to_none=True):  # dropping .grad frees its memory; backward() makes a fresh one
         for p in self.params:
             p.grad = None
@@ -363,10 +360,23 @@ class Muon:
                 if group["muon"]:  # momentum, a Nesterov look-ahead (g + mu (m - g)), orthogonalised
                     m = state.setdefault("m", torch.zeros_like(p)).lerp_(g, 1 - mu)
                     p.add_(orthogonalize(g.lerp(m, mu)), alpha=-lr * 0.2 * max(p.shape) ** 0.5)
-                    continue
-                m = state.setdefault("m", torch.zeros_like(p)).lerp_(g, 1 - b1)  # AdamW (see configure_optimizer)
-                v = state.setdefault("v", torch.zeros_like(p)).lerp_(g.square(), 1 - b2)
-                p.addcdiv_(m / (1 - b1 ** t), (v / (1 - b2 ** t)).sqrt_().add_(group["eps"]), value=-lr)
+                else:
+                    m = state.setdefault("m", torch.zeros_like(p)).lerp_(g, 1 - b1)  # AdamW (configure_optimizer)
+                    v = state.setdefault("v", torch.zeros_like(p)).lerp_(g.square(), 1 - b2)
+                    p.addcdiv_(m / (1 - b1 ** t), (v / (1 - b2 ** t)).sqrt_().add_(group["eps"]), value=-lr)
+                if self.ema:  # mean weights of the last ~1/(1 - ema) steps: nearer the valley's middle than each
+                    state.setdefault("ema", p.clone()).lerp_(p, 1 - min(self.ema, t / (t + 1)))
+    @contextlib.contextmanager
+    def averaged(self):  # the average in place of the live weights (a swap, no copy), then back, even on Ctrl-C
+        pairs = [(p, self.state[p]) for p in self.params if "ema" in self.state.get(p, {})]
+        def swap():
+            for p, s in pairs:
+                p.data, s["ema"] = s["ema"], p.data
+        swap()
+        try:
+            yield
+        finally:
+            swap()
 def learning_rate(step, progress, cfg):
     """Linear warm-up over warmup_iters steps, then a cosine from lr to min_lr as progress goes 0 -> 1."""
     # warm-up: Adam's moment estimates rest on a handful of gradients at first, so the first steps stay small
@@ -426,12 +436,13 @@ def train(cfg, model, tokenizer, train_ids, val_ids, device, out, log, resume=No
             # ---- evaluate every eval_interval steps and at the end (a resumed run has evaluated its step) ----
             evaluated = bool(history["evals"]) and history["evals"][-1][0] == step
             if (step % cfg.eval_interval == 0 or done) and not evaluated and not (done and step == 0):
-                losses, since = evaluate(model, batches, autocast), time.time() - PROCESS_START
+                with optimizer.averaged():  # --ema: the average is measured and kept
+                    losses, since = evaluate(model, batches, autocast), time.time() - PROCESS_START
+                    if losses["val"] < state["best_val"]:
+                        state["best_val"] = losses["val"]
+                        save("best.pt", full=False) if step else None  # the weights sampling and the export use
                 history["evals"].append([step, losses["train"], losses["val"], since])
                 log(f"eval step {step:6d}: train {losses['train']:.4f}  val {losses['val']:.4f}  ({since:.1f} s in)")
-                if losses["val"] < state["best_val"]:
-                    state["best_val"] = losses["val"]
-                    save("best.pt", full=False) if step else None  # the weights sampling and the export use
                 if step and time.time() - last_save > 60:  # the full state at most once a minute (and at the end,
                     save("ckpt.pt")                        # and on Ctrl-C): a hard kill loses at most a minute
                     last_save = time.time()
@@ -485,9 +496,8 @@ def flush_losses(pending, history):  # the logged steps' losses (tensors, maybe 
 format_time = lambda seconds: f"{int(max(seconds, 0)) // 60}:{int(max(seconds, 0)) % 60:02d}"  # m:ss
 # ---- Sampling: temperature, top-k, top-p, and the KV cache -------------------------------------------------------
 class KVCache:
-    """Step 2 of attention: the keys and values of the tokens seen so far, per layer. Under the causal mask token
-    i's key and value depend only on tokens 0..i, so they never change: store them, push only the new token through
-    the layers, and let its query attend to the stored keys. Preallocated: appending writes into a slice."""
+    """The keys and values of the tokens seen so far, per layer. Under the causal mask token i's key and value depend
+    only on tokens 0..i and never change: store them, and push only the new token through the layers."""
     def __init__(self, model, batch_size):
         cfg, w = model.cfg, model.transformer.wte.weight
         shape = (batch_size, cfg.n_kv_head or cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
@@ -505,8 +515,7 @@ def top_k_filter(logits, k):
         return logits
     return logits.masked_fill(logits < torch.topk(logits, k, dim=-1).values[:, -1:], float("-inf"))
 def top_p_filter(logits, p):
-    """Nucleus: the smallest set of most likely tokens holding probability >= p; unlike top-k it adapts (1-2
-    tokens after "ROMEO", dozens at a line start). logits (B, V)."""
+    """Nucleus: the fewest most likely tokens holding probability >= p; unlike top-k, it adapts. logits (B, V)."""
     if p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)     # (B, V) most likely first
@@ -521,8 +530,8 @@ def pick_next_token(logits, temperature, top_k, top_p, generator):
     return torch.multinomial(probs, num_samples=1, generator=generator)    # one seeded draw per row
 @torch.no_grad()
 def generate(model, prompt_ids, max_new_tokens, temperature=0.8, top_k=0, top_p=1.0, use_cache=True, seed=0):
-    """Continue prompt_ids (a list) by max_new_tokens; returns the new ids. Past the context, the window jumps by
-    half a context (the cache is refilled); the uncached path recomputes the same windows: identical tokens."""
+    """Continue prompt_ids (a list) by max_new_tokens; returns the new ids. Past the context the window jumps by
+    half a context, with or without the cache: identical tokens."""
     device, n_positions = model.transformer.wte.weight.device, model.cfg.block_size
     generator = torch.Generator(device=device).manual_seed(seed)  # repeatable draws
     ids, cache = list(prompt_ids) or [0], None  # the model needs at least one input token
@@ -547,9 +556,8 @@ def check_kv_cache(model, prompt_ids, n_tokens, log):
     greedy_cached, t_cached = timed_generate(model, prompt_ids, n_tokens, temperature=0)
     greedy_plain, t_plain = timed_generate(model, prompt_ids, n_tokens, temperature=0, use_cache=False)
     sample = dict(temperature=1.0, top_k=50, top_p=0.9, seed=7)  # sampled: compares the whole distributions
-    same_sampled = generate(model, prompt_ids, n_tokens, **sample) == generate(model, prompt_ids, n_tokens,
-                                                                               use_cache=False, **sample)
-    same_greedy = greedy_cached == greedy_plain
+    same_greedy, same_sampled = greedy_cached == greedy_plain, generate(model, prompt_ids, n_tokens, **sample) == \
+        generate(model, prompt_ids, n_tokens, use_cache=False, **sample)
     log(f"check: KV cache vs no cache, {n_tokens} new tokens: greedy {'identical' if same_greedy else 'DIFFERENT'}, "
         f"sampled (same seed) {'identical' if same_sampled else 'DIFFERENT'}; {n_tokens / t_cached:,.0f} vs "
         f"{n_tokens / t_plain:,.0f} tokens/s")
@@ -565,8 +573,7 @@ def sample_and_report(model, tokenizer, cfg, out, log):
     (out / "sample.txt").write_text(text, encoding="utf-8")
 # ---- Checkpoints: atomic writes, everything an exact resume needs, safe loading ----------------------------------
 def rng_states():
-    """torch's random state (it draws the dropout masks; the batches have their own generators): without it a resumed
-    run would draw other masks and drift from the full run."""
+    """torch's random state: it draws the dropout masks; without it a resumed run would drift from the full run."""
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 def restore_rng_states(states):  # the inverse of rng_states
     torch.set_rng_state(states["torch"])
@@ -578,8 +585,7 @@ def make_checkpoint(cfg, model, tokenizer, state, optimizer=None):
             "vocab_size": model.vocab_size, **state}
     return {**ckpt, "optimizer": optimizer.state_dict(), "rng": rng_states()} if optimizer else ckpt
 def save_checkpoint(path, payload):
-    """torch.save to a temporary file in the same folder, then rename: os.replace is atomic, so a reader or a crash
-    sees the old file or the new one, never half of one."""
+    """Write a temporary file, then rename: os.replace is atomic, so a crash leaves the old file or the new one."""
     torch.save(payload, path.with_name(path.name + ".tmp"))
     os.replace(path.with_name(path.name + ".tmp"), path)
 def load_checkpoint(path):
@@ -601,8 +607,7 @@ LLAMA_NAMES = {"transformer.wte": "model.embed_tokens", "transformer.ln_f": "mod
                "model.layers.", "ln_1": "input_layernorm", "ln_2": "post_attention_layernorm", "attn.c_proj":
                "self_attn.o_proj", "c_gate": "gate_proj", "mlp.c_fc": "mlp.up_proj", "mlp.c_proj": "mlp.down_proj"}
 def hf_model_for(model, eos):
-    """transformers' own class holding our weights: GPT2LMHeadModel for the gpt2 switches, LlamaForCausalLM for the
-    llama ones (biases allowed), None for any other mix (transformers has no class for it)."""
+    """transformers' GPT2LMHeadModel or LlamaForCausalLM holding our weights; None for any other mix of switches."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
     cfg, state, ids = model.cfg, model.state_dict(), dict(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     nkv, hs = cfg.n_kv_head or cfg.n_head, cfg.n_embd // cfg.n_head
@@ -630,8 +635,7 @@ def hf_model_for(model, eos):
         raise RuntimeError(f"export mapping is incomplete: missing {missing}, unexpected {unexpected}")
     return hf
 def export_hf(model, tokenizer, folder, log):
-    """A Hugging Face folder (config.json, model.safetensors, tokenizer files) that AutoModelForCausalLM and
-    AutoTokenizer load offline; built in a temporary sibling and renamed, so no half folder is ever left."""
+    """A Hugging Face folder that AutoModelForCausalLM and AutoTokenizer load offline; built aside, then renamed."""
     from transformers.utils.logging import disable_progress_bar, set_verbosity_error
     set_verbosity_error(), disable_progress_bar()  # this script prints its own checks
     hf_model = hf_model_for(model, tokenizer.eos_id)
@@ -690,8 +694,8 @@ def check_config(cfg, error):
             error(f"--{name.replace('_', '-')} is too small: {value}")
     if cfg.n_embd % cfg.n_head or cfg.n_head % (cfg.n_kv_head or cfg.n_head) or cfg.n_embd // cfg.n_head % 2:
         error(f"--n-embd {cfg.n_embd} must be divisible by --n-head into even heads (RoPE), --n-head by --n-kv-head")
-    if not (0 <= cfg.dropout < 1 and 0 < cfg.top_p <= 1 and 0 < cfg.beta2 < 1 and 0 <= cfg.min_lr <= cfg.lr):
-        error("need 0 <= --dropout < 1, 0 < --top-p <= 1, 0 < --beta2 < 1 and 0 <= --min-lr <= --lr")
+    if not (cfg.dropout < 1 and cfg.ema < 1 and 0 < cfg.top_p <= 1 and 0 < cfg.beta2 < 1 and cfg.min_lr <= cfg.lr):
+        error("need 0 <= --dropout, --ema < 1, 0 < --top-p <= 1, 0 < --beta2 < 1 and 0 <= --min-lr <= --lr")
 def make_config(given, device, saved=None):
     """CPU defaults <- the GPU preset on a GPU <- --arch's switches <- a checkpoint's config <- the flags given."""
     values = {**asdict(Config()), **(GPU if device.type != "cpu" else {})}
@@ -751,8 +755,7 @@ def run(given, error):
     if cfg.check_tokens and not cfg.sample_only:
         check_kv_cache(model, tokenizer.encode(cfg.prompt), min(cfg.check_tokens, 2 * cfg.block_size), log)
     if cfg.export or not (cfg.no_export or cfg.sample_only):
-        cpu_model = GPT(cfg, model.vocab_size)  # a plain fp32 CPU copy: what transformers will load
-        cpu_model.load_state_dict(model.state_dict())
+        cpu_model = copy.deepcopy(model).cpu()  # a plain fp32 CPU copy: what transformers will load
         if export_hf(cpu_model, tokenizer, Path(cfg.export or out / "hf"), log):
             check_export(Path(cfg.export or out / "hf"), cpu_model, tokenizer, cfg.prompt, 40, log)
     log(f"done in {format_time(time.time() - PROCESS_START)}")
@@ -765,9 +768,8 @@ def self_checks(model, cfg, probe, fresh, log):
     model.set_attention(cfg.attention)
     log(f"check: manual attention vs F.scaled_dot_product_attention: loss {loss_m.item():.6f} vs {loss_s.item():.6f}, "
         f"max |logit diff| {(logits_m - logits_s).abs().max().item():.2e}")
-    if fresh:
-        log(f"check: loss at initialisation {loss_s.item():.3f} vs ln(vocabulary) = {math.log(model.vocab_size):.3f}"
-            " (a fresh model guesses uniformly)")
+    log(f"check: loss at initialisation {loss_s.item():.3f} vs ln(vocabulary) = {math.log(model.vocab_size):.3f}"
+        " (a fresh model guesses uniformly)") if fresh else None
 def save_plot(history, out, log):
     """loss.png: a running mean of the train loss and the evaluations (a text line without matplotlib)."""
     try:
@@ -788,13 +790,11 @@ def main(argv=None):
                      f"unrecognized arguments: {' '.join(unknown)} (--bench-kv: companions/04_bench.py; --init-from:"
                      " companions/04_gpt2.py)")
     try:
-        code = run(vars(given), parser.error)
+        sys.exit(run(vars(given), parser.error))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
+        parser.exit(2, f"error: {exc}\n")  # one line on stderr, exit status 2
     except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        sys.exit(130)
 
 if __name__ == "__main__":
     main()

@@ -127,15 +127,16 @@ def train_ddp(cfg, model, tokenizer, train_ids, val_ids, device, out, log, rank,
             done = step >= cfg.max_iters or (budget and progress >= 1.0)
             evaluated = bool(history["evals"]) and history["evals"][-1][0] == step
             if master and (step % cfg.eval_interval == 0 or done) and not evaluated and not (done and step == 0):
-                losses = L.evaluate(model, batches, autocast)
+                with optimizer.averaged():  # --ema: the moving average is measured and kept, as in the lesson
+                    losses = L.evaluate(model, batches, autocast)
+                    if losses["val"] < state["best_val"]:
+                        state["best_val"] = losses["val"]
+                        if step:
+                            save("best.pt", full=False)
                 since = time.time() - L.PROCESS_START
                 history["evals"].append([step, losses["train"], losses["val"], since])
                 log(f"eval step {step:6d}: train {losses['train']:.4f}  val {losses['val']:.4f}  "
                     f"({since:.1f} s since start)")
-                if losses["val"] < state["best_val"]:
-                    state["best_val"] = losses["val"]
-                    if step:
-                        save("best.pt", full=False)
                 if step and time.time() - last_save > 60:
                     save("ckpt.pt")
                     last_save = time.time()

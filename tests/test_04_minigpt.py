@@ -414,3 +414,63 @@ def test_old_commands_point_to_the_companions(tmp_path):
     assert_one_line_error(proc, code=2, contains="companions/04_bench.py")
     proc = run_script("04", "--init-from", "gpt2", "--out", tmp_path)
     assert_one_line_error(proc, code=2, contains="companions/04_gpt2.py")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --ema: a moving average of the weights, evaluated and kept
+# ---------------------------------------------------------------------------------------------------------------
+def test_ema_is_the_running_average_and_averaged_swaps_it_in_and_back():
+    model = tiny_model().train()
+    decay = 0.9
+    optimizer = m.Muon([{"params": list(model.parameters()), "weight_decay": 0.0, "muon": False}], lr=1e-2,
+                       betas=(0.9, 0.99), ema=decay)
+    data = torch.arange(400) % 13
+    g = torch.Generator().manual_seed(0)
+    expected = None
+    for t in range(1, 21):
+        x, y = m.get_batch(data, 4, 16, g)
+        model(x, y)[1].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        live = [p.detach().clone() for p in model.parameters()]
+        w = 1 - min(decay, t / (t + 1))  # the first step copies the weights, then the average's horizon grows
+        expected = live if expected is None else [e + w * (p - e) for e, p in zip(expected, live)]
+    with optimizer.averaged():
+        inside = [p.detach().clone() for p in model.parameters()]
+    after = [p.detach().clone() for p in model.parameters()]
+    for e, i in zip(expected, inside):
+        assert torch.allclose(e, i, atol=1e-6)
+    for a, l in zip(after, live):
+        assert torch.equal(a, l)  # the live weights are back
+    assert not all(torch.equal(i, l) for i, l in zip(inside, live))
+    with pytest.raises(RuntimeError), optimizer.averaged():  # back even when the block fails
+        raise RuntimeError("boom")
+    assert all(torch.equal(p, l) for p, l in zip(model.parameters(), live))
+
+
+def test_ema_run_keeps_the_average_and_resumes_exactly(text_file, tmp_path):
+    common = ["--data", text_file, *TINY, "--max-iters", "24", "--eval-interval", "8", "--log-interval", "4",
+              "--dropout", "0.1", "--no-export", "--ema", "0.9"]
+    full = run_script("04", *common, "--out", tmp_path / "full", timeout=120)
+    assert full.returncode == 0, full.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
+    best = torch.load(tmp_path / "full" / "best.pt", weights_only=True)
+    assert all("ema" in s for s in ckpt["optimizer"]["state"])  # the average travels with the optimizer state
+    name = "transformer.wte.weight"  # its average is what best.pt holds when the last evaluation was the best
+    averages = [s["ema"] for s in ckpt["optimizer"]["state"] if s["ema"].shape == ckpt["model"][name].shape]
+    history = json.loads((tmp_path / "full" / "history.json").read_text())
+    if min(e[2] for e in history["evals"]) == history["evals"][-1][2]:
+        assert any(torch.equal(best["model"][name], a) for a in averages)
+    assert not any(torch.equal(ckpt["model"][name], a) for a in averages)  # ckpt.pt: the live weights
+    cut = run_script("04", *common, "--out", tmp_path / "cut", "--interrupt-at", "13", timeout=120)
+    assert cut.returncode == 130
+    resumed = run_script("04", *common, "--out", tmp_path / "cut", "--resume", timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert again["losses"] == history["losses"]
+    assert [e[:3] for e in again["evals"]] == [e[:3] for e in history["evals"]]  # the averaged weights' val too
+
+
+def test_bad_ema_is_one_line(tmp_path):
+    proc = run_script("04", "--ema", "1.0", "--out", tmp_path)
+    assert proc.returncode == 2 and "--ema" in proc.stderr
