@@ -340,7 +340,7 @@ class Muon:
     a torch.optim.Optimizer: its first use imports torch._dynamo, seconds of start-up.)"""
     def __init__(self, groups, lr, betas, momentum=0.95, eps=1e-8, ema=0.0):
         self.param_groups = [dict(lr=lr, betas=betas, momentum=momentum, eps=eps, **g) for g in groups]
-        self.state, self.params, self.ema = {}, [p for g in groups for p in g["params"]], ema  # state: step, m, v
+        self.state, self.params, self.ema = {}, [p for g in groups for p in g["params"]], ema  # step, m, v, ema
     def zero_grad(self, set_to_none=True):  # dropping .grad frees its memory; backward() makes a fresh one
         for p in self.params:
             p.grad = None
