@@ -142,7 +142,7 @@ def batch_generator(seed, step, stream):
     return torch.Generator().manual_seed(((seed * 1_000_003 + stream) * 1_000_000_007 + step) % 2**63)
 def get_batch(ids, batch_size, block_size, generator):
     """B random windows: x (B, T) input tokens and y (B, T) the same windows shifted by one (the targets)."""
-    # start + T < len(ids): room for T inputs and one more target. non_blocking: Python queues kernels meanwhile
+    # start + T < len(ids): room for T inputs and one more target. non_blocking: the copy does not stall Python
     starts = torch.randint(len(ids) - block_size - 1, (batch_size, 1), generator=generator)  # (B, 1)
     # broadcasting (B, 1) + (T,) -> (B, T): row b holds start_b, start_b + 1, ..., start_b + T - 1
     positions = starts.to(ids.device, non_blocking=True) + torch.arange(block_size, device=ids.device)  # (B, T)
@@ -334,11 +334,10 @@ def orthogonalize(g, steps=5):
         x = 3.4445 * x + (-4.7750 * s + 2.0315 * s @ s) @ x
     return (x if wide else x.mT).to(g.dtype)
 class Muon:
-    """Muon for groups marked muon, AdamW for the rest. Adam scales each weight on its own, and a matrix's few dominant
+    """Muon for groups marked muon, AdamW for the rest. Adam scales each weight alone, and a matrix's few dominant
     directions (singular vectors) take most of its step; Muon steps along U V^T of the momentum M = U S V^T: every
-    direction moves alike. Times 0.2 sqrt(max(rows, cols)) its step has AdamW's typical RMS: one lr serves both. (Not
-    a torch.optim.Optimizer: its first use imports torch._dynamo, seconds of start-up.)"""
-    def __init__(self, groups, lr, betas, momentum=0.95, eps=1e-8, ema=0.0):
+    direction moves alike. Times 0.2 sqrt(max(rows, cols)) its RMS is AdamW's: one lr serves both."""
+    def __init__(self, groups, lr, betas, momentum=0.95, eps=1e-8, ema=0.0):  # not torch.optim (slow first import)
         self.param_groups = [dict(lr=lr, betas=betas, momentum=momentum, eps=eps, **g) for g in groups]
         self.state, self.params, self.ema = {}, [p for g in groups for p in g["params"]], ema  # step, m, v, ema
     def zero_grad(self, set_to_none=True):  # dropping .grad frees its memory; backward() makes a fresh one
@@ -556,8 +555,8 @@ def check_kv_cache(model, prompt_ids, n_tokens, log):
     greedy_cached, t_cached = timed_generate(model, prompt_ids, n_tokens, temperature=0)
     greedy_plain, t_plain = timed_generate(model, prompt_ids, n_tokens, temperature=0, use_cache=False)
     sample = dict(temperature=1.0, top_k=50, top_p=0.9, seed=7)  # sampled: compares the whole distributions
-    same_greedy, same_sampled = greedy_cached == greedy_plain, generate(model, prompt_ids, n_tokens, **sample) == \
-        generate(model, prompt_ids, n_tokens, use_cache=False, **sample)
+    sampled = [generate(model, prompt_ids, n_tokens, use_cache=cached, **sample) for cached in (True, False)]
+    same_greedy, same_sampled = greedy_cached == greedy_plain, sampled[0] == sampled[1]
     log(f"check: KV cache vs no cache, {n_tokens} new tokens: greedy {'identical' if same_greedy else 'DIFFERENT'}, "
         f"sampled (same seed) {'identical' if same_sampled else 'DIFFERENT'}; {n_tokens / t_cached:,.0f} vs "
         f"{n_tokens / t_plain:,.0f} tokens/s")
@@ -768,8 +767,9 @@ def self_checks(model, cfg, probe, fresh, log):
     model.set_attention(cfg.attention)
     log(f"check: manual attention vs F.scaled_dot_product_attention: loss {loss_m.item():.6f} vs {loss_s.item():.6f}, "
         f"max |logit diff| {(logits_m - logits_s).abs().max().item():.2e}")
-    log(f"check: loss at initialisation {loss_s.item():.3f} vs ln(vocabulary) = {math.log(model.vocab_size):.3f}"
-        " (a fresh model guesses uniformly)") if fresh else None
+    if fresh:
+        log(f"check: loss at initialisation {loss_s.item():.3f} vs ln(vocabulary) = {math.log(model.vocab_size):.3f}"
+            " (a fresh model guesses uniformly)")
 def save_plot(history, out, log):
     """loss.png: a running mean of the train loss and the evaluations (a text line without matplotlib)."""
     try:
