@@ -119,15 +119,14 @@ class Tokenizer:
         return ids
     def decode(self, ids):
         return "".join(self.itos[i] for i in ids if i < self.eos_id)  # special tokens print as nothing
-    def to_hf(self):
+    def to_hf(self, **settings):
         """For transformers: a BPE with no merges looks each character up (else <unk>); Fuse joins them back."""
         from tokenizers import Tokenizer as RustTokenizer, decoders, models
         from transformers import PreTrainedTokenizerFast
         backend = RustTokenizer(models.BPE({t: i for i, t in enumerate(self.itos)}, [], unk_token=UNK_TOKEN))
         backend.decoder = decoders.Fuse()
-        return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
-                                       unk_token=UNK_TOKEN, pad_token=EOS_TOKEN, clean_up_tokenization_spaces=False)
-
+        settings = dict(eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=EOS_TOKEN, unk_token=UNK_TOKEN, **settings)
+        return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False, **settings)
 def prepare_data(text, tokenizer, block_size):
     """Encode the text (ordinary text: no control tokens) and split it 90/10 into train/val id tensors."""
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)  # (N,) the whole text as one stream
@@ -250,8 +249,7 @@ class GPT(nn.Module):
             # attention is blind to order (it sums over a set of keys): each position adds a learned vector
             **({"wpe": nn.Embedding(cfg.block_size, cfg.n_embd)} if cfg.pos == "learned" else {}),  # (T, C)
             drop=nn.Dropout(cfg.dropout), h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
-            ln_f=make_norm(cfg),                               # pre-norm leaves the top un-normalised
-        ))
+            ln_f=make_norm(cfg)))                              # pre-norm leaves the top un-normalised
         if cfg.pos == "rope":  # buffers, not parameters: fixed angles, rebuilt here rather than saved
             for name, table in zip(("rope_cos", "rope_sin"), rope_angles(cfg.block_size, cfg.n_embd // cfg.n_head)):
                 self.register_buffer(name, table, persistent=False)
@@ -290,8 +288,7 @@ class GPT(nn.Module):
             x = block(x, cache, rope)                                      # (B, T, C)
         if cache is not None:
             cache.length += T                                              # every layer stored these T
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x[:, -1:] if last_only else x)  # (B, T, V); generation reads the last only
+        logits = self.lm_head(self.transformer.ln_f(x[:, -1:] if last_only else x))  # (B, T, V); generation: (B, 1, V)
         if targets is None:  # generation
             return logits, None
         # Every position is a training example: position t predicts token t+1 from tokens 0..t (the mask hides the
@@ -349,22 +346,27 @@ class Muon:
         self.state = {p: {k: v.to(p.device) if torch.is_tensor(v) else v for k, v in s.items()}
                       for p, s in zip(self.params, saved["state"]) if s}
     @torch.no_grad()
-    def step(self):
+    def step(self):  # torch._foreach_op(list, ...) = op on each tensor of the list, in one launch for all on a GPU
         for group in self.param_groups:
             lr, (b1, b2), mu = group["lr"], group["betas"], group["momentum"]
-            for p in [p for p in group["params"] if p.grad is not None]:
-                state, g = self.state.setdefault(p, {}), p.grad
-                t = state["step"] = state.get("step", 0) + 1
-                p.mul_(1 - lr * group["weight_decay"])  # decoupled weight decay, as in AdamW
-                if group["muon"]:  # momentum, a Nesterov look-ahead (g + mu (m - g)), orthogonalised
+            ps = [p for p in group["params"] if p.grad is not None]
+            states, grads = [self.state.setdefault(p, {}) for p in ps], [p.grad for p in ps]
+            for state in states:
+                state["step"] = t = state.get("step", 0) + 1
+            torch._foreach_mul_(ps, 1 - lr * group["weight_decay"])  # decoupled weight decay, as in AdamW
+            if group["muon"]:  # momentum, a Nesterov look-ahead (g + mu (m - g)), orthogonalised
+                for p, state, g in zip(ps, states, grads):
                     m = state.setdefault("m", torch.zeros_like(p)).lerp_(g, 1 - mu)
                     p.add_(orthogonalize(g.lerp(m, mu)), alpha=-lr * 0.2 * max(p.shape) ** 0.5)
-                else:
-                    m = state.setdefault("m", torch.zeros_like(p)).lerp_(g, 1 - b1)  # AdamW (configure_optimizer)
-                    v = state.setdefault("v", torch.zeros_like(p)).lerp_(g.square(), 1 - b2)
-                    p.addcdiv_(m / (1 - b1 ** t), (v / (1 - b2 ** t)).sqrt_().add_(group["eps"]), value=-lr)
-                if self.ema:  # mean weights of the last ~1/(1 - ema) steps: nearer the valley's middle than each
-                    state.setdefault("ema", p.clone()).lerp_(p, 1 - min(self.ema, t / (t + 1)))
+            elif ps:  # AdamW (configure_optimizer): m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
+                m, v = ([state.setdefault(k, torch.zeros_like(p)) for p, state in zip(ps, states)] for k in "mv")
+                torch._foreach_lerp_(m, grads, 1 - b1)
+                torch._foreach_lerp_(v, torch._foreach_mul(grads, grads), 1 - b2)
+                denominator = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(v, 1 - b2 ** t)), group["eps"])
+                torch._foreach_addcdiv_(ps, torch._foreach_div(m, 1 - b1 ** t), denominator, value=-lr)
+            if self.ema and ps:  # mean weights of the last ~1/(1 - ema) steps: nearer the valley's middle than each
+                averages = [state.setdefault("ema", p.clone()) for p, state in zip(ps, states)]
+                torch._foreach_lerp_(averages, ps, 1 - min(self.ema, t / (t + 1)))
     @contextlib.contextmanager
     def averaged(self):  # the average in place of the live weights (a swap, no copy), then back, even on Ctrl-C
         pairs = [(p, self.state[p]) for p in self.params if "ema" in self.state.get(p, {})]
@@ -644,9 +646,7 @@ def export_hf(model, tokenizer, folder, log):
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     hf_model.save_pretrained(tmp)
-    hf_tok = tokenizer.to_hf()
-    hf_tok.model_max_length = model.cfg.block_size
-    hf_tok.save_pretrained(tmp)
+    tokenizer.to_hf(model_max_length=model.cfg.block_size).save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)  # only now that the new folder is complete
     os.replace(tmp, folder)
     log(f"export: Hugging Face folder written to {folder}/ ({type(hf_model).__name__} + {tokenizer.kind} tokenizer)")

@@ -63,12 +63,12 @@ class GPT2Tokens:
     def decode(self, ids):
         return self.encoding.decode(list(ids))
 
-    def to_hf(self):
+    def to_hf(self, **settings):
         """transformers' GPT2Tokenizer from OpenAI's files (ASSETS/gpt2 has them as vocab.json and merges.txt, the
-        names transformers reads), else the hub's."""
+        names transformers reads), else the hub's; settings such as model_max_length go to it."""
         from transformers import GPT2Tokenizer
         vocab = L.offline_asset("gpt2/vocab.json")
-        return GPT2Tokenizer.from_pretrained(str(vocab.parent) if vocab else "gpt2")
+        return GPT2Tokenizer.from_pretrained(str(vocab.parent) if vocab else "gpt2", **settings)
 
 
 def load_hf_gpt2(name_or_dir, cfg, given, log):
