@@ -66,8 +66,8 @@ say = functools.partial(print, flush=True)
 
 # ---- Loading a pretrained model: a folder, the Hugging Face hub, or the offline SmolLM2 ----------------------------
 # from_pretrained takes a hub name ("gpt2", "owner/name": downloaded once into ~/.cache/huggingface) or a folder
-# holding config.json (the architecture: layers, widths, vocabulary size), the weights (model.safetensors) and the
-# tokenizer files. Stage 04 wrote such a folder; companions/assets.py makes one for SmolLM2-135M-Instruct offline.
+# holding config.json (the architecture), the weights (model.safetensors) and the tokenizer files. Stage 04 wrote
+# such a folder; companions/assets.py makes one for SmolLM2-135M-Instruct offline.
 ASSETS = Path(os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch")
 def repo_dir():  # the folder of this script
     return Path(globals().get("__file__", "./05_finetune.py")).resolve().parent  # no __file__ in a notebook cell
@@ -104,12 +104,11 @@ def load_tokenizer(source, local_only):
     """The model's own tokenizer (the vocabulary its weights know), with a pad token and padding on the right."""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    # Batches pad sentences to the longest one. GPT-2 has no pad token: reuse eos (or unk) rather than add a new
-    # embedding row; the attention mask hides it anyway.
+    # GPT-2 has no pad token: reuse eos (or unk) rather than add an embedding row; the attention mask hides it.
     tok.pad_token = tok.pad_token or tok.eos_token or tok.unk_token or tok.bos_token or fail(
         f"the tokenizer of {source} has no pad, eos, unk or bos token to pad with")
-    # Right padding, "Profit fell . <pad> <pad>": in a causal model real tokens only attend to tokens BEFORE them,
-    # so they never see the pads, and their positions stay 0, 1, 2, ... as in pretraining.
+    # Right padding ("Profit fell . <pad> <pad>"): in a causal model real tokens attend only to EARLIER ones, never
+    # to the pads, and their positions stay 0, 1, 2, ... as in pretraining.
     tok.padding_side = "right"
     return tok
 def max_positions(config):  # GPT-2: n_positions; Llama: max_position_embeddings
@@ -130,7 +129,7 @@ def tour(lm, tok, device, cfg):  # text -> token ids -> logits (B, T, V) -> next
     say(f"tokenizer: {type(tok).__name__}, {len(tok):,} tokens; {len(sentence)} characters -> {len(ids)} tokens "
         f"{[tok.decode([i]) for i in ids[:12]]}; {count_params(lm):,} parameters")
     # embedding (1, T) -> (1, T, C); N blocks of attention + MLP, each (1, T, C) -> (1, T, C); final norm; output
-    # layer C -> V. no_grad: no backward pass will follow.
+    # layer C -> V.
     x = torch.tensor([ids], device=device)  # (B=1, T)
     with torch.no_grad():
         logits = lm(input_ids=x).logits     # (1, T, V): a score for every possible next token at every position
@@ -271,8 +270,7 @@ def make_batches(lengths, batch_size, rng):
     batches = [chunk[i:i + batch_size] for chunk in chunks for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
-# fused: one kernel per update, not a per-tensor loop. No weight decay: few steps from a good start; decay only pulls
-# weights towards zero
+# fused: one kernel for all weights. No weight decay: few steps from a good start
 def adamw(params, device, **kw):
     return torch.optim.AdamW(params, weight_decay=0.0, fused=device.type in ("cpu", "cuda"), **kw)
 def optimizer_step(loss, params, optimizer, schedule, log):
@@ -301,18 +299,19 @@ def predict_logits(clf, data, indices, device, batch_size, fp32=False):
                 out.append(classifier_logits(clf, ids.to(device), mask.to(device)).cpu())
     row_of = {item: row for row, item in enumerate(order)}  # undo the sort: rows come back in the caller's order
     return torch.cat(out)[torch.tensor([row_of[i] for i in indices], dtype=torch.long)]
-def train_classifier(clf, data, split_idx, lr, cfg, device, title):
+def train_classifier(clf, data, split_idx, lr, cfg, device, title, back=0.0):
     """Train what requires grad on L = -log softmax(z)[y] (gradient softmax(z) - onehot(y): stage 01's p - y, for
     many classes); keep the epoch best on val macro-F1, stop after `patience` worse ones. -> (test logits, info)."""
     params = [p for p in clf.parameters() if p.requires_grad]  # full: top blocks + head; LoRA: A, B + head
+    start = {name: p.detach().clone() for name, p in clf.named_parameters() if p.requires_grad and back}
     head = {id(p) for p in clf.score.parameters()}  # the random head needs bigger steps than pretrained weights
     optimizer = adamw([dict(params=[p for p in params if id(p) not in head], lr=lr),
                        dict(params=[p for p in params if id(p) in head], lr=max(lr, cfg.head_lr))], device)
     train, rng = split_idx["train"], random.Random(cfg.seed)
     total = math.ceil(len(train) / cfg.batch_size) * cfg.epochs  # planned steps (early stopping may end sooner)
     warmup = max(1, total // 10)
-    # linear warm-up over 10% of the steps, then linear decay to 0: the random head's first gradients are large and
-    # Adam's moment estimates unsettled; small first steps keep them from wrecking the pretrained weights
+    # linear warm-up over 10% of the steps (stage 04), then linear decay to 0: the random head's large first
+    # gradients must not wreck the pretrained weights
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
     best, bad_epochs, log = None, 0, new_log(title, total, cfg)
@@ -336,10 +335,10 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title):
         elif (bad_epochs := bad_epochs + 1) > cfg.patience:
             say(f"  [{title}] early stop: no better val score for {bad_epochs} epochs")
             break
-    with torch.no_grad():  # back to the best epoch's weights, in place
+    with torch.no_grad():  # back to the best epoch's weights, in place; then w + back (start - w)
         for name, p in clf.named_parameters():
             if name in best[2]:
-                p.copy_(best[2][name])
+                p.copy_(best[2][name].lerp(start[name], back) if back else best[2][name])
     test_logits = predict_logits(clf, data, split_idx["test"], device, cfg.batch_size)
     return test_logits, dict(seconds=time.time() - log["started"], losses=log["losses"], best_val_f1=best[0])
 def save_dir_atomic(path, save):  # save(folder) fills a folder beside `path`, then renamed: never half a model
@@ -399,18 +398,18 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
                             "--device", str(device), "--max-eval", str(cfg.max_eval), "--json", f"{tmp}/rows.json"])
             if Path(f"{tmp}/rows.json").exists():
                 results += [dict(r, trainable=0) for r in json.loads(Path(f"{tmp}/rows.json").read_text())]
-    # from_pretrained loads every pretrained weight it finds, skips the LM's output layer and creates the one the
-    # checkpoint lacks, `score` (C -> 3), at random. Two fresh copies: full and LoRA start from the same weights.
+    # from_pretrained loads the pretrained weights, drops the LM's output layer and creates the missing `score`
+    # (C -> 3) at random. Two fresh copies: full and LoRA start alike.
     def fresh_classifier():
         clf = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=local_only, num_labels=3,
                 id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)})
         clf.config.pad_token_id = tok.pad_token_id  # transformers' forward finds the last token by it
         return clf.to(device)
-    def train(clf, name, lr, train_idx=None, **changes):  # train, add a results row
+    def train(clf, name, lr, train_idx=None, back=0.0, **changes):  # train, add a results row
         trainable = count_params(clf, trainable_only=True)
         say(f"{name}: {trainable:,} of {count_params(clf):,} parameters learn ({trainable / count_params(clf):.2%})")
         logits, info = train_classifier(clf, data, dict(split_idx, train=train_idx or split_idx["train"]), lr,
-                                        dataclasses.replace(cfg, **changes), device, name)
+                                        dataclasses.replace(cfg, **changes), device, name, back)
         results.append(dict(name=name, trainable=trainable, seconds=info["seconds"],
                             **evaluate(test_y, logits.argmax(1))))
         say(f"-> {name}: test accuracy {results[-1]['acc']:.3f}, macro-F1 {results[-1]['f1']:.3f}")
@@ -430,7 +429,8 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     # challenge set (never trained on) asks in minimal pairs: figures swapped, "loss" for "profit", "narrowed" for
     # "widened". A pair counts only when BOTH sides are right: reading the words alone gets half the sentences and few
     # pairs. The fix is counterfactual data: generated pairs that differ only in direction, so nothing else predicts
-    # their labels; one pass, mixed with as many originals.
+    # their labels; one pass, mixed with as many originals, then halfway back to the weights before it (WiSE-FT,
+    # Wortsman et al., 2022): two nearby fine-tunings share a valley, and their mean usually beats either end.
     shortcut = {}
     def challenge(when):  # a pair is two adjacent rows
         pred = predict_logits(clf_full, data, split_idx["challenge"], device, cfg.batch_size).argmax(1)
@@ -443,7 +443,8 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
         challenge("before")
         mix = counterfactual_mix(split_idx, random.Random(cfg.seed))
         say(f"the fix: {len(mix) // 2} generated sentences (minimal pairs) and {len(mix) // 2} original ones, one pass")
-        losses["fix"] = train(clf_full, "+ counterfactual pairs" + top, cfg.lr, mix, epochs=1, head_lr=cfg.lr)["losses"]
+        losses["fix"] = train(clf_full, "+ counterfactual pairs, halfway back" + top, cfg.lr, mix, 0.5, epochs=1,
+                              head_lr=cfg.lr)["losses"]
         challenge("after")
     # ---- LoRA: the pretrained weights stay frozen; only A, B and the new head learn ----
     clf_lora = fresh_classifier()

@@ -153,6 +153,32 @@ def test_classification_training_lowers_loss(tmp_path, llama_dir, gpt2_dir, arch
     assert info["best_val_f1"] > 0.6
 
 
+
+def test_back_ends_that_fraction_of_the_way_to_the_start(tmp_path, llama_dir):
+    """The fix's average: back=0.5 gives exactly the mean of the start and of what plain training reaches."""
+    clf, tok = load_classifier(llama_dir)
+    rows = ft.read_stance_csv(stance_csv(tmp_path / "s.csv", per_label=8))
+    data, split_idx = dict(pad_id=tok.pad_token_id, ids=[], y=[]), {}
+    for s in ("train", "val", "test"):
+        part = [(t, lab) for t, lab, sp in rows if sp == s]
+        split_idx[s] = list(range(len(data["ids"]), len(data["ids"]) + len(part)))
+        data["ids"] += [tok(t, add_special_tokens=False).input_ids for t, _ in part]
+        data["y"] += [ft.LABELS.index(lab) for _, lab in part]
+    ft.set_trainable_top(clf, 1)  # the bottom block frozen: it must not move either way
+    args = ft.parse_args(["--epochs", "2", "--batch-size", "8", "--log-every", "1000"])
+    start = {n: p.detach().clone() for n, p in clf.named_parameters()}
+    ends = {}
+    for back in (0.0, 0.5):
+        clf.load_state_dict(start, strict=False)
+        torch.manual_seed(0)
+        ft.train_classifier(clf, data, split_idx, 3e-3, args, torch.device("cpu"), "t", back)
+        ends[back] = {n: p.detach().clone() for n, p in clf.named_parameters()}
+    moved = [n for n in start if not torch.equal(start[n], ends[0.0][n])]
+    assert "score.weight" in moved and len(moved) > 3  # plain training moved the head and the top block
+    for n in start:
+        torch.testing.assert_close(ends[0.5][n], (start[n] + ends[0.0][n]) / 2, rtol=1e-5, atol=1e-6)
+        assert n in moved or torch.equal(ends[0.5][n], start[n])  # frozen weights stay exactly where they were
+
 # ---- LoRA ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_lora_freezes_base_and_merges_exactly(llama_dir, gpt2_dir, arch):
@@ -299,7 +325,8 @@ def test_tiny_run_saves_classifier_and_chat_model(tmp_path, llama_dir, out_dir):
     assert len(re.findall(r"^  \[fine-tune all weights[^]]*\] epoch \d", out, re.M)) == 1
     assert len(re.findall(r"^  \[LoRA r=\d+ on attention[^]]*\] epoch \d", out, re.M)) == 2
     for expected in ["Part 1", "majority class", "LoRA r=", "max abs logit diff", "persona check:", "[[", "whole run",
-                     "the fix: 12 generated sentences (minimal pairs) and 12 original ones, one pass", "generated 12"]:
+                     "the fix: 12 generated sentences (minimal pairs) and 12 original ones, one pass", "generated 12",
+                     "-> + counterfactual pairs, halfway back"]:
         assert expected in out, expected
     # the shortcut: challenge accuracy and pair accuracy before and after the fix, with the test accuracy
     shortcut = re.findall(r"^(before|after) the fix, challenge set \(2 pairs\): accuracy ([\d.]+), pair accuracy "
@@ -315,7 +342,7 @@ def test_tiny_run_saves_classifier_and_chat_model(tmp_path, llama_dir, out_dir):
     assert float(merge.split()[-1]) < 1e-4
     accuracies = [float(line.split("test accuracy ")[1].split(",")[0]) for line in out.splitlines()
                   if line.startswith("-> ") and "test accuracy" in line]
-    assert len(accuracies) == 3 and all(0.0 <= a <= 1.0 for a in accuracies)  # full, + counterfactual pairs, LoRA
+    assert len(accuracies) == 3 and all(0.0 <= a <= 1.0 for a in accuracies)  # full, + pairs (halfway back), LoRA
     assert (out_dir / "chat" / "config.json").exists() and (out_dir / "chat" / "tokenizer_config.json").exists()
     results = json.loads((out_dir / "results.json").read_text())
     assert results["chat"]["persona_after"] in range(11) and results["chat"]["memory_after"] == int(memory[2])
