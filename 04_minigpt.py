@@ -346,13 +346,13 @@ class Muon:
         self.state = {p: {k: v.to(p.device) if torch.is_tensor(v) else v for k, v in s.items()}
                       for p, s in zip(self.params, saved["state"]) if s}
     @torch.no_grad()
-    def step(self):  # torch._foreach_op(list, ...) = op on each tensor of the list, in one launch for all on a GPU
+    def step(self):  # torch._foreach_op(list): op on each tensor, one GPU launch for all
         for group in self.param_groups:
             lr, (b1, b2), mu = group["lr"], group["betas"], group["momentum"]
             ps = [p for p in group["params"] if p.grad is not None]
             states, grads = [self.state.setdefault(p, {}) for p in ps], [p.grad for p in ps]
             for state in states:
-                state["step"] = t = state.get("step", 0) + 1
+                state["step"] = t = state.get("step", 0) + 1  # a group's weights step together: one t
             torch._foreach_mul_(ps, 1 - lr * group["weight_decay"])  # decoupled weight decay, as in AdamW
             if group["muon"]:  # momentum, a Nesterov look-ahead (g + mu (m - g)), orthogonalised
                 for p, state, g in zip(ps, states, grads):
@@ -368,7 +368,7 @@ class Muon:
                 averages = [state.setdefault("ema", p.clone()) for p, state in zip(ps, states)]
                 torch._foreach_lerp_(averages, ps, 1 - min(self.ema, t / (t + 1)))
     @contextlib.contextmanager
-    def averaged(self):  # the average in place of the live weights (a swap, no copy), then back, even on Ctrl-C
+    def averaged(self):  # swap the average in (no copy), and back, even on Ctrl-C
         pairs = [(p, self.state[p]) for p in self.params if "ema" in self.state.get(p, {})]
         def swap():
             for p, s in pairs:
