@@ -222,8 +222,8 @@ def set_trainable_top(model, n_bottom):
 
 # LoRA (Hu et al., 2021): instead of changing a big matrix W (d_out x d_in), learn a low-rank change B @ A, with A (r x
 # d_in) and B (d_out x r), r << d:  y = W x + (alpha / r) B (A x). Only A and B learn: r (d_in + d_out) numbers instead
-# of d_in d_out, and AdamW keeps its two moments for those alone. It works because the change fine-tuning makes to a
-# pretrained W tends to have a low intrinsic rank (Aghajanyan et al., 2020). B starts at zero, so training starts from
+# of d_in d_out, and AdamW keeps its two moments for those alone. It works because fine-tuning's change to a
+# pretrained W has a low intrinsic rank (Aghajanyan et al., 2020). B starts at zero, so training starts from
 # the pretrained model exactly; A starts random, because with g = dL/dy and s = alpha / r, dL/dA = s B^T g x^T is zero
 # while B is, but dL/dB = s g (A x)^T is not: B moves off zero first, then A learns too. alpha / r keeps the update's
 # size nearly independent of r. Afterwards W' = W + s B A folds the change in: the same outputs, a plain model to save.
@@ -339,6 +339,9 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title, back=0.0):
         for name, p in clf.named_parameters():
             if name in best[2]:
                 p.copy_(best[2][name].lerp(start[name], back) if back else best[2][name])
+    if back:  # other weights: measure val again
+        val = evaluate(val_y, predict_logits(clf, data, split_idx["val"], device, cfg.batch_size).argmax(1))
+        say(f"  [{title}] {back:.0%} of the way back: val acc {val['acc']:.3f} macro-F1 {val['f1']:.3f}")
     test_logits = predict_logits(clf, data, split_idx["test"], device, cfg.batch_size)
     return test_logits, dict(seconds=time.time() - log["started"], losses=log["losses"], best_val_f1=best[0])
 def save_dir_atomic(path, save):  # save(folder) fills a folder beside `path`, then renamed: never half a model
@@ -451,7 +454,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     add_lora(clf_lora, list(block_stack(clf_lora))[n_bottom:], cfg.lora_rank, cfg.lora_alpha)
     clf_lora.score.weight.requires_grad_(True)  # the head is random: nothing pretrained for LoRA to adapt
     lora = train(clf_lora, f"LoRA r={cfg.lora_rank} on attention" + top, cfg.lora_lr, epochs=cfg.lora_epochs)
-    # fold B A into W: the plain model must give the logits of W plus the LoRA path, up to rounding (fp32)
+    # fold B A into W: the plain model must give the same logits, up to rounding (fp32)
     probe = split_idx["test"][:64]
     beside = predict_logits(clf_lora, data, probe, device, cfg.batch_size, fp32=True)
     merge_lora(clf_lora)
@@ -533,8 +536,8 @@ HELD_OUT = [  # (a question never trained on, words a right answer holds one of)
     ("How many Python scripts make up your project?", ["six", "6"]),
     ("What does the llm-from-scratch project teach?", ["neuron", "chatbot"]),
     ("What is the name of the script that fine-tuned you?", ["05_finetune"])]
-# Stage 06's memory puts the user's earlier messages that bear on the new one INTO the new message, before it. A
-# pretrained model was never taught to read such a note: asked "What's my name?" it invents one. data/memory_chats.jsonl
+# Stage 06's memory puts the user's relevant earlier messages INTO the new message, before it. A pretrained model
+# was never taught to read such a note: asked "What's my name?" it invents one. data/memory_chats.jsonl
 # teaches it: notes with the answer and replies that use it, updates, notes without it and replies that say so. The
 # check uses names and phrasings of no training conversation.
 MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answer holds one of; None: it declines)
@@ -579,7 +582,7 @@ def render_with_mask(tok, messages):
     user's questions or the fixed system prompt:
         L = - (1 / M) * sum over the M assistant tokens t of log p(token_t | all tokens before t)
     Every token is still IN the input (the answer must read the question); the mask only picks which predictions
-    count. Rendered piece by piece (up to each reply, the reply, the template's tail), each tokenised on its own."""
+    count. Rendered and tokenised piece by piece."""
     ids, mask, done = [], [], ""
     for i, message in enumerate(messages):
         if message["role"] != "assistant":

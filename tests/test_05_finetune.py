@@ -326,7 +326,7 @@ def test_tiny_run_saves_classifier_and_chat_model(tmp_path, llama_dir, out_dir):
     assert len(re.findall(r"^  \[LoRA r=\d+ on attention[^]]*\] epoch \d", out, re.M)) == 2
     for expected in ["Part 1", "majority class", "LoRA r=", "max abs logit diff", "persona check:", "[[", "whole run",
                      "the fix: 12 generated sentences (minimal pairs) and 12 original ones, one pass", "generated 12",
-                     "-> + counterfactual pairs, halfway back"]:
+                     "-> + counterfactual pairs, halfway back", "] 50% of the way back: val acc"]:
         assert expected in out, expected
     # the shortcut: challenge accuracy and pair accuracy before and after the fix, with the test accuracy
     shortcut = re.findall(r"^(before|after) the fix, challenge set \(2 pairs\): accuracy ([\d.]+), pair accuracy "
