@@ -339,7 +339,7 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title, back=0.0):
         for name, p in clf.named_parameters():
             if name in best[2]:
                 p.copy_(best[2][name].lerp(start[name], back) if back else best[2][name])
-    if back:  # other weights: measure val again
+    if back:  # the weights moved: measure val again
         val = evaluate(val_y, predict_logits(clf, data, split_idx["val"], device, cfg.batch_size).argmax(1))
         say(f"  [{title}] {back:.0%} of the way back: val acc {val['acc']:.3f} macro-F1 {val['f1']:.3f}")
     test_logits = predict_logits(clf, data, split_idx["test"], device, cfg.batch_size)
