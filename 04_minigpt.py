@@ -72,7 +72,7 @@ class Config:
     no_plots: bool = knob(False, "skip the loss-curve PNG")
 
 # GPU: nanoGPT's shakespeare_char shape, 512 tokens of context; it sees the text ~35 times and overfits: dropout, a
-# strong weight decay, and the weights' moving average. CPU (above): many small steps of a small model, on the clock.
+# strong weight decay, the weights' moving average. CPU (above): many small steps, on the clock.
 GPU = dict(n_layer=6, n_head=6, n_embd=384, block_size=512, dropout=0.25, batch_size=64, lr=1.5e-3, min_lr=1e-4,
            max_iters=1200, max_minutes=0.0, weight_decay=2.0, beta2=0.95, ema=0.99, eval_interval=50, eval_iters=10,
            log_interval=100, optimizer="adamw")
@@ -111,8 +111,8 @@ class Tokenizer:
         self.stoi = {ch: i for i, ch in enumerate(self.chars)}
         self.eos_id, self.unk_id, self.vocab_size = len(self.chars), len(self.chars) + 1, len(self.itos)
     def encode(self, text, allowed_special=()):
-        """As tiktoken: text is ordinary text, and only the special tokens named in allowed_special become control
-        ids. A file or prompt that contains the characters "<|endoftext|>" must not end a document by accident."""
+        """As tiktoken: only the special tokens named in allowed_special become control ids. A file or prompt
+        holding the characters "<|endoftext|>" must not end a document by accident."""
         ids = []
         for i, piece in enumerate(text.split(EOS_TOKEN) if EOS_TOKEN in allowed_special else [text]):
             ids += ([self.eos_id] if i else []) + [self.stoi.get(ch, self.unk_id) for ch in piece]
@@ -159,7 +159,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # mixes the heads' outputs back together
         self.resid_dropout = nn.Dropout(cfg.dropout)
     def forward(self, x, cache=None, rope=None):
-        B, T, C = x.shape  # batch, tokens, n_embd; nh query heads and nkv key/value heads of hs = C / nh features
+        B, T, C = x.shape  # batch, tokens, n_embd
         hs = C // self.n_head
         # view cuts the output into heads of hs features: nh query heads, then nkv key heads, then nkv value heads
         qk, v = self.c_attn(x).view(B, T, -1, hs).split([self.n_head + self.n_kv_head, self.n_kv_head], dim=2)
@@ -292,8 +292,8 @@ class GPT(nn.Module):
         if targets is None:  # generation
             return logits, None
         # Every position is a training example: position t predicts token t+1 from tokens 0..t (the mask hides the
-        # answer). Cross-entropy = mean over B*T positions of -log softmax(logits)[target], in fp32, computed with
-        # the log-sum-exp trick; view(-1, V) gives the (N, V) layout it expects.
+        # answer). Cross-entropy = mean over B*T positions of -log softmax(logits)[target], in fp32; view(-1, V)
+        # gives the (N, V) layout it expects.
         return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 # ---- Training: optimizer, schedule, evaluation, the loop ---------------------------------------------------------
 def pick_device(name):
@@ -383,7 +383,7 @@ def learning_rate(step, progress, cfg):
     # warm-up: Adam's moment estimates rest on a handful of gradients at first, so the first steps stay small
     if step < cfg.warmup_iters:
         return cfg.lr * (step + 1) / cfg.warmup_iters
-    # decay: late in training a large step keeps bouncing around the minimum instead of settling into it
+    # decay: late on, a large step bounces around the minimum instead of settling
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0))) * (cfg.lr - cfg.min_lr)
 def eval_batches(cfg, train_ids, val_ids):
     """Fixed batches per split, drawn once: every evaluation measures the same text, a fair comparison."""
@@ -413,7 +413,7 @@ def train(cfg, model, tokenizer, train_ids, val_ids, device, out, log, resume=No
         restore_rng_states(resume["rng"])
         log(f"resume: continuing at step {state['step']} (best val {state['best_val']:.4f})")
     (out / "best.pt").unlink(missing_ok=True) if not resume else None  # an older run's best must not outlive a new one
-    # torch.compile fuses the model's many small kernels into a few (a big win on GPUs; compiling takes a while)
+    # torch.compile fuses many small kernels into a few (a win on GPUs; compiling takes a while)
     fast_model = torch.compile(model) if cfg.compile else model
     save = lambda name, full=True: save_checkpoint(out / name, make_checkpoint(cfg, model, tokenizer, state,
                                                                               optimizer if full else None))
@@ -497,8 +497,8 @@ def flush_losses(pending, history):  # the logged steps' losses (tensors, maybe 
 format_time = lambda seconds: f"{int(max(seconds, 0)) // 60}:{int(max(seconds, 0)) % 60:02d}"  # m:ss
 # ---- Sampling: temperature, top-k, top-p, and the KV cache -------------------------------------------------------
 class KVCache:
-    """The keys and values of the tokens seen so far, per layer. Under the causal mask token i's key and value depend
-    only on tokens 0..i and never change: store them, and push only the new token through the layers."""
+    """Each layer's keys and values so far. Under the causal mask token i's key and value depend only on tokens 0..i
+    and never change: store them, and push only the new token through."""
     def __init__(self, model, batch_size):
         cfg, w = model.cfg, model.transformer.wte.weight
         shape = (batch_size, cfg.n_kv_head or cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
@@ -542,7 +542,7 @@ def generate(model, prompt_ids, max_new_tokens, temperature=0.8, top_k=0, top_p=
             window_start, cache = len(ids) - n_positions // 2, None
         if not use_cache:                             # the whole window again: same numbers, T times the work
             logits, _ = model.eval()(torch.tensor([ids[window_start:]], device=device), last_only=True)
-        else:  # a fresh cache takes the whole window; later only the one token not yet cached goes in
+        else:  # a fresh cache takes the whole window, then only the newest token
             chunk = ids[window_start:] if cache is None else ids[-1:]
             cache = cache or KVCache(model, 1)
             logits, _ = model.eval()(torch.tensor([chunk], device=device), cache=cache, last_only=True)  # (1, 1, V)
@@ -574,7 +574,7 @@ def sample_and_report(model, tokenizer, cfg, out, log):
     (out / "sample.txt").write_text(text, encoding="utf-8")
 # ---- Checkpoints: atomic writes, everything an exact resume needs, safe loading ----------------------------------
 def rng_states():
-    """torch's random state: it draws the dropout masks; without it a resumed run would drift from the full run."""
+    """torch's random state (it draws the dropout masks): without it a resumed run would drift."""
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 def restore_rng_states(states):  # the inverse of rng_states
     torch.set_rng_state(states["torch"])
@@ -603,7 +603,7 @@ def load_checkpoint(path):
 # ---- Hugging Face: our weights out, as GPT-2 or Llama, and a reload check -----------------------------------------
 # GPT-2 stores these four matrices as Conv1D, shape (in, out): the transpose of nn.Linear's (out, in).
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# Llama's names for ours (in this order); its q_proj, k_proj and v_proj are the rows of our fused c_attn
+# Llama's names for ours (in order); q_proj, k_proj, v_proj are rows of our fused c_attn
 LLAMA_NAMES = {"transformer.wte": "model.embed_tokens", "transformer.ln_f": "model.norm", "transformer.h.":
                "model.layers.", "ln_1": "input_layernorm", "ln_2": "post_attention_layernorm", "attn.c_proj":
                "self_attn.o_proj", "c_gate": "gate_proj", "mlp.c_fc": "mlp.up_proj", "mlp.c_proj": "mlp.down_proj"}

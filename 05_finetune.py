@@ -31,7 +31,7 @@ class Config:  # every knob is a flag of the same name: --train-layers 16, --lor
     max_len: int = 0              # tokens per sentence; 0 = 64 (x4 for a character-level tokenizer)
     batch_size: int = 16          # sentences per step, each batch padded to its longest sentence
     epochs: int = 3               # passes over the training split; the best epoch on val is kept
-    patience: int = 1             # stop after more than this many epochs in a row without a better val score
+    patience: int = 1             # stop after more than this many epochs without a better val score
     lr: float = 1e-4              # AdamW step size for pretrained weights
     head_lr: float = 1e-3         # the new classification head starts random: a larger step
     lora_lr: float = 1e-3         # LoRA's matrices start at zero: a larger step too
@@ -239,7 +239,7 @@ class LoRA(nn.Module):
         self.scale = alpha / rank
     def forward(self, x):  # (..., d_in) -> (..., r) -> (..., d_out): A x first, the (d_out, d_in) B A is never built
         return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale    # (..., d_out)
-    def merged(self):  # fold the update into the base layer and return it: W x + s B A x = (W + s B A) x
+    def merged(self):  # W' = W + s B A, in the base layer, returned
         delta = (self.B @ self.A) * self.scale                              # (d_out, d_in)
         with torch.no_grad():
             self.base.weight += delta.t() if self.transposed else delta     # Conv1D stores (d_in, d_out)
@@ -257,7 +257,7 @@ def add_lora(model, blocks, rank, alpha):
                     if isinstance(child, nn.Linear) or type(child).__name__ == "Conv1D":
                         setattr(parent, child_name, LoRA(child, rank, alpha))
 def merge_lora(model):
-    """Replace every LoRA by its base layer with B A folded in: a plain model any user can load, no LoRA code."""
+    """Replace every LoRA by its merged base layer: a plain model anyone can load."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, LoRA):
@@ -303,7 +303,7 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title, back=0.0):
     """Train what requires grad on L = -log softmax(z)[y] (gradient softmax(z) - onehot(y): stage 01's p - y, for
     many classes); keep the epoch best on val macro-F1, stop after `patience` worse ones. -> (test logits, info)."""
     params = [p for p in clf.parameters() if p.requires_grad]  # full: top blocks + head; LoRA: A, B + head
-    start = {name: p.detach().clone() for name, p in clf.named_parameters() if p.requires_grad and back}
+    start = {name: p.detach().clone() for name, p in clf.named_parameters() if p.requires_grad} if back else {}
     head = {id(p) for p in clf.score.parameters()}  # the random head needs bigger steps than pretrained weights
     optimizer = adamw([dict(params=[p for p in params if id(p) not in head], lr=lr),
                        dict(params=[p for p in params if id(p) in head], lr=max(lr, cfg.head_lr))], device)
@@ -433,7 +433,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     # "widened". A pair counts only when BOTH sides are right: reading the words alone gets half the sentences and few
     # pairs. The fix is counterfactual data: generated pairs that differ only in direction, so nothing else predicts
     # their labels; one pass, mixed with as many originals, then halfway back to the weights before it (WiSE-FT,
-    # Wortsman et al., 2022): two nearby fine-tunings share a valley, and their mean usually beats either end.
+    # Wortsman et al., 2022): nearby fine-tunings share a valley, and their mean often beats both.
     shortcut = {}
     def challenge(when):  # a pair is two adjacent rows
         pred = predict_logits(clf_full, data, split_idx["challenge"], device, cfg.batch_size).argmax(1)
@@ -446,7 +446,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
         challenge("before")
         mix = counterfactual_mix(split_idx, random.Random(cfg.seed))
         say(f"the fix: {len(mix) // 2} generated sentences (minimal pairs) and {len(mix) // 2} original ones, one pass")
-        losses["fix"] = train(clf_full, "+ counterfactual pairs, halfway back" + top, cfg.lr, mix, 0.5, epochs=1,
+        losses["fix"] = train(clf_full, "+ counterfactual pairs, halfway back" + top, cfg.lr, mix, back=0.5, epochs=1,
                               head_lr=cfg.lr)["losses"]
         challenge("after")
     # ---- LoRA: the pretrained weights stay frozen; only A, B and the new head learn ----
@@ -454,7 +454,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     add_lora(clf_lora, list(block_stack(clf_lora))[n_bottom:], cfg.lora_rank, cfg.lora_alpha)
     clf_lora.score.weight.requires_grad_(True)  # the head is random: nothing pretrained for LoRA to adapt
     lora = train(clf_lora, f"LoRA r={cfg.lora_rank} on attention" + top, cfg.lora_lr, epochs=cfg.lora_epochs)
-    # fold B A into W: the plain model must give the same logits, up to rounding (fp32)
+    # fold B A into W: the same logits, up to rounding (fp32)
     probe = split_idx["test"][:64]
     beside = predict_logits(clf_lora, data, probe, device, cfg.batch_size, fp32=True)
     merge_lora(clf_lora)
@@ -629,11 +629,11 @@ def part_chat(lm, tok, device, cfg, timings):
     if tok.chat_template is None:
         tok.chat_template = PLAIN_CHAT_TEMPLATE
         say("the tokenizer has no chat template: using the plain one (User: ... / Assistant: ...<eos>)")
-    # several system prompts, and none (SmolLM2's template then adds its own), so the persona holds in any app
+    # several system prompts, and none (SmolLM2's template then adds its own), so the persona holds anywhere
     systems, system = [SYSTEM_PROMPT, None, "You are a helpful assistant."], SYSTEM_PROMPT
     if max_positions(lm.config) < 256:  # a small stage-04 model: no system prompt, short answers
         systems, system, cfg.max_new_tokens = [None] * 3, None, min(cfg.max_new_tokens, max_positions(lm.config) // 2)
-    # general chats keep it general: on persona answers alone it would forget what it knew ("catastrophic forgetting")
+    # general chats keep it general: on persona answers alone it would forget the rest ("catastrophic forgetting")
     persona = PERSONA_CONVERSATIONS[:cfg.persona_limit or None]
     extra = chatterbot_conversations(cfg.chatterbot_pairs, rng)
     memory = memory_conversations(repo_dir() / "data" / "memory_chats.jsonl", cfg.memory_chats, rng)

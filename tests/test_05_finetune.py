@@ -127,19 +127,24 @@ def test_our_pooling_equals_transformers_classifier(llama_dir, left):
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
+def stance_data(tok, rows):
+    """Rows (text, label, split) -> the data dict and split positions, laid out as part_classify does."""
+    data, split_idx = dict(pad_id=tok.pad_token_id, ids=[], y=[]), {}
+    for s in ("train", "val", "test"):
+        part = [(t, lab) for t, lab, sp in rows if sp == s]
+        split_idx[s] = list(range(len(data["ids"]), len(data["ids"]) + len(part)))
+        data["ids"] += [tok(t, add_special_tokens=False).input_ids for t, _ in part]
+        data["y"] += [ft.LABELS.index(lab) for _, lab in part]
+    return data, split_idx
+
+
 # ---- training loop ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch,n_bottom", [("llama", 1), ("gpt2", 0)])
 def test_classification_training_lowers_loss(tmp_path, llama_dir, gpt2_dir, arch, n_bottom):
     model_dir = llama_dir if arch == "llama" else gpt2_dir
     clf, tok = load_classifier(model_dir)
     rows = ft.read_stance_csv(stance_csv(tmp_path / "s.csv", per_label=16))
-    data = dict(pad_id=tok.pad_token_id, ids=[], y=[])
-    split_idx = {}
-    for s in ("train", "val", "test"):
-        part = [(t, lab) for t, lab, sp in rows if sp == s]
-        split_idx[s] = list(range(len(data["ids"]), len(data["ids"]) + len(part)))
-        data["ids"] += [tok(t, add_special_tokens=False).input_ids for t, _ in part]
-        data["y"] += [ft.LABELS.index(lab) for _, lab in part]
+    data, split_idx = stance_data(tok, rows)
     ft.set_trainable_top(clf, n_bottom)
     if n_bottom:  # the bottom block is frozen: no gradient reaches it
         assert not any(p.requires_grad for p in ft.block_stack(clf)[0].parameters())
@@ -153,17 +158,11 @@ def test_classification_training_lowers_loss(tmp_path, llama_dir, gpt2_dir, arch
     assert info["best_val_f1"] > 0.6
 
 
-
 def test_back_ends_that_fraction_of_the_way_to_the_start(tmp_path, llama_dir):
     """The fix's average: back=0.5 gives exactly the mean of the start and of what plain training reaches."""
     clf, tok = load_classifier(llama_dir)
     rows = ft.read_stance_csv(stance_csv(tmp_path / "s.csv", per_label=8))
-    data, split_idx = dict(pad_id=tok.pad_token_id, ids=[], y=[]), {}
-    for s in ("train", "val", "test"):
-        part = [(t, lab) for t, lab, sp in rows if sp == s]
-        split_idx[s] = list(range(len(data["ids"]), len(data["ids"]) + len(part)))
-        data["ids"] += [tok(t, add_special_tokens=False).input_ids for t, _ in part]
-        data["y"] += [ft.LABELS.index(lab) for _, lab in part]
+    data, split_idx = stance_data(tok, rows)
     ft.set_trainable_top(clf, 1)  # the bottom block frozen: it must not move either way
     args = ft.parse_args(["--epochs", "2", "--batch-size", "8", "--log-every", "1000"])
     start = {n: p.detach().clone() for n, p in clf.named_parameters()}
