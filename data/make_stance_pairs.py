@@ -113,7 +113,15 @@ TRAIN_TEMPLATES = {
                     "{S} amounted to {new}, compared with {old} {P}.",
                     "{S} totalled {new} ({old}).",
                     "{S} {be} {new} ({old}) {W}.",
-                    "{S} came to {new}, against {old} {P}."],
+                    "{S} came to {new}, against {old} {P}.",
+                    "{S} {be} {new} {W}, compared with {old} {P}.",
+                    "{S} {be} {new} {W} ({old} {P}).",
+                    "{C} reported {s} of {new}, compared with {old} {P}.",
+                    "{S}: {new}, compared with {old} {P}.",
+                    "{S} {be} {new}. {P_cap}, {it} {be} {old}.",
+                    "{S} totalled {new} {W}, compared with {old} {P}.",
+                    "{S} {be} {new}, as against {old} {P}.",
+                    "From {old} {P}, {s} moved to {new} {W}."],   # the old figure first
     "verb_flip": ["{S} {verb} to {new} from {old} {P}.",
                   "{S} amounted to {new}, {updown} from {old} {P}.",
                   "{S} {be} {new}, {updown} from {old} {P}.",
@@ -194,6 +202,11 @@ CHALLENGE_TEMPLATES = {
                       "{C} said {s} {be} {x} pct {hilo} than {P}.",
                       "{S} {verb} {x} per cent {V}, {C} reported."],
 }
+# DEV number-swap shapes for companions/05_shortcut.py: no training pair and no challenge pair uses them, so the
+# companion can choose a training recipe on them (and on val) without ever looking at the challenge set
+DEV_NUMBER_SWAP_TEMPLATES = ["{S} {W}: {new}; {P}: {old}.",
+                             "{S} {be} {new}, in comparison with {old} {P}.",
+                             "{C} put its {m} at {new}, compared with {old} {P}."]
 # verbs for the challenge's loss metrics and percentages (training uses narrowed/widened, improved/weakened)
 CHALLENGE_NW = {"smaller": ("shrank", "shrunk"), "bigger": ("deepened", "deepened")}
 TRAIN_NW = {"smaller": ("narrowed", "narrowed"), "bigger": ("widened", "widened")}
@@ -287,8 +300,10 @@ def pick_metric(rng, lex, groups):
 def common_slots(rng, lex, metric, template):
     S, s, be = subject(rng, lex, metric, template)
     when = rng.choice(lex["when"])
-    return {"S": S, "s": s, "be": be, "P": rng.choice(lex["period"]), "V": rng.choice(lex["vs"]), "W": when,
-            "W_cap": cap(when), "C": rng.choice(lex["companies"]), "S_for": f"{cap(metric[0])} {when}"}
+    period = rng.choice(lex["period"])
+    return {"S": S, "s": s, "be": be, "P": period, "P_cap": cap(period), "V": rng.choice(lex["vs"]), "W": when,
+            "W_cap": cap(when), "C": rng.choice(lex["companies"]), "S_for": f"{cap(metric[0])} {when}",
+            "it": "they" if metric[1] else "it", "m": metric[0]}
 
 
 def polarity(group):
@@ -365,7 +380,7 @@ def gen_narrow_widen(rng, lex, templates):
     for smaller in (True, False):
         new, old = (small, big) if smaller else (big, small)
         nw, nw_pp = verbs["smaller" if smaller else "bigger"]
-        text = fill(template, new=unit.format(x=new), old=unit.format(x=old), nw=nw, nw_pp=nw_pp, m=loss, **slots)
+        text = fill(template, new=unit.format(x=new), old=unit.format(x=old), nw=nw, nw_pp=nw_pp, **slots)
         sides.append((text, change_label(BAD, float(new), float(old))))
     return sides
 
@@ -431,6 +446,22 @@ def generate(lex, templates, which, seed, prefix, avoid=()):
             pair_id = f"{prefix}{len(rows) // 2 + 1:03d}"
             rows += [(pair_id, kind, text, label) for text, label in sides]
     return rows
+
+
+def number_swap_pairs(n, seed, templates=None, avoid=()):
+    """n more number-swap pairs in the training lexicon -> [((text, label), (text, label))]: the training
+    templates by default; no sentence twice, none in `avoid` (a set of lowercased, space-normalised sentences)."""
+    rng, seen, out = random.Random(seed), set(avoid), []
+    shapes = {"number_swap": templates or TRAIN_TEMPLATES["number_swap"]}
+    for _ in range(100 * n + 100):
+        if len(out) == n:
+            return out
+        sides = gen_number_swap(rng, TRAIN_LEX, shapes)
+        keys = [" ".join(t.lower().split()) for t, _ in sides]
+        if len(set(keys)) == 2 and not seen & set(keys) and sides[0][1] != sides[1][1]:
+            seen.update(keys)
+            out.append(tuple(sides))
+    raise RuntimeError(f"cannot make {n} distinct number-swap pairs")
 
 
 def read_main_texts():

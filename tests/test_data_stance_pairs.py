@@ -127,7 +127,7 @@ def read_label(kind, text):
     bad_metric = bool(BAD_METRIC.search(text))
     if kind == "number_swap" or (kind == "level_neutral"):
         new, old = map(float, FIGURE.findall(text)[:2])
-        if text.startswith("Set against"):   # the one shape that names the old figure first
+        if text.startswith(("Set against", "From ")):   # the shapes that name the old figure first
             new, old = old, new
         up = new > old
     else:
