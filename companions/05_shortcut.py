@@ -3,6 +3,7 @@ classifier to read WHICH WAY two figures moved ("EUR 7.1 mn, against EUR 9.3 mn 
 
     python companions/05_shortcut.py                       # before, the lesson's pass, joint training (seed 0)
     python companions/05_shortcut.py --seeds 0,1,2 --extra 400 --json out/05_shortcut.json
+    python companions/05_shortcut.py --variants joint      # only the joint recipe (the slow one)
 
 Per seed it trains 05's full fine-tune on the original sentences ("before"), then two fixes:
   pass    the lesson's default: from the "before" weights, one pass over the generated pairs mixed with as many
@@ -33,7 +34,7 @@ def load(name, path):  # the lesson and the generator, by path (a lesson's name 
 ft = load("stage_05_finetune", ROOT / "05_finetune.py")
 gen = load("make_stance_pairs", ROOT / "data" / "make_stance_pairs.py")
 say = ft.say
-VARIANTS = ("pass", "joint")
+VARIANTS = ("before", "pass", "joint")  # "pass" starts from "before", so it trains (and reports) that too
 
 
 def norm(text):
@@ -110,13 +111,14 @@ def run_seed(args, seed, source, local_only, tok, device):
         ft.train_classifier(clf, data, dict(idx, train=train_idx), cfg.lr, c, device, name, changes.get("back", 0.0))
         report(clf, name, len(train_idx) * c.epochs, time.time() - started)
 
-    clf = fresh()
-    train(clf, "before (originals only)", idx["train"])
-    if "pass" in args.variants:  # exactly the lesson's step
-        train(clf, "pass (the lesson)", ft.counterfactual_mix(idx, random.Random(seed)), back=0.5, epochs=1,
-              head_lr=cfg.lr)
-    if "joint" in args.variants:
+    if {"before", "pass"} & set(args.variants):
+        clf = fresh()
+        train(clf, "before (originals only)", idx["train"])
+        if "pass" in args.variants:  # exactly the lesson's step
+            train(clf, "pass (the lesson)", ft.counterfactual_mix(idx, random.Random(seed)), back=0.5, epochs=1,
+                  head_lr=cfg.lr)
         del clf
+    if "joint" in args.variants:
         train(fresh(), f"joint (+{args.extra} number swaps)", idx["train"] + idx["generated"] + idx["extra"])
     return rows
 

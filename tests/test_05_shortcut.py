@@ -72,6 +72,9 @@ def test_tiny_run_reports_every_model(tmp_path, llama_dir):
         assert 0 <= r["challenge"]["pairs"] <= r["challenge"]["acc"] <= 1 and "number_swap" in r["challenge"]
         assert set(r["dev_in"]) == set(r["dev_new"]) == {"acc", "pairs"}
     assert "joint (+10 number swaps)" in proc.stdout and "chal. pairs" in proc.stdout
+    proc = run_script("companions/05_shortcut.py", "--model", llama_dir, "--max-train", "40", "--max-eval", "20",
+                      "--epochs", "1", "--extra", "4", "--dev-pairs", "5", "--variants", "joint", "--json", out)
+    assert proc.returncode == 0 and [r["model"] for r in json.loads(out.read_text())] == ["joint (+4 number swaps)"]
 
 
 @pytest.mark.parametrize("args, message", [(["--variants", "pass,foo"], "unknown foo"),
