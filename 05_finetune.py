@@ -427,13 +427,14 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     full, losses = train(clf_full, "fine-tune all weights" + top, cfg.lr), {}
     # ---- the shortcut, and its fix ----
     # A good test score does not show WHAT the model reads. Shortcut learning: a model picks up whatever predicts its
-    # labels most cheaply. "Pretax profit was EUR 7.1 mn, against EUR 9.3 mn a year earlier" reads like results, and
-    # results are more often good news: finance words come to mean good news, whichever way numbers moved. The
+    # labels most cheaply. "Pretax profit was EUR 7.1 mn, against EUR 9.3 mn a year earlier" reads like results,
+    # which are more often good news: finance words come to mean good news, whichever way numbers moved. The
     # challenge set (never trained on) asks in minimal pairs: figures swapped, "loss" for "profit", "narrowed" for
-    # "widened". A pair counts only when BOTH sides are right: reading the words alone gets half the sentences and few
-    # pairs. The fix is counterfactual data: generated pairs that differ only in direction, so nothing else predicts
-    # their labels; one pass, mixed with as many originals, then halfway back to the weights before it (WiSE-FT,
-    # Wortsman et al., 2022): nearby fine-tunings share a valley, and their mean often beats both.
+    # "widened"; a pair counts only when BOTH sides are right. The fix is counterfactual data: generated pairs that
+    # differ only in direction, so nothing else predicts their labels; one pass, mixed with as many originals, then
+    # halfway back to the starting weights (WiSE-FT, Wortsman et al., 2022): nearby fine-tunings share a valley; their
+    # mean often beats both. It teaches direction words, not compared figures (those need pairs in every epoch:
+    # companions/05_shortcut.py).
     shortcut = {}
     def challenge(when):  # a pair is two adjacent rows
         pred = predict_logits(clf_full, data, split_idx["challenge"], device, cfg.batch_size).argmax(1)
