@@ -147,7 +147,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=ft.Config.epochs)
     p.add_argument("--max-train", type=int, default=0, help="at most N training sentences (0 = all; for tests)")
     p.add_argument("--max-eval", type=int, default=0, help="at most N val and N test sentences (0 = all)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", help="write every row here")
     args, _ = p.parse_known_args(argv)
@@ -157,8 +157,9 @@ def main(argv=None):
         sys.exit(f"error: --seeds takes integers separated by commas, got {args.seeds!r}")
     try:
         args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        if bad := [v for v in args.variants if v not in VARIANTS]:
-            ft.fail(f"--variants: unknown {', '.join(bad)} (choose among {', '.join(VARIANTS)})")
+        if not args.variants or (bad := [v for v in args.variants if v not in VARIANTS]):
+            ft.fail(f"--variants: {'unknown ' + ', '.join(bad) if args.variants else 'none given'} (choose among "
+                    f"{', '.join(VARIANTS)})")
         if min(args.extra, args.dev_pairs - 1, args.epochs - 1) < 0:
             ft.fail("--extra must be >= 0, --dev-pairs and --epochs >= 1")
         if args.threads:
@@ -171,8 +172,10 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     summary(rows)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_name(path.name + ".tmp").write_text(json.dumps(rows, indent=1))
+        path.with_name(path.name + ".tmp").replace(path)  # a rename: never half a file
         say(f"wrote {args.json}")
 
 

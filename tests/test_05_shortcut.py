@@ -79,6 +79,7 @@ def test_tiny_run_reports_every_model(tmp_path, llama_dir):
 
 @pytest.mark.parametrize("args, message", [(["--variants", "pass,foo"], "unknown foo"),
                                            (["--seeds", "one"], "--seeds"),
+                                           (["--variants", ","], "none given"),
                                            (["--extra", "-1"], "--extra")])
 def test_bad_flags_get_one_line_errors(args, message):
     assert_one_line_error(run_script("companions/05_shortcut.py", *args), contains=message)
