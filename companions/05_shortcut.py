@@ -33,12 +33,8 @@ def load(name, path):  # the lesson and the generator, by path (a lesson's name 
 
 ft = load("stage_05_finetune", ROOT / "05_finetune.py")
 gen = load("make_stance_pairs", ROOT / "data" / "make_stance_pairs.py")
-say = ft.say
+say, norm = ft.say, gen.norm  # norm: a sentence as compared for duplicates
 VARIANTS = ("before", "pass", "joint")  # "pass" starts from "before", so it trains (and reports) that too
-
-
-def norm(text):
-    return " ".join(text.lower().split())
 
 
 def dev_and_extra(splits, extra, dev_pairs):
@@ -72,10 +68,11 @@ def run_seed(args, seed, source, local_only, tok, device):
         ft.fail(f"no generated pairs beside {args.data}: run python data/make_stance_pairs.py")
     extra = dev_and_extra(splits, args.extra, args.dev_pairs)
     with open(Path(args.data).with_name("stance_challenge.csv"), newline="", encoding="utf-8") as f:
-        kinds = {"challenge": [r.get("kind", "") for r in csv.DictReader(f)]}
-    data, idx = dict(pad_id=tok.pad_token_id, ids=[], y=[]), {}
+        challenge_kinds = [r.get("kind", "") for r in csv.DictReader(f)]  # 05 reads the rows but not their kind
+    data, idx = dict(pad_id=tok.pad_token_id, ids=[], y=[]), {}  # the lesson's layout: every split in one list
     for name, rows in list(splits.items()) + list(extra.items()):
         idx[name] = list(range(len(data["ids"]), len(data["ids"]) + len(rows)))
+        # at most 64 tokens a sentence, as 05 does for a subword tokenizer
         data["ids"] += [tok(r[0], add_special_tokens=False).input_ids[:64] or [tok.pad_token_id] for r in rows]
         data["y"] += [ft.LABELS.index(r[1]) for r in rows]
 
@@ -93,22 +90,21 @@ def run_seed(args, seed, source, local_only, tok, device):
             return ft.predict_logits(clf, data, idx[split], device, cfg.batch_size).argmax(1).tolist()
         y = {s: [data["y"][i] for i in idx[s]] for s in ("val", "test", "challenge", "dev_in", "dev_new")}
         val, test = ft.evaluate(y["val"], predict("val")), ft.evaluate(y["test"], predict("test"))
-        neg = test["confusion"][0]
-        rows.append(dict(seed=seed, model=name, sentences=sentences, seconds=round(seconds, 1), val_acc=val["acc"],
-                         val_f1=val["f1"], test_acc=test["acc"], test_f1=test["f1"],
-                         neg_called_pos=float(neg[2] / max(1, neg.sum())),
-                         dev_in=pair_scores(predict("dev_in"), y["dev_in"]),
-                         dev_new=pair_scores(predict("dev_new"), y["dev_new"]),
-                         challenge=pair_scores(predict("challenge"), y["challenge"], kinds["challenge"])))
-        r = rows[-1]
+        neg = test["confusion"][0]  # true negatives: how many were called negative, neutral, positive
+        r = dict(seed=seed, model=name, sentences=sentences, seconds=round(seconds, 1), val_acc=val["acc"],
+                 val_f1=val["f1"], test_acc=test["acc"], test_f1=test["f1"],
+                 neg_called_pos=float(neg[2] / max(1, neg.sum())),
+                 dev_in=pair_scores(predict("dev_in"), y["dev_in"]),
+                 dev_new=pair_scores(predict("dev_new"), y["dev_new"]),
+                 challenge=pair_scores(predict("challenge"), y["challenge"], challenge_kinds))
+        rows.append(r)
         say(f"-> seed {seed} {name}: val acc {r['val_acc']:.3f}, dev_in pairs {r['dev_in']['pairs']:.2f}, dev_new "
             f"pairs {r['dev_new']['pairs']:.2f}, test acc {r['test_acc']:.3f}, challenge pairs "
             f"{r['challenge']['pairs']:.2f} (number swaps {r['challenge'].get('number_swap', 0):.2f})")
 
-    def train(clf, name, train_idx, **changes):
-        started = time.time()
-        c = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if k != "back"})
-        ft.train_classifier(clf, data, dict(idx, train=train_idx), cfg.lr, c, device, name, changes.get("back", 0.0))
+    def train(clf, name, train_idx, back=0.0, **changes):  # changes: Config fields, e.g. epochs=1
+        started, c = time.time(), dataclasses.replace(cfg, **changes)
+        ft.train_classifier(clf, data, dict(idx, train=train_idx), cfg.lr, c, device, name, back)
         report(clf, name, len(train_idx) * c.epochs, time.time() - started)
 
     if {"before", "pass"} & set(args.variants):
@@ -126,13 +122,14 @@ def run_seed(args, seed, source, local_only, tok, device):
 def summary(rows):
     say(f"\n{'model':<32} {'seeds':>5} {'val acc':>7} {'dev_in':>6} {'dev_new':>7} {'test acc':>8} {'neg->pos':>8} "
         f"{'chal. pairs':>11} {'num. swaps':>10} {'sentences':>9}")
-    for name in dict.fromkeys(r["model"] for r in rows):
+    for name in dict.fromkeys(r["model"] for r in rows):  # one line a model, the mean over its seeds
         rs = [r for r in rows if r["model"] == name]
-        mean = lambda f: np.mean([f(r) for r in rs])  # noqa: E731
-        say(f"{name:<32} {len(rs):>5} {mean(lambda r: r['val_acc']):>7.3f} {mean(lambda r: r['dev_in']['pairs']):>6.2f}"
-            f" {mean(lambda r: r['dev_new']['pairs']):>7.2f} {mean(lambda r: r['test_acc']):>8.3f} "
-            f"{mean(lambda r: r['neg_called_pos']):>8.1%} {mean(lambda r: r['challenge']['pairs']):>11.2f} "
-            f"{mean(lambda r: r['challenge'].get('number_swap', 0)):>10.2f} {rs[0]['sentences']:>9}")
+
+        def mean(key, inner=None):  # mean("val_acc"), mean("dev_in", "pairs")
+            return np.mean([r[key] if inner is None else r[key].get(inner, 0.0) for r in rs])
+        say(f"{name:<32} {len(rs):>5} {mean('val_acc'):>7.3f} {mean('dev_in', 'pairs'):>6.2f} "
+            f"{mean('dev_new', 'pairs'):>7.2f} {mean('test_acc'):>8.3f} {mean('neg_called_pos'):>8.1%} "
+            f"{mean('challenge', 'pairs'):>11.2f} {mean('challenge', 'number_swap'):>10.2f} {rs[0]['sentences']:>9}")
     say("(dev_in, dev_new, challenge: pair accuracy; sentences: sentence-passes of training, a proxy for its cost)")
 
 
@@ -174,8 +171,9 @@ def main(argv=None):
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_name(path.name + ".tmp").write_text(json.dumps(rows, indent=1))
-        path.with_name(path.name + ".tmp").replace(path)  # a rename: never half a file
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(path)  # a rename: never half a file
         say(f"wrote {args.json}")
 
 

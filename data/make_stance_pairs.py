@@ -424,25 +424,31 @@ GENERATORS = {"number_swap": gen_number_swap, "verb_flip": gen_verb_flip, "loss_
               "level_neutral": gen_level_neutral}
 
 
+def norm(text):
+    """A sentence as compared for duplicates: lowercased, runs of white space as one space."""
+    return " ".join(text.lower().split())
+
+
+def distinct_pairs(make, n, seen, what):
+    """n pairs from make() -> [((text, label), (text, label))]: both sides new (not in `seen`, which grows), the two
+    sides different and differently labelled."""
+    out = []
+    for _ in range(100 * n + 100):
+        if len(out) == n:
+            return out
+        sides = make()
+        keys = [norm(t) for t, _ in sides]
+        if len(set(keys)) == 2 and not seen & set(keys) and sides[0][1] != sides[1][1]:
+            seen.update(keys)
+            out.append(tuple(sides))
+    raise RuntimeError(f"cannot make {n} distinct {what} pairs")
+
+
 def generate(lex, templates, which, seed, prefix, avoid=()):
     """-> list of (pair_id, kind, text, label), two rows a pair; no sentence twice, none in `avoid`."""
-    rng = random.Random(seed)
-    seen = {" ".join(t.lower().split()) for t in avoid}
-    rows = []
+    rng, seen, rows = random.Random(seed), {norm(t) for t in avoid}, []
     for kind, counts in COUNTS.items():
-        target = counts[which]
-        made = 0
-        tries = 0
-        while made < target:
-            tries += 1
-            if tries > 100 * target + 100:
-                raise RuntimeError(f"cannot make {target} distinct {kind} pairs")
-            sides = GENERATORS[kind](rng, lex, templates)
-            keys = [" ".join(t.lower().split()) for t, _ in sides]
-            if len(set(keys)) < 2 or any(k in seen for k in keys) or sides[0][1] == sides[1][1]:
-                continue
-            seen.update(keys)
-            made += 1
+        for sides in distinct_pairs(lambda: GENERATORS[kind](rng, lex, templates), counts[which], seen, kind):
             pair_id = f"{prefix}{len(rows) // 2 + 1:03d}"
             rows += [(pair_id, kind, text, label) for text, label in sides]
     return rows
@@ -450,18 +456,9 @@ def generate(lex, templates, which, seed, prefix, avoid=()):
 
 def number_swap_pairs(n, seed, templates=None, avoid=()):
     """n more number-swap pairs in the training lexicon -> [((text, label), (text, label))]: the training
-    templates by default; no sentence twice, none in `avoid` (a set of lowercased, space-normalised sentences)."""
-    rng, seen, out = random.Random(seed), set(avoid), []
-    shapes = {"number_swap": templates or TRAIN_TEMPLATES["number_swap"]}
-    for _ in range(100 * n + 100):
-        if len(out) == n:
-            return out
-        sides = gen_number_swap(rng, TRAIN_LEX, shapes)
-        keys = [" ".join(t.lower().split()) for t, _ in sides]
-        if len(set(keys)) == 2 and not seen & set(keys) and sides[0][1] != sides[1][1]:
-            seen.update(keys)
-            out.append(tuple(sides))
-    raise RuntimeError(f"cannot make {n} distinct number-swap pairs")
+    templates by default; no sentence twice, none in `avoid` (a set of sentences as norm() writes them)."""
+    rng, shapes = random.Random(seed), {"number_swap": templates or TRAIN_TEMPLATES["number_swap"]}
+    return distinct_pairs(lambda: gen_number_swap(rng, TRAIN_LEX, shapes), n, set(avoid), "number-swap")
 
 
 def read_main_texts():
