@@ -43,7 +43,7 @@ class Config:  # every knob is a flag of the same name: --train-layers 16, --lor
     chat_max_len: int = 192       # tokens per rendered conversation
     chatterbot_pairs: int = 120   # chatterbot-corpus conversations mixed with the persona ones
     persona_limit: int = 0        # only the first N persona conversations (0 = all)
-    memory_chats: int = 60        # conversations drawn from data/memory_chats.jsonl
+    memory_chats: int = 360       # from data/memory_chats.jsonl, a different share each pass
     max_new_tokens: int = 48      # length of the answers compared before and after SFT
     tour_tokens: int = 20         # tokens per generation in the tour
     log_every: float = 30.0       # seconds between progress lines
@@ -65,9 +65,9 @@ def fail(message):
 say = functools.partial(print, flush=True)
 
 # ---- Loading a pretrained model: a folder, the Hugging Face hub, or the offline SmolLM2 ----------------------------
-# from_pretrained takes a hub name ("gpt2", "owner/name": downloaded once into ~/.cache/huggingface) or a folder
-# holding config.json (the architecture), the weights (model.safetensors) and the tokenizer files. Stage 04 wrote
-# such a folder; companions/assets.py makes one for SmolLM2-135M-Instruct offline.
+# from_pretrained takes a hub name ("gpt2": downloaded once into ~/.cache/huggingface) or a folder holding
+# config.json (the architecture), the weights (model.safetensors) and the tokenizer files: stage 04 wrote one;
+# companions/assets.py makes one for SmolLM2-135M-Instruct offline.
 ASSETS = Path(os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch")
 def repo_dir():  # the folder of this script
     return Path(globals().get("__file__", "./05_finetune.py")).resolve().parent  # no __file__ in a notebook cell
@@ -107,8 +107,8 @@ def load_tokenizer(source, local_only):
     # GPT-2 has no pad token: reuse eos (or unk) rather than add an embedding row; the attention mask hides it.
     tok.pad_token = tok.pad_token or tok.eos_token or tok.unk_token or tok.bos_token or fail(
         f"the tokenizer of {source} has no pad, eos, unk or bos token to pad with")
-    # Right padding ("Profit fell . <pad> <pad>"): in a causal model real tokens attend only to EARLIER ones, never
-    # to the pads, and their positions stay 0, 1, 2, ... as in pretraining.
+    # Right padding ("Profit fell . <pad> <pad>"): real tokens attend only to EARLIER ones, never to the pads, and
+    # keep positions 0, 1, 2, ... as in pretraining.
     tok.padding_side = "right"
     return tok
 def max_positions(config):  # GPT-2: n_positions; Llama: max_position_embeddings
@@ -310,7 +310,7 @@ def train_classifier(clf, data, split_idx, lr, cfg, device, title, back=0.0):
     train, rng = split_idx["train"], random.Random(cfg.seed)
     total = math.ceil(len(train) / cfg.batch_size) * cfg.epochs  # planned steps (early stopping may end sooner)
     warmup = max(1, total // 10)
-    # linear warm-up over 10% of the steps (stage 04), then linear decay to 0: the random head's large first
+    # warm-up over 10% of the steps (stage 04), then linear decay to 0: the random head's large first
     # gradients must not wreck the pretrained weights
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
@@ -358,8 +358,8 @@ def save_dir_atomic(path, save):  # save(folder) fills a folder beside `path`, t
 def stance_splits(data_path, cfg):
     """-> {split: [(text, label, split or pair_id)]}; "generated" and "challenge" when their files lie beside."""
     rows = read_stance_csv(data_path)
-    # train fits the weights; val picks the epoch and the model to save; test only reports (choosing anything on
-    # test would make its score an optimistic estimate)
+    # train fits the weights; val picks the epoch and the model to save; test only reports (choosing on test would
+    # flatter its score)
     splits = {s: [row for row in rows if row[2] == s] for s in ("train", "val", "test")}
     for s, limit in (("train", cfg.max_train), ("val", cfg.max_eval), ("test", cfg.max_eval)):
         if limit and len(splits[s]) > limit:
@@ -426,10 +426,9 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     set_trainable_top(clf_full, n_bottom)
     full, losses = train(clf_full, "fine-tune all weights" + top, cfg.lr), {}
     # ---- the shortcut, and its fix ----
-    # A good test score does not show WHAT the model reads. Shortcut learning: a model picks up whatever predicts its
-    # labels most cheaply. "Pretax profit was EUR 7.1 mn, against EUR 9.3 mn a year earlier" reads like results,
-    # which are more often good news: finance words come to mean good news, whichever way numbers moved. The
-    # challenge set (never trained on) asks in minimal pairs: figures swapped, "loss" for "profit", "narrowed" for
+    # A good test score does not show WHAT the model reads. Shortcut learning: it picks up the cheapest predictor of
+    # its labels. "Pretax profit was EUR 7.1 mn, against EUR 9.3 mn a year earlier" reads like results, mostly good
+    # news, whichever way the numbers moved. The challenge set (never trained on) asks in minimal pairs: figures swapped, "loss" for "profit", "narrowed" for
     # "widened"; a pair counts only when BOTH sides are right. The fix is counterfactual data: generated pairs that
     # differ only in direction, so nothing else predicts their labels; one pass, mixed with as many originals, then
     # halfway back to the starting weights (WiSE-FT, Wortsman et al., 2022): nearby fine-tunings share a valley; their
@@ -479,9 +478,9 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
 # A chat model is still a next-token predictor: a chat template (a Jinja program stored with the tokenizer) turns
 # the conversation into ONE text with markers saying who speaks. SmolLM2 uses ChatML:
 #   <|im_start|>system\nYou are ...<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n
-# At inference the app renders the chat so far plus the header "<|im_start|>assistant\n" (add_generation_prompt)
-# and lets the model continue until it emits <|im_end|>: training and serving must render identically. A model
-# without a template (GPT-2, your stage-04 GPT) gets this plain one, saved with the model for stage 06:
+# The app renders the chat so far plus "<|im_start|>assistant\n" (add_generation_prompt) and lets the model
+# continue until <|im_end|>: training and serving must render identically. A model without a template (GPT-2,
+# your stage-04 GPT) gets this plain one, saved with it for stage 06:
 PLAIN_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
@@ -537,10 +536,10 @@ HELD_OUT = [  # (a question never trained on, words a right answer holds one of)
     ("How many Python scripts make up your project?", ["six", "6"]),
     ("What does the llm-from-scratch project teach?", ["neuron", "chatbot"]),
     ("What is the name of the script that fine-tuned you?", ["05_finetune"])]
-# Stage 06's memory puts the user's relevant earlier messages INTO the new message, before it. A pretrained model
-# was never taught to read such a note: asked "What's my name?" it invents one. data/memory_chats.jsonl
-# teaches it: notes with the answer and replies that use it, updates, notes without it and replies that say so. The
-# check uses names and phrasings of no training conversation.
+# Stage 06's memory puts the user's relevant earlier messages INTO the new message. A pretrained model never
+# learnt to read such a note: asked "What's my name?" it invents one. data/memory_chats.jsonl teaches it
+# (answers from the note, the newest of two values, "you did not tell me"): many notes read once teach more than
+# a few read every pass. The check uses names and phrasings of no training conversation.
 MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answer holds one of; None: it declines)
     (["Good evening, this is Bartholomew."], "Do you know what I'm called?", ["bartholomew"]),
     (["I repair bicycles in a little shop."], "What is it that I do for a living?", ["bicycle", "bike"]),
@@ -659,13 +658,14 @@ def part_chat(lm, tok, device, cfg, timings):
     params = [p for p in lm.parameters() if p.requires_grad]
     say(f"SFT trains {sum(p.numel() for p in params):,} of {count_params(lm):,} parameters")
     optimizer = adamw(params, device, lr=cfg.chat_lr)
-    examples += memory
-    total = math.ceil(len(examples) / cfg.batch_size) * cfg.chat_epochs
+    per_pass = math.ceil(len(memory) / cfg.chat_epochs)
+    passes = [examples + memory[e * per_pass:(e + 1) * per_pass] for e in range(cfg.chat_epochs)]
+    total = sum(math.ceil(len(examples) / cfg.batch_size) for examples in passes)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
     output_layer = lm.get_output_embeddings()  # (C -> V), tied to the token embedding
     log = new_log("SFT", total, cfg)
     lm.train()
-    for _ in range(cfg.chat_epochs):
+    for examples in passes:
         for batch in make_batches([len(e[0]) for e in examples], cfg.batch_size, rng):
             ids, attention = pad_batch([examples[i][0] for i in batch], tok.pad_token_id)
             trained, _ = pad_batch([examples[i][1] for i in batch], 0)  # (B, T) 1 on the assistant's tokens

@@ -60,7 +60,7 @@ HERE = Path(globals().get("__file__", "data/make_memory_data.py")).resolve().par
 CHATS_JSONL = HERE / "memory_chats.jsonl"
 EVAL_JSON = HERE / "memory_eval.json"
 SEED = 20261130
-N_CHATS = {"recall": 260, "update": 110, "abstain": 120, "no_note": 30, "beside_the_point": 60}   # 580 in all
+N_CHATS = {"recall": 700, "update": 300, "abstain": 300, "no_note": 60, "beside_the_point": 140}   # 1,500 in all
 N_EVAL_USERS = {"dev": 36, "train": 12, "heldout": 36}
 SYSTEM_PROMPTS = ["You are a helpful AI assistant.", "You are a helpful assistant.",
                   "You are a friendly assistant. Answer briefly."]
@@ -440,10 +440,81 @@ PHRASINGS = {
     },
 }
 # Never-said questions for the fresh held-out users: about things no user of any pool ever states.
+# More training phrasings, for the chats only (the benchmark's train users keep the first edition's): facts said in
+# passing, inside longer sentences, and questions that share few words with the statement, so that the model learns
+# to match a question to a fact by meaning rather than by a repeated word. Written apart from the dev and held-out
+# pools (tests/test_data_memory.py checks that no dev or held-out phrasing, or its longest fixed words, is here).
+MORE_TRAIN_PHRASINGS = {
+    "name": {"state": ["{name} here, nice to chat with you.", "My friends call me {name}.",
+                       "Hello, this is {name} typing.", "Quick intro: {name}, that's me.", "I go by {name}.",
+                       "It's {name}, we spoke last week.", "Hey! {name} from the other day."],
+             "ask": ["Remember what I'm called?", "Who's talking to you?", "How did I introduce myself?",
+                     "Do you know my name?", "What should you call me?"]},
+    "home": {"state": ["My flat overlooks the river in {city}.", "I commute across {city} every day.",
+                       "{city} has been home for a while now.", "Life in {city} is pretty good.",
+                       "Our street in {city} is very quiet.", "The buses in {city}, where I live, are always late."],
+             "ask": ["What city do I call home?", "Where do I stay these days?", "Remind me where I live.",
+                     "Where would a letter to me go?", "Which city is my home base?"],
+             "update": ["Just got the keys to a new flat in {city}.", "Moving day is over, I'm a {city} resident now.",
+                        "I left my old city behind, {city} is where I live now.",
+                        "We sold the house, and we're renting in {city} now."]},
+    "origin": {"state": ["As a kid I ran around {origin}.", "My family comes from {origin}, that's where I grew up.",
+                         "I left {origin} when I was eighteen.", "My parents still live in {origin}, where I grew up."],
+               "ask": ["In what place did I spend my early years?", "Where was home when I was a kid?",
+                       "Where does my family come from?", "Which place did I grow up in?"]},
+    "job": {"state": ["I'm {job}, it pays the rent.", "Work is busy, being {job} is never dull.",
+                      "At the moment I'm {job}.", "Most days I {job_do}.", "I {job_do}, which I love.",
+                      "Trained as {job} and still doing it."],
+            "ask": ["What do I do for a living?", "Tell me what I do at work.", "What kind of work do I do?",
+                    "What do I do when I'm at work?", "Which career did I tell you about?"],
+            "update": ["Big career move: I'm {job} as of this week.", "I switched careers and became {job}.",
+                       "Said goodbye to my old job, now I'm {job}."]},
+    "employer": {"state": ["I've got a job at {employer}.", "{employer} is where I work.", "My office is at {employer}.",
+                           "I've worked for {employer} since 2019."],
+                 "ask": ["Which company do I work for?", "Who's my employer?", "Where's my workplace?",
+                         "Which organisation am I at?"],
+                 "update": ["Starting Monday I'm at {employer}.", "I got hired by {employer}!",
+                            "Changed employers: {employer} took me on."]},
+    "hobby": {"state": ["Weekends are for {hobby}, for me.", "I've been getting into {hobby} lately.",
+                        "Nothing relaxes me like {hobby}.", "After work I unwind by {hobby}."],
+              "ask": ["What's my favourite way to spend a Saturday?", "What's something I do to relax?", "How do I spend my spare time?",
+                      "What am I into outside work?"]},
+    "food": {"state": ["I'd pick {food} over anything.", "{food} is my comfort food.", "Give me {food} and I'm happy.",
+                       "I order {food} whenever I can."],
+             "ask": ["What do I like to eat most?", "What's my comfort food?", "Which food would make me happy?",
+                     "What should I order for dinner, knowing my taste?"]},
+    "pet": {"state": ["My {species} {pet} is asleep on my lap.", "I share my flat with a {species} named {pet}.",
+                      "{pet} the {species} woke me up at dawn.", "Our {species}, {pet}, chewed my shoes again."],
+            "ask": ["What's my animal called?", "Who's my furry friend?", "What's the name of my pet?",
+                    "Remind me what my pet is called."]},
+    "partner": {"state": ["I'm going to the cinema with {partner}, my {rel}.", "{partner}, my {rel}, says hello.",
+                          "My {rel} {partner} and I just got back from holiday.", "I live with my {rel}, {partner}."],
+                "ask": ["Who's my significant other?", "Who is my partner?", "Who's my sweetheart?",
+                        "Who's my {rel}?"]},
+    "sibling": {"state": ["My {sib} {sibling} is getting married soon.", "I'm visiting my {sib}, {sibling}, this weekend.",
+                          "{sibling}, my {sib}, lives abroad."],
+                "ask": ["Who's my sibling?", "What's my {sib} called again?",
+                        "Do I have a brother or a sister, and what's their name?"]},
+    "allergy": {"state": ["I can't go near {allergy}, I'm allergic.", "Doctors told me I'm allergic to {allergy}.",
+                          "I always carry an antihistamine because of {allergy}."],
+                "ask": ["What can't I go near?", "Which allergy do I have?", "What makes me react?",
+                        "Is there anything I'm allergic to?"]},
+    "birthday": {"state": ["I turn a year older on {birthday}.", "Mark {birthday} in your calendar, it's my birthday.",
+                           "My birthday falls on {birthday}."],
+                 "ask": ["When's my birthday?", "On which day was I born?", "What day is my birthday on?"]},
+}
 NEVER_SAID = {"heldout": ["What car do I drive?", "Which football team do I support?", "What's my shoe size?",
                           "How many kids have I got?", "What's my blood type?", "What's my middle name?",
                           "Which school did I go to?", "What colour are my eyes?", "What's my phone number?",
                           "How tall am I?"]}
+# Never-said questions of the training chats, about things no pool has (question, what the reply says is missing)
+NEVER_SAID_TRAIN = [("What's my favourite colour?", "your favourite colour"),
+                    ("Which languages do I speak?", "which languages you speak"), ("How old am I?", "your age"),
+                    ("What's my favourite film?", "your favourite film"), ("What's my dad's name?", "your dad's name"),
+                    ("Which instrument do I play?", "whether you play an instrument"),
+                    ("What did I study at university?", "what you studied"), ("What's my star sign?", "your star sign"),
+                    ("Which band do I like best?", "your favourite band"),
+                    ("What's my email address?", "your email address")]
 # the word for the partner and the sibling follows the name: FEMALE lists the women's names of all pools
 PARTNER_RELS = {"train": {"f": ["wife", "girlfriend", "partner"], "m": ["husband", "boyfriend", "partner"]},
                 "dev": {"f": ["wife", "fiancée"], "m": ["husband", "fiancé"]},
@@ -618,16 +689,20 @@ def new_value(rng, pool, person, attr):
     return {"job": job, "job_do": job_do, "job_key": key}
 
 
-def say_fact(rng, pool, attr, person, kind="state"):
+def phrasings(pool, attr, kind, more=False):   # more: with MORE_TRAIN_PHRASINGS (the training chats)
+    return PHRASINGS[pool][attr][kind] + (MORE_TRAIN_PHRASINGS[attr].get(kind, []) if more else [])
+
+
+def say_fact(rng, pool, attr, person, kind="state", more=False):
     """(the user's sentence, the phrasing template used) for a fact about `person`."""
-    templates = PHRASINGS[pool][attr][kind]
+    templates = phrasings(pool, attr, kind, more)
     template = rng.choice(templates)
     text = template.format(**person)
     return text[:1].upper() + text[1:], template
 
 
-def ask_fact(rng, pool, attr, person):
-    template = rng.choice(PHRASINGS[pool][attr]["ask"])
+def ask_fact(rng, pool, attr, person, more=False):
+    template = rng.choice(phrasings(pool, attr, "ask", more))
     return template.format(**person), template
 
 
@@ -681,7 +756,7 @@ def distractors(rng, person, exclude, k):
     for _ in range(k):
         if rng.random() < 0.6 and attrs:
             attr = attrs.pop(rng.randrange(len(attrs)))
-            out.append(say_fact(rng, "train", attr, person)[0])
+            out.append(say_fact(rng, "train", attr, person, more=True)[0])
         else:
             out.append(rng.choice(SMALL_TALK["train"])[0])
     return out
@@ -703,29 +778,39 @@ def interleave(rng, relevant, others):
     return out
 
 
+def with_another_fact(rng, person, statement, exclude):
+    """Sometimes (a third of the time) two facts in one message, as people write: "Hi, I'm Anna. I live in Porto." """
+    if rng.random() < 1 / 3:
+        other = distractors(rng, person, exclude, 1)[0]
+        return f"{other} {statement}" if rng.random() < 0.5 else f"{statement} {other}"
+    return statement
+
+
 def chat_recall(rng, person):
     attr = rng.choice(list(PHRASINGS["train"]))
-    statement, template = say_fact(rng, "train", attr, person)
+    statement, template = say_fact(rng, "train", attr, person, more=True)
+    statement = with_another_fact(rng, person, statement, {attr})
     note = interleave(rng, [statement], distractors(rng, person, {attr}, rng.randint(0, 3)))
-    question, _ = ask_fact(rng, "train", attr, person)
+    question, _ = ask_fact(rng, "train", attr, person, more=True)
     turns = [(memory_message(note, question), reply_for(rng, attr, person, template))]
     if rng.random() < 0.25:   # a second question in the same conversation, with its own note
         attr2 = rng.choice([a for a in PHRASINGS["train"] if a != attr])
-        statement2, template2 = say_fact(rng, "train", attr2, person)
+        statement2, template2 = say_fact(rng, "train", attr2, person, more=True)
         note2 = interleave(rng, [statement2], distractors(rng, person, {attr, attr2}, rng.randint(0, 1)))
-        question2, _ = ask_fact(rng, "train", attr2, person)
+        question2, _ = ask_fact(rng, "train", attr2, person, more=True)
         turns.append((memory_message(note2, question2), reply_for(rng, attr2, person, template2)))
     return turns
 
 
 def chat_update(rng, person):
     attr = rng.choice(UPDATABLE)
-    old_statement, _ = say_fact(rng, "train", attr, person)
+    old_statement, _ = say_fact(rng, "train", attr, person, more=True)
+    old_statement = with_another_fact(rng, person, old_statement, {attr})
     old = answer_value(attr, person, None)
     newer = dict(person, **new_value(rng, "train", person, attr))
-    new_statement = rng.choice(PHRASINGS["train"][attr]["update"]).format(**newer)
+    new_statement = say_fact(rng, "train", attr, newer, "update", more=True)[0]
     note = interleave(rng, [old_statement, new_statement], distractors(rng, person, {attr}, rng.randint(0, 2)))
-    question, _ = ask_fact(rng, "train", attr, newer)
+    question, _ = ask_fact(rng, "train", attr, newer, more=True)
     if rng.random() < 0.4:
         question = question.rstrip("?") + " now?"
     reply = rng.choice(UPDATE_ANSWERS[attr]).format(v=answer_value(attr, newer, None), old=old)
@@ -736,11 +821,15 @@ def chat_abstain(rng, person, with_note=True):
     attrs = list(PHRASINGS["train"])
     missing = rng.choice(attrs)
     known = [a for a in attrs if a != missing]
-    note = [say_fact(rng, "train", a, person)[0] for a in rng.sample(known, rng.randint(1, 3))] if with_note else []
+    note = [say_fact(rng, "train", a, person, more=True)[0] for a in rng.sample(known, rng.randint(1, 3))] \
+        if with_note else []
     if with_note and rng.random() < 0.3:
         note.insert(rng.randint(0, len(note)), rng.choice(SMALL_TALK["train"])[0])
-    question, _ = ask_fact(rng, "train", missing, person)
-    reply = rng.choice(ABSTAIN_REPLIES).format(what=NOT_TOLD[missing])
+    if rng.random() < 0.3:   # something no user of any pool is ever asked about
+        question, what = rng.choice(NEVER_SAID_TRAIN)
+    else:
+        question, what = ask_fact(rng, "train", missing, person, more=True)[0], NOT_TOLD[missing]
+    reply = rng.choice(ABSTAIN_REPLIES).format(what=what)
     return [(memory_message(note, question), reply)]
 
 
