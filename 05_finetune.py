@@ -428,12 +428,12 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
     # ---- the shortcut, and its fix ----
     # A good test score does not show WHAT the model reads. Shortcut learning: it picks up the cheapest predictor of
     # its labels. "Pretax profit was EUR 7.1 mn, against EUR 9.3 mn a year earlier" reads like results, mostly good
-    # news, whichever way the numbers moved. The challenge set (never trained on) asks in minimal pairs: figures swapped, "loss" for "profit", "narrowed" for
-    # "widened"; a pair counts only when BOTH sides are right. The fix is counterfactual data: generated pairs that
-    # differ only in direction, so nothing else predicts their labels; one pass, mixed with as many originals, then
-    # halfway back to the starting weights (WiSE-FT, Wortsman et al., 2022): nearby fine-tunings share a valley; their
-    # mean often beats both. It teaches direction words, not compared figures (those need pairs in every epoch:
-    # companions/05_shortcut.py).
+    # news, whichever way the numbers moved. The challenge set (never trained on) asks in minimal pairs: figures
+    # swapped, "loss" for "profit", "narrowed" for "widened"; a pair counts only when BOTH sides are right. The fix is
+    # counterfactual data: generated pairs that differ only in direction, so nothing else predicts their labels; one
+    # pass, mixed with as many originals, then halfway back to the starting weights (WiSE-FT, Wortsman et al., 2022):
+    # nearby fine-tunings share a valley; their mean often beats both. It teaches direction words, not compared
+    # figures (those need pairs in every epoch: companions/05_shortcut.py).
     shortcut = {}
     def challenge(when):  # a pair is two adjacent rows
         pred = predict_logits(clf_full, data, split_idx["challenge"], device, cfg.batch_size).argmax(1)

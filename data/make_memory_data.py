@@ -439,7 +439,6 @@ PHRASINGS = {
                              "When should you sing happy birthday to me?"]},
     },
 }
-# Never-said questions for the fresh held-out users: about things no user of any pool ever states.
 # More training phrasings, for the chats only (the benchmark's train users keep the first edition's): facts said in
 # passing, inside longer sentences, and questions that share few words with the statement, so that the model learns
 # to match a question to a fact by meaning rather than by a repeated word. Written apart from the dev and held-out
@@ -469,16 +468,16 @@ MORE_TRAIN_PHRASINGS = {
                     "What do I do when I'm at work?", "Which career did I tell you about?"],
             "update": ["Big career move: I'm {job} as of this week.", "I switched careers and became {job}.",
                        "Said goodbye to my old job, now I'm {job}."]},
-    "employer": {"state": ["I've got a job at {employer}.", "{employer} is where I work.", "My office is at {employer}.",
-                           "I've worked for {employer} since 2019."],
+    "employer": {"state": ["I've got a job at {employer}.", "{employer} is where I work.",
+                           "My office is at {employer}.", "I've worked for {employer} since 2019."],
                  "ask": ["Which company do I work for?", "Who's my employer?", "Where's my workplace?",
                          "Which organisation am I at?"],
                  "update": ["Starting Monday I'm at {employer}.", "I got hired by {employer}!",
                             "Changed employers: {employer} took me on."]},
     "hobby": {"state": ["Weekends are for {hobby}, for me.", "I've been getting into {hobby} lately.",
                         "Nothing relaxes me like {hobby}.", "After work I unwind by {hobby}."],
-              "ask": ["What's my favourite way to spend a Saturday?", "What's something I do to relax?", "How do I spend my spare time?",
-                      "What am I into outside work?"]},
+              "ask": ["What's my favourite way to spend a Saturday?", "What's something I do to relax?",
+                      "How do I spend my spare time?", "What am I into outside work?"]},
     "food": {"state": ["I'd pick {food} over anything.", "{food} is my comfort food.", "Give me {food} and I'm happy.",
                        "I order {food} whenever I can."],
              "ask": ["What do I like to eat most?", "What's my comfort food?", "Which food would make me happy?",
@@ -491,8 +490,8 @@ MORE_TRAIN_PHRASINGS = {
                           "My {rel} {partner} and I just got back from holiday.", "I live with my {rel}, {partner}."],
                 "ask": ["Who's my significant other?", "Who is my partner?", "Who's my sweetheart?",
                         "Who's my {rel}?"]},
-    "sibling": {"state": ["My {sib} {sibling} is getting married soon.", "I'm visiting my {sib}, {sibling}, this weekend.",
-                          "{sibling}, my {sib}, lives abroad."],
+    "sibling": {"state": ["My {sib} {sibling} is getting married soon.",
+                          "I'm visiting my {sib}, {sibling}, this weekend.", "{sibling}, my {sib}, lives abroad."],
                 "ask": ["Who's my sibling?", "What's my {sib} called again?",
                         "Do I have a brother or a sister, and what's their name?"]},
     "allergy": {"state": ["I can't go near {allergy}, I'm allergic.", "Doctors told me I'm allergic to {allergy}.",
@@ -503,6 +502,7 @@ MORE_TRAIN_PHRASINGS = {
                            "My birthday falls on {birthday}."],
                  "ask": ["When's my birthday?", "On which day was I born?", "What day is my birthday on?"]},
 }
+# Never-said questions for the fresh held-out users: about things no user of any pool ever states.
 NEVER_SAID = {"heldout": ["What car do I drive?", "Which football team do I support?", "What's my shoe size?",
                           "How many kids have I got?", "What's my blood type?", "What's my middle name?",
                           "Which school did I go to?", "What colour are my eyes?", "What's my phone number?",
