@@ -660,15 +660,15 @@ def part_chat(lm, tok, device, cfg, timings):
     optimizer = adamw(params, device, lr=cfg.chat_lr)
     per_pass = math.ceil(len(memory) / cfg.chat_epochs)
     passes = [examples + memory[e * per_pass:(e + 1) * per_pass] for e in range(cfg.chat_epochs)]
-    total = sum(math.ceil(len(examples) / cfg.batch_size) for examples in passes)
+    total = sum(math.ceil(len(chats) / cfg.batch_size) for chats in passes)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))  # linear decay
     output_layer = lm.get_output_embeddings()  # (C -> V), tied to the token embedding
     log = new_log("SFT", total, cfg)
     lm.train()
-    for examples in passes:
-        for batch in make_batches([len(e[0]) for e in examples], cfg.batch_size, rng):
-            ids, attention = pad_batch([examples[i][0] for i in batch], tok.pad_token_id)
-            trained, _ = pad_batch([examples[i][1] for i in batch], 0)  # (B, T) 1 on the assistant's tokens
+    for chats in passes:
+        for batch in make_batches([len(e[0]) for e in chats], cfg.batch_size, rng):
+            ids, attention = pad_batch([chats[i][0] for i in batch], tok.pad_token_id)
+            trained, _ = pad_batch([chats[i][1] for i in batch], 0)  # (B, T) 1 on the assistant's tokens
             ids, attention, trained = ids.to(device), attention.to(device), trained.to(device)
             with autocast(device):
                 hidden = lm.base_model(input_ids=ids, attention_mask=attention).last_hidden_state  # (B, T, C)
