@@ -50,8 +50,8 @@ CONTEXT = 2048               # the token window prompt + reply share (SmolLM2 al
 MEMORY_AT = "end"            # the recalled memory: a note just before the new message, in the system prompt, or off
 MEMORY_ITEMS = 4             # at most this many past messages are recalled per reply...
 MEMORY_CHARS = 200           # ...each at most this long, so the memory's share of the prompt stays bounded
-MEMORY_SIMILARITY = 0.2      # ...each at least this close to the new message (a cosine...
-MEMORY_WORDS = 0.2           # ...plus up to this much for shared words (hybrid search; both chosen on the dev set)
+MEMORY_SIMILARITY = 0.2      # ...each scoring at least this: its cosine with the new message, plus...
+MEMORY_WORDS = 0.2           # ...up to this much for shared words (hybrid search; both chosen on the dev set)
 SEED = None                  # an int makes sampling repeatable
 THREADS = 0                  # CPU threads (0 = torch's default; on a busy machine 1 can be several times faster)
 OUT = "out/06_chatbot"       # where /save and /load keep conversations
@@ -218,7 +218,7 @@ def render_ids(tokenizer, messages):
 
 # ---- Fitting the conversation into the token window ------------------------------------------------------------
 def turn_starts(messages):
-    """Where turns begin (a user message and its replies): trimming cuts only here, never before an answer alone."""
+    """Where turns begin (a user message, its replies): trimming cuts only here (some templates refuse a lone reply)."""
     starts = [i for i, m in enumerate(messages) if m["role"] == "user"]
     return starts if starts and starts[0] == 0 else [0] + starts
 
@@ -281,7 +281,7 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 # embeddings grown up: a trained sentence encoder (all-MiniLM-L6-v2, 22.7M parameters, taught on a billion sentence
 # pairs to place what means alike close together) maps a text to ONE vector, its token vectors averaged and scaled to
 # length 1, so a dot product is a cosine (1: same direction). "What's my job?" and "I fix lifts in office towers" share
-# no word, yet point close. Only messages at least MEMORY_SIMILARITY close go in; when none is, there is no note, and
+# no word, yet point close. Only messages scoring MEMORY_SIMILARITY or more go in; when none does, there is no note, and
 # the model can say "you did not tell me" instead of inventing.
 # The search also compares WORDS with BM25, the classic ranking of search engines (Robertson and Zaragoza): a shared
 # word counts more when few messages have it ("Lisbon": idf), less when repeated (tf saturates: k1) and in long
