@@ -364,11 +364,11 @@ def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
     """The past user messages closest to `question` (hybrid; BM25 alone without `encoder`): k at most, oldest first."""
     found, asked = statements(messages), words(question)
     query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
-    scores, least = bm25(query, [w for _, w in found]), 1e-9      # BM25: any shared word
+    scores, least = bm25(query, [w for _, w in found]), 1e-9      # BM25; used alone, any shared word is enough
     if encoder and found:
         vectors = torch.stack([embed(text) for text, _ in found])               # (N, 384)
         asking = embed(" ".join(question.split()))   # the same text as it has later as a statement: encoded once
-        top, cosines = max(scores) or 1.0, (vectors @ asking).tolist()                 # N cosines
+        top, cosines = max(scores) or 1.0, (vectors @ asking).tolist()   # the best BM25; N cosines
         scores, least = [c + MEMORY_WORDS * s / top for c, s in zip(cosines, scores)], MEMORY_SIMILARITY
     best = sorted((i for i, score in enumerate(scores) if score >= least), key=lambda i: (-scores[i], -i))[:k]
     if found and 0 not in best and ABOUT_ME.search(question) and set(asked) <= GROUPS[0]:  # name words, or none:
