@@ -60,7 +60,8 @@ HERE = Path(globals().get("__file__", "data/make_memory_data.py")).resolve().par
 CHATS_JSONL = HERE / "memory_chats.jsonl"
 EVAL_JSON = HERE / "memory_eval.json"
 SEED = 20261130
-N_CHATS = {"recall": 700, "update": 300, "abstain": 300, "no_note": 60, "beside_the_point": 140}   # 1,500 in all
+N_CHATS = {"recall": 1400, "update": 600, "abstain": 600, "no_note": 120, "beside_the_point": 280}   # 3,000 in all
+MAX_CHAT_CHARS = 650   # ...less the few longer than this (about 4 characters a token: 05 cuts at 192 tokens)
 N_EVAL_USERS = {"dev": 36, "train": 12, "heldout": 36}
 SYSTEM_PROMPTS = ["You are a helpful AI assistant.", "You are a helpful assistant.",
                   "You are a friendly assistant. Answer briefly."]
@@ -552,6 +553,7 @@ UPDATE_ANSWERS = {  # the newest value, and the old one named as past
              "You moved from {old} to {v}, so {v}."],
     "job": ["You're {v} now; before that you were {old}.", "You work as {v} now.",
             "You changed jobs: you're {v} now."],
+    "job_do": ["You {v} now; before that you were {old}.", "These days you {v}.", "You changed jobs: now you {v}."],
     "employer": ["You work at {v} now; you left {old}.", "You're at {v} now.",
                  "You moved from {old} to {v}, so you work at {v}."],
 }
@@ -689,6 +691,19 @@ def new_value(rng, pool, person, attr):
     return {"job": job, "job_do": job_do, "job_key": key}
 
 
+# Still more training phrasings, about 40 statements and 20 questions for each kind of fact and 40 more never-said
+# questions, in data/memory_train_phrasings.json (written for this project apart from the dev and held-out pools;
+# the same test checks them). Read with the ones above, they teach the model to read a note in many wordings.
+MORE_TRAIN_FILE = HERE / "memory_train_phrasings.json"
+_more = json.loads(MORE_TRAIN_FILE.read_text(encoding="utf-8"))
+for _attr, _kinds in _more.items():
+    if _attr == "never_said":
+        NEVER_SAID_TRAIN += [tuple(pair) for pair in _kinds]
+    else:
+        for _kind, _templates in _kinds.items():
+            MORE_TRAIN_PHRASINGS[_attr][_kind] = MORE_TRAIN_PHRASINGS[_attr].get(_kind, []) + _templates
+
+
 def phrasings(pool, attr, kind, more=False):   # more: with MORE_TRAIN_PHRASINGS (the training chats)
     return PHRASINGS[pool][attr][kind] + (MORE_TRAIN_PHRASINGS[attr].get(kind, []) if more else [])
 
@@ -808,12 +823,14 @@ def chat_update(rng, person):
     old_statement = with_another_fact(rng, person, old_statement, {attr})
     old = answer_value(attr, person, None)
     newer = dict(person, **new_value(rng, "train", person, attr))
-    new_statement = say_fact(rng, "train", attr, newer, "update", more=True)[0]
+    new_statement, new_template = say_fact(rng, "train", attr, newer, "update", more=True)
     note = interleave(rng, [old_statement, new_statement], distractors(rng, person, {attr}, rng.randint(0, 2)))
     question, _ = ask_fact(rng, "train", attr, newer, more=True)
     if rng.random() < 0.4:
         question = question.rstrip("?") + " now?"
-    reply = rng.choice(UPDATE_ANSWERS[attr]).format(v=answer_value(attr, newer, None), old=old)
+    key = "job_do" if attr == "job" and "{job_do}" in new_template else attr   # "now I tune pianos": an activity
+    value = newer["job_do"] if key == "job_do" else answer_value(attr, newer, None)
+    reply = rng.choice(UPDATE_ANSWERS[key]).format(v=value, old=old)
     return [(memory_message(note, question), reply)]
 
 
@@ -851,7 +868,8 @@ def build_chats(rng):
                 messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
             chats.append({"kind": kind, "messages": messages})
     rng.shuffle(chats)
-    return chats
+    # the longest few (about 1%) would not fit 05's 192-token conversations: cut, they would teach half replies
+    return [c for c in chats if sum(len(m["content"]) for m in c["messages"]) <= MAX_CHAT_CHARS]
 
 
 # ----------------------------------------------------------------------------------------------------------------
