@@ -697,7 +697,8 @@ def part_chat(lm, tok, device, cfg, timings):
 
 # ---- Flags and main ------------------------------------------------------------------------------------------------
 # --quick and --tiny fill only the knobs left unset on the command line: --tiny --epochs 2 trains 2 epochs
-PRESETS = dict(quick=dict(epochs=2, chat_epochs=3, chatterbot_pairs=40, train_layers=8, max_train=400, max_eval=150),
+PRESETS = dict(quick=dict(epochs=2, chat_epochs=3, chatterbot_pairs=40, memory_chats=360, train_layers=8, max_train=400,
+                          max_eval=150),
                tiny=dict(epochs=1, lora_epochs=1, batch_size=8, chat_epochs=1, chatterbot_pairs=4, memory_chats=6,
                          max_new_tokens=6, chat_max_len=96, max_train=24, max_eval=12, persona_limit=6, tour_tokens=5))
 AT_LEAST_ONE = {"batch_size", "epochs", "lora_epochs", "lora_rank", "chat_epochs", "chat_max_len", "max_new_tokens",
