@@ -542,7 +542,7 @@ HELD_OUT = [  # (a question never trained on, words a right answer holds one of)
 # a few read every pass. The check uses names and phrasings of no training conversation.
 MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answer holds one of; None: it declines)
     (["Good evening, this is Bartholomew."], "Do you know what I'm called?", ["bartholomew"]),
-    (["I repair bicycles in a little shop."], "What is it that I do for a living?", ["bicycle", "bike"]),
+    (["I repair bicycles in a little shop."], "What is it that I do for a living?", ["bicycle"]),
     (["For years I lived in Ghent.", "We moved to Lausanne in the spring."], "Which city am I in now?", ["lausanne"]),
     (["Lovely weather today.", "My tortoise Archibald is eighty years old."], "What is my pet called?", ["archibald"]),
     (["I collect old maps of the Baltic.", "My brother bought a sailing boat."], "What date is my birthday?", None)]
