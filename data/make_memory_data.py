@@ -61,7 +61,7 @@ CHATS_JSONL = HERE / "memory_chats.jsonl"
 EVAL_JSON = HERE / "memory_eval.json"
 SEED = 20261130
 N_CHATS = {"recall": 1400, "update": 600, "abstain": 600, "no_note": 120, "beside_the_point": 280}   # 3,000 in all
-MAX_CHAT_CHARS = 650   # ...less the few longer than this (about 4 characters a token: 05 cuts at 192 tokens)
+MAX_CHAT_CHARS = 650   # ...less those longer than this (about 4 characters a token: 05 cuts at 192 tokens)
 N_EVAL_USERS = {"dev": 36, "train": 12, "heldout": 36}
 SYSTEM_PROMPTS = ["You are a helpful AI assistant.", "You are a helpful assistant.",
                   "You are a friendly assistant. Answer briefly."]
@@ -868,7 +868,8 @@ def build_chats(rng):
                 messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
             chats.append({"kind": kind, "messages": messages})
     rng.shuffle(chats)
-    # the longest few (about 1%) would not fit 05's 192-token conversations: cut, they would teach half replies
+    # the longest (about 1%) are left out: most would not fit 05's 192-token conversations, and a cut one teaches
+    # half a reply
     return [c for c in chats if sum(len(m["content"]) for m in c["messages"]) <= MAX_CHAT_CHARS]
 
 
