@@ -320,12 +320,12 @@ def words(text):   # the stemmed words BM25 compares: "I'm living in Porto!" -> 
 GROUPS = [{stem(w) for w in group.split()} for group in SYNONYMS]      # GROUPS[0]: the words that ask for a name
 ABOUT_ME = re.compile(r"\b(my|mine|our)\b|\b(i|i'm|me|we|us)\b.*\?", re.IGNORECASE)   # a question about the user
 RELATED = {w: set().union(*(g for g in GROUPS if w in g)) for group in GROUPS for w in group}   # a word: its groups
+ASKS = re.compile(r".*\?\s*$|\s*(please )?(tell|suggest|recommend|explain|give|write|show|help|describe)\b", re.I)
 
 
-def statements(messages):
-    """The user's past messages that state something: (text on one line, its words). "Do I like tea?" states nothing."""
-    said = [(m["content"], [s for s in re.findall(r"[^.!?\n]+[.!?]*", m["content"]) if not s.strip().endswith("?")])
-            for m in messages if m["role"] == "user"]    # (a message, its sentences that are no questions)
+def statements(messages):   # the user's past messages that state something: (text on one line, its words)
+    said = [(m["content"], [s for s in re.findall(r"[^.!?\n]+[.!?]*", m["content"]) if not ASKS.match(s)])
+            for m in messages if m["role"] == "user"]    # its sentences, less questions and requests ("Tell me...")
     return [(" ".join(text.split()), words(" ".join(t))) for text, t in said if any(map(words, t))]
 
 

@@ -188,6 +188,15 @@ def test_recall_finds_the_right_sentence_for_paraphrased_questions(question, exp
     assert not any(s.endswith("?") for s in recalled), "questions state no facts"
 
 
+def test_questions_and_requests_are_not_searched_as_statements():
+    messages = said("Tell me something nice.", "Please recommend a podcast.", "Suggest a board game for four.",
+                    "Do I like tea?", "Explain compound interest. I work at a bank, by the way.", "I live in Oslo.")
+    assert [text for text, _ in bot.statements(messages)] == [
+        "Explain compound interest. I work at a bank, by the way.", "I live in Oslo."]   # the stating part counts
+    assert bot.statements(messages)[0][1] == ["work", "bank", "way"]   # the words BM25 compares: the request left out
+    assert bot.recall(said("Tell me a joke about cats.", "Recommend a film."), "What is my cat called?") == []
+
+
 def test_recall_keeps_the_update_last_and_bm25_prefers_rare_words():
     recalled = bot.recall(LIFE, "Where do I live now?")
     assert [s for s in recalled if "Lisbon" in s or "Porto" in s] == [
