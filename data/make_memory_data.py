@@ -695,13 +695,17 @@ def new_value(rng, pool, person, attr):
 # questions, in data/memory_train_phrasings.json (written for this project apart from the dev and held-out pools;
 # the same test checks them). Read with the ones above, they teach the model to read a note in many wordings.
 MORE_TRAIN_FILE = HERE / "memory_train_phrasings.json"
-_more = json.loads(MORE_TRAIN_FILE.read_text(encoding="utf-8"))
-for _attr, _kinds in _more.items():
-    if _attr == "never_said":
-        NEVER_SAID_TRAIN += [tuple(pair) for pair in _kinds]
-    else:
-        for _kind, _templates in _kinds.items():
-            MORE_TRAIN_PHRASINGS[_attr][_kind] = MORE_TRAIN_PHRASINGS[_attr].get(_kind, []) + _templates
+
+
+def add_more_train_phrasings(path=MORE_TRAIN_FILE):
+    more = json.loads(path.read_text(encoding="utf-8"))
+    NEVER_SAID_TRAIN.extend(tuple(pair) for pair in more.pop("never_said"))
+    for attr, kinds in more.items():
+        for kind, templates in kinds.items():
+            MORE_TRAIN_PHRASINGS[attr][kind] = MORE_TRAIN_PHRASINGS[attr].get(kind, []) + templates
+
+
+add_more_train_phrasings()
 
 
 def phrasings(pool, attr, kind, more=False):   # more: with MORE_TRAIN_PHRASINGS (the training chats)
@@ -721,8 +725,15 @@ def ask_fact(rng, pool, attr, person, more=False):
     return template.format(**person), template
 
 
+def answer_key(attr, stated_with):
+    """Which answers fit: a job stated as an activity ("now I tune pianos") is answered as an activity ("job_do")."""
+    return "job_do" if attr == "job" and stated_with and "{job_do}" in stated_with else attr
+
+
 def answer_value(attr, person, stated_with):
     """The value as the answer states it; the job stated as an activity is answered as an activity."""
+    if answer_key(attr, stated_with) == "job_do":
+        return person["job_do"]
     return {"name": person["name"], "home": person["city"], "origin": person["origin"], "job": person["job"],
             "employer": person["employer"], "hobby": person["hobby"], "food": person["food"], "pet": person["pet"],
             "partner": person["partner"], "sibling": person["sibling"], "allergy": person["allergy"],
@@ -756,12 +767,9 @@ def accepted(attr, person):
 def reply_for(rng, attr, person, statement_template):
     if attr == "partner" and "{rel}" not in statement_template:
         person = dict(person, rel="partner")   # "I'm married to Ana" says nothing about the word for her
-    if attr == "job" and "{job_do}" in statement_template:
-        v = person["job_do"]
-        return rng.choice(ANSWERS["job_do"]).format(v=v)
     v = answer_value(attr, person, statement_template)
     slots = {k: person[k] for k in ("species", "rel", "sib")}
-    return rng.choice(ANSWERS[attr]).format(v=v, **slots)
+    return rng.choice(ANSWERS[answer_key(attr, statement_template)]).format(v=v, **slots)
 
 
 def distractors(rng, person, exclude, k):
@@ -828,9 +836,8 @@ def chat_update(rng, person):
     question, _ = ask_fact(rng, "train", attr, newer, more=True)
     if rng.random() < 0.4:
         question = question.rstrip("?") + " now?"
-    key = "job_do" if attr == "job" and "{job_do}" in new_template else attr   # "now I tune pianos": an activity
-    value = newer["job_do"] if key == "job_do" else answer_value(attr, newer, None)
-    reply = rng.choice(UPDATE_ANSWERS[key]).format(v=value, old=old)
+    reply = rng.choice(UPDATE_ANSWERS[answer_key(attr, new_template)]).format(
+        v=answer_value(attr, newer, new_template), old=old)
     return [(memory_message(note, question), reply)]
 
 
