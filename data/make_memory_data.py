@@ -43,7 +43,8 @@ from pathlib import Path
 MEMORY_HEADER = "Earlier in this conversation the user said:"
 MEMORY_ITEM = "- {}"
 MEMORY_NEW_MESSAGE = "Now the user says: {}"
-MEMORY_MAX_ITEMS = 4          # at most this many earlier messages in one note (the training data uses 1 to 4)
+MEMORY_MAX_ITEMS = 6          # at most this many earlier messages in one note (06 recalls up to 6)
+OTHER_LINES = 5               # a note holds up to this many lines beside the one(s) with the answer
 
 
 def memory_message(earlier, message):
@@ -60,7 +61,7 @@ HERE = Path(globals().get("__file__", "data/make_memory_data.py")).resolve().par
 CHATS_JSONL = HERE / "memory_chats.jsonl"
 EVAL_JSON = HERE / "memory_eval.json"
 SEED = 20261130
-N_CHATS = {"recall": 1400, "update": 600, "abstain": 600, "no_note": 120, "beside_the_point": 280}   # 3,000 in all
+N_CHATS = {"recall": 1200, "update": 600, "abstain": 900, "no_note": 100, "beside_the_point": 200}   # 3,000 in all
 MAX_CHAT_CHARS = 650   # ...less those longer than this (about 4 characters a token: 05 cuts at 192 tokens)
 N_EVAL_USERS = {"dev": 36, "train": 12, "heldout": 36}
 SYSTEM_PROMPTS = ["You are a helpful AI assistant.", "You are a helpful assistant.",
@@ -813,7 +814,7 @@ def chat_recall(rng, person):
     attr = rng.choice(list(PHRASINGS["train"]))
     statement, template = say_fact(rng, "train", attr, person, more=True)
     statement = with_another_fact(rng, person, statement, {attr})
-    note = interleave(rng, [statement], distractors(rng, person, {attr}, rng.randint(0, 3)))
+    note = interleave(rng, [statement], distractors(rng, person, {attr}, rng.randint(0, OTHER_LINES)))
     question, _ = ask_fact(rng, "train", attr, person, more=True)
     turns = [(memory_message(note, question), reply_for(rng, attr, person, template))]
     if rng.random() < 0.25:   # a second question in the same conversation, with its own note
@@ -832,7 +833,8 @@ def chat_update(rng, person):
     old = answer_value(attr, person, None)
     newer = dict(person, **new_value(rng, "train", person, attr))
     new_statement, new_template = say_fact(rng, "train", attr, newer, "update", more=True)
-    note = interleave(rng, [old_statement, new_statement], distractors(rng, person, {attr}, rng.randint(0, 2)))
+    note = interleave(rng, [old_statement, new_statement],
+                    distractors(rng, person, {attr}, rng.randint(0, OTHER_LINES - 1)))
     question, _ = ask_fact(rng, "train", attr, newer, more=True)
     if rng.random() < 0.4:
         question = question.rstrip("?") + " now?"
@@ -844,9 +846,8 @@ def chat_update(rng, person):
 def chat_abstain(rng, person, with_note=True):
     attrs = list(PHRASINGS["train"])
     missing = rng.choice(attrs)
-    known = [a for a in attrs if a != missing]
-    note = [say_fact(rng, "train", a, person, more=True)[0] for a in rng.sample(known, rng.randint(1, 3))] \
-        if with_note else []
+    told = rng.sample([a for a in attrs if a != missing], rng.randint(1, OTHER_LINES))
+    note = [say_fact(rng, "train", a, person, more=True)[0] for a in told] if with_note else []
     if with_note and rng.random() < 0.3:
         note.insert(rng.randint(0, len(note)), rng.choice(SMALL_TALK["train"])[0])
     if rng.random() < 0.3:   # something no user of any pool is ever asked about
@@ -858,7 +859,7 @@ def chat_abstain(rng, person, with_note=True):
 
 
 def chat_beside_the_point(rng, person):
-    note = distractors(rng, person, set(), rng.randint(1, 3))
+    note = distractors(rng, person, set(), rng.randint(1, OTHER_LINES))
     question, answer = rng.choice(GENERAL_QA)
     return [(memory_message(note, question), answer)]
 
