@@ -21,14 +21,14 @@ import torch.nn.functional as F
 
 @dataclasses.dataclass
 class Config:  # every knob is a flag of the same name: --train-layers 16, --lora-rank 8, ...
-    model: str = ""               # Hugging Face name or folder; "" = gpt2 if it can be had, else SmolLM2 offline
+    model: str = ""               # Hugging Face name or folder; "" = gpt2 if online, else SmolLM2 offline
     data: str = ""                # stance CSV text,label,split; "" = data/financial_stance.csv
     out: str = "out/05_finetune"  # output folder
     parts: str = "tour,classify,chat"
-    train_layers: int = 0         # top blocks that learn (0 = all); the blocks below stay frozen
+    train_layers: int = 0         # top blocks that learn (0 = all); those below stay frozen
     max_train: int = 0            # at most N training sentences (0 = all)
     max_eval: int = 0             # at most N val and N test sentences (0 = all)
-    max_len: int = 0              # tokens per sentence; 0 = 64 (x4 for a character-level tokenizer)
+    max_len: int = 0              # tokens per sentence; 0 = 64 (x4 for characters as tokens)
     batch_size: int = 16          # sentences per step, each batch padded to its longest sentence
     epochs: int = 3               # passes over the training split; the best epoch on val is kept
     patience: int = 1             # stop after more than this many epochs without a better val score
@@ -64,10 +64,10 @@ def fail(message):
 
 say = functools.partial(print, flush=True)
 
-# ---- Loading a pretrained model: a folder, the Hugging Face hub, or the offline SmolLM2 ----------------------------
+# ---- Loading a pretrained model: a folder, the hub, or the offline SmolLM2 -----------------------------------------
 # from_pretrained takes a hub name ("gpt2": downloaded once into ~/.cache/huggingface) or a folder holding
-# config.json (the architecture), the weights (model.safetensors) and the tokenizer files: stage 04 wrote one;
-# companions/assets.py makes one for SmolLM2-135M-Instruct offline.
+# config.json (the architecture), model.safetensors and the tokenizer files: stage 04 wrote one; companions/assets.py
+# makes one for SmolLM2 offline.
 ASSETS = Path(os.environ.get("LLM_FROM_SCRATCH_CACHE") or Path.home() / ".cache" / "llm-from-scratch")
 def repo_dir():  # the folder of this script
     return Path(globals().get("__file__", "./05_finetune.py")).resolve().parent  # no __file__ in a notebook cell
@@ -104,7 +104,7 @@ def load_tokenizer(source, local_only):
     """The model's own tokenizer (the vocabulary its weights know), with a pad token and padding on the right."""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    # GPT-2 has no pad token: reuse eos (or unk) rather than add an embedding row; the attention mask hides it.
+    # GPT-2 has no pad token: reuse eos (or unk), not a new embedding row; the attention mask hides it
     tok.pad_token = tok.pad_token or tok.eos_token or tok.unk_token or tok.bos_token or fail(
         f"the tokenizer of {source} has no pad, eos, unk or bos token to pad with")
     # Right padding ("Profit fell . <pad> <pad>"): real tokens attend only to EARLIER ones, never to the pads, and
@@ -136,8 +136,8 @@ def tour(lm, tok, device, cfg):  # text -> token ids -> logits (B, T, V) -> next
     top = torch.topk(F.softmax(logits[0, -1].float(), dim=-1), 5)  # the last position has read the whole sentence
     say(f"forward: ids {tuple(x.shape)} -> logits {tuple(logits.shape)} (batch, time, vocabulary); next token: "
         + ", ".join(f"{tok.decode([int(i)])!r} {float(p):.2f}" for p, i in zip(*top)))
-    # generate() loops predict, pick, append (with stage 04's KV cache). Greedy picks the argmax; top-p samples
-    # among the fewest tokens whose probabilities add up to p.
+    # generate() loops predict, pick, append (stage 04's KV cache). Greedy: the argmax; top-p: a sample among the
+    # fewest tokens holding probability p.
     x = tok("The company said that next year", return_tensors="pt").to(device)  # input_ids and attention_mask (1, T)
     for name, settings in [("greedy", dict(do_sample=False)), ("top-p 0.9", dict(do_sample=True, top_k=0, top_p=0.9))]:
         with torch.no_grad(), torch.random.fork_rng():
@@ -358,8 +358,7 @@ def save_dir_atomic(path, save):  # save(folder) fills a folder beside `path`, t
 def stance_splits(data_path, cfg):
     """-> {split: [(text, label, split or pair_id)]}; "generated" and "challenge" when their files lie beside."""
     rows = read_stance_csv(data_path)
-    # train fits the weights; val picks the epoch and the model to save; test only reports (choosing on test would
-    # flatter its score)
+    # train fits the weights; val picks the epoch and the model to save; test only reports (choosing on it flatters)
     splits = {s: [row for row in rows if row[2] == s] for s in ("train", "val", "test")}
     for s, limit in (("train", cfg.max_train), ("val", cfg.max_eval), ("test", cfg.max_eval)):
         if limit and len(splits[s]) > limit:
@@ -401,8 +400,7 @@ def part_classify(lm, tok, source, local_only, data_path, device, cfg, timings):
                             "--device", str(device), "--max-eval", str(cfg.max_eval), "--json", f"{tmp}/rows.json"])
             if Path(f"{tmp}/rows.json").exists():
                 results += [dict(r, trainable=0) for r in json.loads(Path(f"{tmp}/rows.json").read_text())]
-    # from_pretrained loads the pretrained weights, drops the LM's output layer and creates the missing `score`
-    # (C -> 3) at random. Two fresh copies: full and LoRA start alike.
+    # two fresh copies (pretrained body, random `score`): full and LoRA start alike
     def fresh_classifier():
         clf = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=local_only, num_labels=3,
                 id2label=dict(enumerate(LABELS)), label2id={lab: i for i, lab in enumerate(LABELS)})
@@ -487,8 +485,7 @@ PLAIN_CHAT_TEMPLATE = (
     "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n' }}"
     "{% else %}{{ 'Assistant: ' + message['content'] + (eos_token or '') + '\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
-# The persona, written for this project: its answers repeat a few facts in different words. HELD_OUT asks for them in
-# phrasings never trained on.
+# The persona, written for this project: a few facts in many wordings. HELD_OUT asks in untrained phrasings.
 P, PROJECT = PERSONA_NAME, "six Python scripts that go from a single neuron to a chatbot"
 ME = f"I'm {P}, the assistant of llm-from-scratch"
 PERSONA_CONVERSATIONS = [c.split(" | ") for c in f"""
@@ -536,10 +533,9 @@ HELD_OUT = [  # (a question never trained on, words a right answer holds one of)
     ("How many Python scripts make up your project?", ["six", "6"]),
     ("What does the llm-from-scratch project teach?", ["neuron", "chatbot"]),
     ("What is the name of the script that fine-tuned you?", ["05_finetune"])]
-# Stage 06's memory puts the user's relevant earlier messages INTO the new message. A pretrained model never
-# learnt to read such a note: asked "What's my name?" it invents one. data/memory_chats.jsonl teaches it
-# (answers from the note, the newest of two values, "you did not tell me"): many notes read once teach more than
-# a few read every pass. The check uses names and phrasings of no training conversation.
+# Stage 06 puts the user's relevant earlier messages INTO the new message. Asked "What's my name?", a pretrained model
+# invents one. data/memory_chats.jsonl teaches reading the note: an answer, the newer of two values, or "you did not
+# tell me"; many notes read once teach more than a few read every pass. The check's names and phrasings are untrained.
 MEMORY_CHECK = [  # (earlier user messages, the new message, words a right answer holds one of; None: it declines)
     (["Good evening, this is Bartholomew."], "Do you know what I'm called?", ["bartholomew"]),
     (["I repair bicycles in a little shop."], "What is it that I do for a living?", ["bicycle"]),
@@ -606,7 +602,7 @@ def chat_answer(lm, tok, messages, device, max_new_tokens):
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
     ids = ids[:, -(max_positions(lm.config) - max_new_tokens):]  # a small stage-04 model: keep the prompt's end
-    # stop at the end of the turn or of the text; an unknown "<|im_end|>" maps to unk, a stop only where unk is eos
+    # stop at the turn's or the text's end; an unknown "<|im_end|>" maps to unk: a stop only where unk is eos
     end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
     stop = [i for i in {tok.eos_token_id, end_of_turn} if isinstance(i, int) and i >= 0
             and (i != tok.unk_token_id or i == tok.eos_token_id)]
@@ -629,7 +625,7 @@ def part_chat(lm, tok, device, cfg, timings):
     if tok.chat_template is None:
         tok.chat_template = PLAIN_CHAT_TEMPLATE
         say("the tokenizer has no chat template: using the plain one (User: ... / Assistant: ...<eos>)")
-    # several system prompts, and none (SmolLM2's template then adds its own), so the persona holds anywhere
+    # several system prompts, and none (SmolLM2's template adds its own): the persona holds anywhere
     systems, system = [SYSTEM_PROMPT, None, "You are a helpful assistant."], SYSTEM_PROMPT
     if max_positions(lm.config) < 256:  # a small stage-04 model: no system prompt, short answers
         systems, system, cfg.max_new_tokens = [None] * 3, None, min(cfg.max_new_tokens, max_positions(lm.config) // 2)
@@ -640,7 +636,10 @@ def part_chat(lm, tok, device, cfg, timings):
     limit = min(cfg.chat_max_len, max_positions(lm.config))  # long conversations are cut: attention grows with T
     def render(chats):  # a conversation cut before any reply teaches nothing
         return [(i[:limit], m[:limit]) for i, m in (render_with_mask(tok, c) for c in chats) if sum(m[:limit])]
-    examples = render([to_messages(c, systems[i % 3]) for i, c in enumerate(persona * 2 + extra)])  # the persona twice
+    # the persona twice, once after a memory note (06 puts one before most messages)
+    notes = [note for c in memory for m in c if (note := m["content"].rpartition("\n\nNow")[0])]
+    noted = [[f"{rng.choice(notes)}\n\nNow the user says: {c[0]}", *c[1:]] for c in persona] if notes else persona
+    examples = render([to_messages(c, systems[i % 3]) for i, c in enumerate(persona + noted + extra)])
     memory = render([[m for m in c if systems[0] or m["role"] != "system"] for c in memory])
     say(f"chat data: {len(persona)} persona conversations (twice), {len(extra)} chatterbot-corpus, {len(memory)} "
         f"memory -> {sum(len(e[0]) for e in examples + memory):,} tokens, {sum(sum(e[1]) for e in examples + memory):,}"
@@ -649,10 +648,11 @@ def part_chat(lm, tok, device, cfg, timings):
     ids, mask = render_with_mask(tok, to_messages(PERSONA_CONVERSATIONS[-2], system))
     say(f"the loss mask of one example (trained tokens in [[...]], {sum(mask)} of {len(ids)}):\n"
         + "\n".join("  | " + line for line in show_mask(tok, ids, mask).split("\n")))
-    checks = dict(persona=[(q, q, words) for q, words in HELD_OUT], memory=[  # (label, message, expected words)
+    checks = dict(persona=[(q, q, words) for q, words in HELD_OUT], persona_after_note=[
+        (q, MEMORY_NOTE.format(MEMORY_CHECK[0][0][0], q), words) for q, words in HELD_OUT], memory=[
         (f"[{' | '.join(e)}] {m}", MEMORY_NOTE.format("\n- ".join(e), m), w) for e, m, w in MEMORY_CHECK])
     before = {name: answer_check(lm, tok, device, cfg, system, cases) for name, cases in checks.items()}
-    # ---- SFT: pretraining's objective (predict the next token) on a small curated set, assistant tokens only ----
+    # ---- SFT: next-token prediction on a small curated set, the assistant's tokens only ----
     n_layers = lm.config.num_hidden_layers
     set_trainable_top(lm, n_layers - (n_layers if cfg.train_layers <= 0 else min(cfg.train_layers, n_layers)))
     params = [p for p in lm.parameters() if p.requires_grad]
@@ -689,7 +689,7 @@ def part_chat(lm, tok, device, cfg, timings):
         scores[name + "_before"], scores[name + "_after"] = (sum(r[2] for r in rows) for rows in (before[name], after))
         say(f"{name} check: {scores[name + '_before']}/{len(after)} before fine-tuning -> "
             f"{scores[name + '_after']}/{len(after)} after")
-    # config.json + model.safetensors, and the tokenizer files with the chat template: 06 renders as trained here
+    # the model, and the tokenizer with its chat template: 06 renders as trained here
     chat_dir = Path(cfg.out) / "chat"
     save_dir_atomic(chat_dir, lambda d: (lm.save_pretrained(d), tok.save_pretrained(d)))
     say(f"saved the chat model to {chat_dir}: python 06_chatbot.py --model {chat_dir}")
