@@ -19,17 +19,7 @@ How to run
 Chat commands: /help /reset /history /memory /system TEXT /save NAME /load NAME /quit. Beyond the lesson:
 companions/06_server.py (web page, OpenAI-compatible API), 06_bench.py (speed, load test), 06_memory_eval.py.
 """
-import argparse
-import functools
-import inspect
-import json
-import math
-import os
-import re
-import subprocess
-import sys
-import threading
-import time
+import argparse, functools, inspect, json, math, os, re, subprocess, sys, threading, time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +38,11 @@ REPETITION_PENALTY = 1.1     # > 1 makes tokens already said less likely (small 
 MAX_NEW_TOKENS = 256         # the longest reply, in tokens
 CONTEXT = 2048               # the token window prompt + reply share (SmolLM2 allows 8192; a CPU prefers less)
 MEMORY_AT = "end"            # the recalled memory: a note just before the new message, in the system prompt, or off
-MEMORY_ITEMS = 4             # at most this many past messages are recalled per reply...
+MEMORY_ITEMS = 6             # at most this many past messages are recalled per reply...
 MEMORY_CHARS = 200           # ...each at most this long, so the memory's share of the prompt stays bounded
-MEMORY_SIMILARITY = 0.2      # ...each scoring at least this: its cosine with the new message, plus...
-MEMORY_WORDS = 0.2           # ...up to this much for shared words (hybrid search; both chosen on the dev set)
+MEMORY_SIMILARITY = 0.2      # a note only when one scores this (its cosine with the new message, plus up to
+MEMORY_WORDS = 0.2           # this for shared words: hybrid search), then those scoring MEMORY_NEAR (chosen on
+MEMORY_NEAR = 0.1            # the dev set and on fresh phrasings written for it, never on the held-out ones)
 SEED = None                  # an int makes sampling repeatable
 THREADS = 0                  # CPU threads (0 = torch's default; on a busy machine 1 can be several times faster)
 OUT = "out/06_chatbot"       # where /save and /load keep conversations
@@ -281,8 +272,8 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 # embeddings grown up: a trained sentence encoder (all-MiniLM-L6-v2, 22.7M parameters, taught on a billion sentence
 # pairs to place what means alike close together) maps a text to ONE vector, its token vectors averaged and scaled to
 # length 1, so a dot product is a cosine (1: same direction). "What's my job?" and "I fix lifts in office towers" share
-# no word, yet point close. Only messages scoring MEMORY_SIMILARITY or more go in; when none does, there is no note, and
-# the model can say "you did not tell me" instead of inventing.
+# no word, yet point close. When no message scores MEMORY_SIMILARITY there is no note, and the model can say "you did
+# not tell me" instead of inventing; else the note holds those scoring MEMORY_NEAR (6 at most): 05 taught it to pick.
 # The search also compares WORDS with BM25, the classic ranking of search engines (Robertson and Zaragoza): a shared
 # word counts more when few messages have it ("Lisbon": idf), less when repeated (tf saturates: k1) and in long
 # messages (b); words are stemmed, stop words dropped, the query widened by SYNONYMS (a hand-made stand-in for what the
@@ -292,7 +283,7 @@ STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with
 am do does did have has had i im ive me my mine you your we our us it its this that these those what which who whom how
 when where why can could would should will shall may might must not no yes just very too also there here then than if
 please tell know think say oh ok okay well hi hello hey thanks thank now still again really whats whos wheres hows
-thats theres youre""".split())
+thats theres youre remember remind recall told said mention mentioned""".split())
 SYNONYMS = """name call called named introduce chatting talking address | job work working profession career occupation
 employ office trade company firm employer payroll wage salary business clock shift contract notice earn bills pay
 workplace boss colleague hired | live lives living home house flat apartment place city town moved move based settled
@@ -364,15 +355,18 @@ def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
     """The past user messages closest to `question` (hybrid; BM25 alone without `encoder`): k at most, oldest first."""
     found, asked = statements(messages), words(question)
     query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
-    scores, least = bm25(query, [w for _, w in found]), 1e-9      # BM25; used alone, any shared word is enough
+    scores, least, gate = bm25(query, [w for _, w in found]), 1e-9, 1e-9   # BM25 alone: any shared word is enough
     if encoder and found:
         vectors = torch.stack([embed(text) for text, _ in found])               # (N, 384)
         asking = embed(" ".join(question.split()))   # the same text as it has later as a statement: encoded once
         top, cosines = max(scores) or 1.0, (vectors @ asking).tolist()   # the best BM25; N cosines
-        scores, least = [c + MEMORY_WORDS * s / top for c, s in zip(cosines, scores)], MEMORY_SIMILARITY
-    best = sorted((i for i, score in enumerate(scores) if score >= least), key=lambda i: (-scores[i], -i))[:k]
-    if found and 0 not in best and ABOUT_ME.search(question) and set(asked) <= GROUPS[0]:  # name words, or none:
-        best = [0] + best[:k - 1]   # "What's my name?", "Who am I?": people introduce themselves first: message 0 too
+        scores = [c + MEMORY_WORDS * s / top for c, s in zip(cosines, scores)]
+        least, gate = MEMORY_NEAR, MEMORY_SIMILARITY
+    best = sorted((i for i, s in enumerate(scores) if s >= least), key=lambda i: (-scores[i], -i))[:k] \
+        if found and max(scores) >= gate else []
+    topics = {g for g, group in enumerate(GROUPS) for w in asked if w in group}   # "my sister's name": groups 0, 10
+    if found and 0 not in best and ABOUT_ME.search(question) and (topics == {0} or not asked):   # "Who am I?"
+        best = [0] + best[:k - 1]   # the user's own name: people introduce themselves first, so message 0 too
     return [found[i][0][:MEMORY_CHARS] for i in sorted(best)]   # oldest first: the newest value of a fact last
 
 
@@ -541,11 +535,14 @@ def budget_of(engine, sampling):   # tokens the prompt may use: the context minu
 def prepare_prompt(engine, conversation, sampling, trim_to=TRIM_TO):
     """The conversation -> prompt ids that fit the budget; recalls the memory; moves conversation.start forward."""
     history, on = conversation.messages, conversation.memory_at != "off"
-    recalled = recall(history[:-1], history[-1]["content"], encoder=engine.encoder) if on and history else []
+    budget, k = budget_of(engine, sampling), MEMORY_ITEMS
+    recalled = recall(history[:-1], history[-1]["content"], k, engine.encoder) if on and history else []
+    while recalled and len(encode_text(engine.tokenizer, memory_note(recalled))) > budget // 2:   # a small window:
+        k -= 1     # the note takes half of it at most, losing its weakest lines
+        recalled = recall(history[:-1], history[-1]["content"], k, engine.encoder) if k else []
     system, note = conversation.system_prompt or None, recalled   # system "": no system message at all
     if recalled and conversation.memory_at == "system":   # the classic place, far from the question
         system, note = (system + "\n\n" if system else "") + memory_note(recalled), ()
-    budget = budget_of(engine, sampling)
     # start=conversation.start: the window only slides forward, so after a trim the prompt grows at its end again
     window = dict(budget=budget, start=conversation.start, target=int(budget * trim_to))
     try:

@@ -264,6 +264,28 @@ def test_sentence_vectors_keep_the_update_last_abstain_when_nothing_is_close_and
     assert bot.embed.cache_info().misses == before + 1, "a reply encodes only the new message"
 
 
+def test_a_question_for_the_users_own_name_alone_also_recalls_their_first_message():
+    chat = said("Hiya, it's Rania again.", "I fix lifts for a living.", "Lovely weather today.")
+    for question in ["Remind me, what did I tell you I'm called?", "Hang on, what name did I give you?"]:
+        assert bot.words(question) in (["call"], ["hang", "nam", "giv"]), "remind, tell, did: no topic"
+        assert bot.recall(chat, question) == ["Hiya, it's Rania again."], question
+    for question in ["What's my sister called?", "What is my dog's name?", "What do I do at the weekend?"]:
+        assert bot.recall(chat, question) == [], "another person's or pet's name, or no name at all: no first message"
+
+
+@needs_encoder
+def test_a_note_needs_one_close_message_then_brings_the_near_ones_too(monkeypatch):
+    encoder, question = bot.sentence_encoder(), "Where do I live now?"
+    near = bot.recall(LIFE, question, encoder=encoder)
+    close = ["I live in Lisbon, close to the river.", "Actually we moved to Porto last month."]
+    assert set(close) < set(near) and len(near) <= bot.MEMORY_ITEMS, near
+    monkeypatch.setattr(bot, "MEMORY_NEAR", bot.MEMORY_SIMILARITY)     # only the close ones
+    assert bot.recall(LIFE, question, encoder=encoder) == close
+    monkeypatch.setattr(bot, "MEMORY_NEAR", 0.0)
+    monkeypatch.setattr(bot, "MEMORY_SIMILARITY", 0.9)                 # none close enough: no note at all
+    assert bot.recall(LIFE, question, encoder=encoder) == []
+
+
 @needs_encoder
 def test_hybrid_search_lifts_a_message_the_vectors_put_below_the_line_when_it_shares_a_word_group(monkeypatch):
     encoder = bot.sentence_encoder()
@@ -288,8 +310,8 @@ def test_without_the_encoder_package_the_memory_falls_back_to_words(tiny_dirs, m
 
 
 def test_a_200_turn_conversation_recalls_a_bounded_note_with_the_newest_value_last():
-    towns = ["Quito", "Lima", "Oslo", "Riga", "Cork"]
-    chat = said(*[f"We moved to {towns[i // 40]} this spring." if i % 40 == 0 else f"Some small talk number {i}."
+    towns = ["Quito", "Lima", "Oslo", "Riga", "Cork", "Bern", "Nice", "Kyiv"]
+    chat = said(*[f"We moved to {towns[i // 25]} this spring." if i % 25 == 0 else f"Some small talk number {i}."
                   for i in range(200)])
     recalled = bot.recall(chat, "Where do I live now?")
     assert bot.MEMORY_ITEMS < len(towns)
@@ -317,7 +339,8 @@ def test_memory_survives_trimming_and_sits_where_asked(engine, mode):
     if mode == "off":
         assert "Zorblax" not in text and conversation.recalled == []
     elif mode == "system":
-        assert text.startswith(f"<|im_start|>system\nSYS\n\n{note}<|im_end|>"), "the fact alone, no filler"
+        assert text.startswith(f"<|im_start|>system\nSYS\n\n{note}"), "the fact first: the oldest line"
+        assert 1 <= len(conversation.recalled) <= bot.MEMORY_ITEMS and "Zorblax" not in text.split(note)[1]
         assert text.endswith("<|im_start|>user\nWhat is my name?<|im_end|>\n<|im_start|>assistant\n")
     else:   # the layout stage 05 trains on (data/make_memory_data.py): the note inside the newest user message
         assert text.startswith("<|im_start|>system\nSYS<|im_end|>")
@@ -342,9 +365,22 @@ def test_memory_share_of_the_prompt_stays_bounded_over_200_turns(engine):
         assert len(conversation.recalled) <= bot.MEMORY_ITEMS
         assert all(len(s) <= bot.MEMORY_CHARS for s in conversation.recalled)
         conversation.messages.append({"role": "assistant", "content": "OK."})
-    # the character tokenizer: one token per character, so the note can never exceed its character bound
-    assert 0 < longest_note <= 80 + bot.MEMORY_ITEMS * (bot.MEMORY_CHARS + 3)
+    # the character tokenizer: one token per character, so the note can never exceed its character bound; and in a
+    # small window (here 312 tokens) the note takes half at most, losing its weakest lines, not the question
+    assert 0 < longest_note <= min(80 + bot.MEMORY_ITEMS * (bot.MEMORY_CHARS + 3), bot.budget_of(engine, sampling) // 2)
 
+
+
+def test_in_a_small_window_the_note_loses_its_weakest_lines_not_the_question(engine):
+    engine = dataclasses.replace(engine, encoder=None)
+    sampling = quick(max_new_tokens=engine.context - 200)      # a 200-token budget
+    lines = [f"I like tea number {i}, hot." for i in range(6)]
+    conversation = bot.Conversation(system_prompt="S", messages=said(*lines) + said("Do I like tea?")[:1])
+    ids = bot.prepare_prompt(engine, conversation, sampling)
+    note = bot.memory_note(conversation.recalled)
+    assert 1 <= len(conversation.recalled) < len(lines), "some lines, not all six, not none"
+    assert len(engine.tokenizer.encode(note, add_special_tokens=False)) <= bot.budget_of(engine, sampling) // 2
+    assert rendered(engine, ids).endswith("Now the user says: Do I like tea?<|im_end|>\n<|im_start|>assistant\n")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Saving and loading (the conversation is the memory, so both come back)
