@@ -40,9 +40,9 @@ CONTEXT = 2048               # the token window prompt + reply share (SmolLM2 al
 MEMORY_AT = "end"            # the recalled memory: a note just before the new message, in the system prompt, or off
 MEMORY_ITEMS = 6             # at most this many past messages are recalled per reply...
 MEMORY_CHARS = 200           # ...each at most this long, so the memory's share of the prompt stays bounded
-MEMORY_SIMILARITY = 0.2      # a note only when one scores this (its cosine with the new message, plus up to
-MEMORY_WORDS = 0.2           # this for shared words: hybrid search), then those scoring MEMORY_NEAR (chosen on
-MEMORY_NEAR = 0.1            # the dev set and on fresh phrasings written for it, never on the held-out ones)
+MEMORY_SIMILARITY = 0.2      # a note only when a past message scores this (its cosine with the new message...
+MEMORY_WORDS = 0.2           # ...plus up to this for shared words: hybrid search); then all those scoring...
+MEMORY_NEAR = 0.1            # ...this go in (the three chosen on dev users and fresh phrasings, never held-out ones)
 SEED = None                  # an int makes sampling repeatable
 THREADS = 0                  # CPU threads (0 = torch's default; on a busy machine 1 can be several times faster)
 OUT = "out/06_chatbot"       # where /save and /load keep conversations
