@@ -273,7 +273,7 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 # pairs to place what means alike close together) maps a text to ONE vector, its token vectors averaged and scaled to
 # length 1, so a dot product is a cosine (1: same direction). "What's my job?" and "I fix lifts in office towers" share
 # no word, yet point close. When no message scores MEMORY_SIMILARITY there is no note, and the model can say "you did
-# not tell me" instead of inventing; else the note holds those scoring MEMORY_NEAR (6 at most): 05 taught it to pick.
+# not tell me" instead of inventing; else it holds those scoring MEMORY_NEAR (up to MEMORY_ITEMS): 05 taught it to pick.
 # The search also compares WORDS with BM25, the classic ranking of search engines (Robertson and Zaragoza): a shared
 # word counts more when few messages have it ("Lisbon": idf), less when repeated (tf saturates: k1) and in long
 # messages (b); words are stemmed, stop words dropped, the query widened by SYNONYMS (a hand-made stand-in for what the
@@ -364,7 +364,7 @@ def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
         least, gate = MEMORY_NEAR, MEMORY_SIMILARITY
     best = sorted((i for i, s in enumerate(scores) if s >= least), key=lambda i: (-scores[i], -i))[:k] \
         if found and max(scores) >= gate else []
-    topics = {g for g, group in enumerate(GROUPS) for w in asked if w in group}   # "my sister's name": groups 0, 10
+    topics = {g for g, group in enumerate(GROUPS) for w in asked if w in group}   # "my sister's name": {0, 10}
     if found and 0 not in best and ABOUT_ME.search(question) and (topics == {0} or not asked):   # "Who am I?"
         best = [0] + best[:k - 1]   # the user's own name: people introduce themselves first, so message 0 too
     return [found[i][0][:MEMORY_CHARS] for i in sorted(best)]   # oldest first: the newest value of a fact last

@@ -370,7 +370,6 @@ def test_memory_share_of_the_prompt_stays_bounded_over_200_turns(engine):
     assert 0 < longest_note <= min(80 + bot.MEMORY_ITEMS * (bot.MEMORY_CHARS + 3), bot.budget_of(engine, sampling) // 2)
 
 
-
 def test_in_a_small_window_the_note_loses_its_weakest_lines_not_the_question(engine):
     engine = dataclasses.replace(engine, encoder=None)
     sampling = quick(max_new_tokens=engine.context - 200)      # a 200-token budget
@@ -381,6 +380,7 @@ def test_in_a_small_window_the_note_loses_its_weakest_lines_not_the_question(eng
     assert 1 <= len(conversation.recalled) < len(lines), "some lines, not all six, not none"
     assert len(engine.tokenizer.encode(note, add_special_tokens=False)) <= bot.budget_of(engine, sampling) // 2
     assert rendered(engine, ids).endswith("Now the user says: Do I like tea?<|im_end|>\n<|im_start|>assistant\n")
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Saving and loading (the conversation is the memory, so both come back)
