@@ -43,7 +43,7 @@ class Config:  # every knob is a flag of the same name: --train-layers 16, --lor
     chat_max_len: int = 192       # tokens per rendered conversation
     chatterbot_pairs: int = 120   # chatterbot-corpus conversations mixed with the persona ones
     persona_limit: int = 0        # only the first N persona conversations (0 = all)
-    memory_chats: int = 3000      # data/memory_chats.jsonl, split over the passes
+    memory_chats: int = 6000      # data/memory_chats.jsonl, split over the passes
     max_new_tokens: int = 48      # length of the answers compared before and after SFT
     tour_tokens: int = 20         # tokens per generation in the tour
     log_every: float = 30.0       # seconds between progress lines
