@@ -636,9 +636,10 @@ def part_chat(lm, tok, device, cfg, timings):
     limit = min(cfg.chat_max_len, max_positions(lm.config))  # long conversations are cut: attention grows with T
     def render(chats):  # a conversation cut before any reply teaches nothing
         return [(i[:limit], m[:limit]) for i, m in (render_with_mask(tok, c) for c in chats) if sum(m[:limit])]
-    # the persona twice, once after a memory note (06 puts one before most messages)
-    notes = [note for c in memory for m in c if (note := m["content"].rpartition("\n\nNow")[0])]
-    noted = [[f"{rng.choice(notes)}\n\nNow the user says: {c[0]}", *c[1:]] for c in persona] if notes else persona
+    # the persona twice, once after a memory note, as 06 sends most messages
+    now = MEMORY_NOTE.split("{}")[1]
+    notes = [m["content"].rpartition(now)[0] for c in memory for m in c if now in m["content"]]
+    noted = [[f"{rng.choice(notes)}{now}{c[0]}", *c[1:]] for c in persona] if notes else persona
     examples = render([to_messages(c, systems[i % 3]) for i, c in enumerate(persona + noted + extra)])
     memory = render([[m for m in c if systems[0] or m["role"] != "system"] for c in memory])
     say(f"chat data: {len(persona)} persona conversations (twice), {len(extra)} chatterbot-corpus, {len(memory)} "
