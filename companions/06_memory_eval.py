@@ -216,7 +216,8 @@ def conversation_of(user, small_talk, replies, offset):
 
 
 def ask(engine, conversation, question, condition, sampling):
-    """One question on a copy of the conversation under one condition -> (reply, memory ms, stating turn outside)."""
+    """One question on a copy of the conversation under one condition -> (reply, memory ms, stating turn outside,
+    the note's lines: what the retrieval put before the question; None for the rows none and regex)."""
     branch = copy.deepcopy(conversation)        # nothing leaks from one question into another
     branch.messages.append({"role": "user", "content": question})
     started = time.perf_counter()
@@ -237,11 +238,12 @@ def ask(engine, conversation, question, condition, sampling):
             chat.recall(branch.messages[:-1], question, encoder=engine.encoder)   # timed alone: the memory's cost
         memory_ms = (time.perf_counter() - started) * 1000 if condition != "none" else 0.0
         prompt = chat.prepare_prompt(engine, branch, sampling)
+    note = list(getattr(branch, "recalled", None) or []) if condition in ("retrieval", "retrieval+") else None
     stats = {}
     with engine.lock:
         for _ in chat.generate(engine, prompt, sampling, stats):
             pass
-    return stats["text"].strip(), memory_ms, branch.start > 0
+    return stats["text"].strip(), memory_ms, branch.start > 0, note
 
 
 def run_condition(engine, users, small_talk, replies, condition, context, say=print):
@@ -253,15 +255,18 @@ def run_condition(engine, users, small_talk, replies, condition, context, say=pr
     for u, user in enumerate(users):
         conversation = conversation_of(user, small_talk, replies, offset=u * 7)
         for question in user["questions"]:
-            reply, memory_ms, outside = ask(engine, conversation, question["ask"], condition, sampling)
+            reply, memory_ms, outside, note = ask(engine, conversation, question["ask"], condition, sampling)
             right = judge(reply, question)
+            # does the note hold the answer? A miss with it is the reader's, a miss without it the retrieval's
+            held = None if note is None or question["kind"] == "abstain" else any(
+                answer in line.lower().replace("\u2019", "'") for line in note for answer in question["answer"])
             if question["kind"] == "update" and not right:
                 stale = any(old in reply.lower() for old in question.get("old", []))
             else:
                 stale = False
             records.append({"user": user["name"], "heldout": bool(user.get("heldout")), "kind": question["kind"],
                             "ask": question["ask"], "reply": reply, "right": right, "stale": stale,
-                            "memory_ms": memory_ms, "outside": outside})
+                            "memory_ms": memory_ms, "outside": outside, "note": note, "note_holds": held})
             say(f"  {condition:10s} {context:5d}  {user['name']:10s} {question['kind']:7s} "
                 f"{'OK   ' if right else 'wrong'} {question['ask'][:40]!r} -> {reply[:60]!r}")
     return records
@@ -276,6 +281,13 @@ def summarize(records):
     for kind in ("recall", "update", "abstain"):
         summary[kind], summary[kind + "_n"] = share(kind)
         summary[kind + "_heldout"], summary[kind + "_heldout_n"] = share(kind, True)
+    for kind in ("recall", "update"):   # where the misses are: how often the note held the answer (the retrieval's
+        # part), and how often the model was right when it did (the reader's part)
+        held = [r["right"] for r in records if r["kind"] == kind and r.get("note_holds")]
+        asked = [r for r in records if r["kind"] == kind and r.get("note_holds") is not None]
+        summary[kind + "_note_holds"] = len(held) / len(asked) if asked else None
+        summary[kind + "_when_held"] = sum(held) / len(held) if held else None
+        summary[kind + "_held_n"] = len(held)
     costs = [r["memory_ms"] for r in records]
     summary["memory_ms_per_turn"] = sum(costs) / len(costs) if costs else 0.0
     summary["stating_turns_outside_window"] = sum(r["outside"] for r in records) / max(len(records), 1)
@@ -317,6 +329,14 @@ def print_table(results):
               f"{percent(s['recall_heldout']):>9s} "
               f"{percent(s['update']):>7s} {percent(s['update_heldout']):>9s} {percent(s['abstain']):>8s} "
               f"{s['memory_ms_per_turn']:15.2f} {percent(s['stating_turns_outside_window']):>15s}")
+    for row in results:   # a miss is the retrieval's (the note lacks the answer) or the reader's (it has it)
+        s = row["summary"]
+        if s.get("recall_note_holds") is not None:
+            print(f"{row['condition']} {row['context']}: the note held the answer to "
+                  f"{percent(s['recall_note_holds']).strip()} of the recall questions and "
+                  f"{percent(s['update_note_holds']).strip()} of the updates; the model was right on "
+                  f"{percent(s['recall_when_held']).strip()} and {percent(s['update_when_held']).strip()} of those "
+                  f"({s['recall_held_n']} and {s['update_held_n']} questions)")
 
 
 def main():

@@ -50,6 +50,13 @@ def test_judging_and_summary():
     assert (summary["recall"], summary["recall_heldout"], summary["abstain"]) == (0.5, 1.0, 1.0)
     assert summary["update"] is None and summary["update_n"] == 0
     assert summary["memory_ms_per_turn"] == 2.0 and summary["stating_turns_outside_window"] == pytest.approx(2 / 3)
+    assert summary["recall_note_holds"] is None   # rows without a note (none, regex) have no breakdown
+    # with notes: a miss with the answer in the note is the reader's, one without it the retrieval's
+    noted = [dict(r, note_holds=held) for r, held in zip(records, [True, False, None])]
+    noted += [dict(records[0], right=False, note_holds=True), dict(records[0], kind="update", note_holds=False)]
+    summary = evaluation.summarize(noted)
+    assert (summary["recall_note_holds"], summary["recall_when_held"], summary["recall_held_n"]) == (2 / 3, 0.5, 2)
+    assert (summary["update_note_holds"], summary["update_when_held"], summary["update_held_n"]) == (0.0, None, 0)
 
 
 def tiny_benchmark(path):
@@ -82,6 +89,17 @@ def test_the_command_reports_every_condition_and_writes_json(tmp_path):
         assert row["condition"] in proc.stdout.split("condition")[-1]
     retrieval = result["results"][2]["summary"]
     assert retrieval["memory_ms_per_turn"] > 0 and result["results"][0]["summary"]["memory_ms_per_turn"] == 0
+    # each retrieval record keeps its note; note_holds says whether an accepted answer is in it
+    for row in result["results"]:
+        for r in row["records"]:
+            if row["condition"] in ("none", "regex") or r["kind"] == "abstain":
+                assert r["note_holds"] is None
+            else:
+                assert r["note_holds"] == any(a in line.lower() for line in r["note"] for a in
+                                              {"recall": ["zora", "ivo"], "update": ["lima"]}[r["kind"]])
+    update = next(r for r in result["results"][3]["records"] if r["kind"] == "update")
+    assert update["note_holds"] and any("Lima" in line for line in update["note"])   # the move is recalled
+    assert "retrieval+ 320: the note held the answer to" in proc.stdout
     proc = run_script("companions/06_memory_eval.py", "--data", tmp_path / "missing.json", timeout=120)
     assert_one_line_error(proc, code=2, contains="make_memory_data.py")
 
