@@ -24,8 +24,9 @@ Four conditions, each asked the same questions on the same conversation:
               stock model
   retrieval+  the same with --model (stage 05's chat model, trained to read the note; default out/05_finetune/chat)
 Reported: recall (facts asked back), update accuracy (the newest value, not the old one), abstention (a question
-about something never said), on all users and on the held-out ones; the memory's cost per turn (ms). A table on
-screen, everything in out/06_chatbot/memory_eval.json. Replies are greedy, so a run is repeatable. Tune on the
+about something never said), on all users and on the held-out ones; the memory's cost per turn (ms); for the rows
+with a note, how often it held the answer and how often the model was right when it did (a miss is the search's or
+the reader's). A table on screen, everything (each question's note too) in out/06_chatbot/memory_eval.json. Replies are greedy, so a run is repeatable. Tune on the
 users of set dev (--set dev), report on heldout: a memory tuned on the users it is measured on would flatter itself.
 """
 import argparse
