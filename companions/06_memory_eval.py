@@ -26,8 +26,9 @@ Four conditions, each asked the same questions on the same conversation:
 Reported: recall (facts asked back), update accuracy (the newest value, not the old one), abstention (a question
 about something never said), on all users and on the held-out ones; the memory's cost per turn (ms); for the rows
 with a note, how often it held the answer and how often the model was right when it did (a miss is the search's or
-the reader's). A table on screen, everything (each question's note too) in out/06_chatbot/memory_eval.json. Replies are greedy, so a run is repeatable. Tune on the
-users of set dev (--set dev), report on heldout: a memory tuned on the users it is measured on would flatter itself.
+the reader's). A table on screen, everything (each question's note too) in out/06_chatbot/memory_eval.json.
+Replies are greedy, so a run is repeatable. Tune on the users of set dev (--set dev), report on heldout: a memory
+tuned on the users it is measured on would flatter itself.
 """
 import argparse
 import copy
@@ -173,11 +174,16 @@ def read_users(path=DATA):
     return users, small_talk
 
 
+def holds(text, answers):
+    """Does the text hold any of the accepted answers? Lowercased and with ’ turned into ', as the format says."""
+    text = text.lower().replace("\u2019", "'")
+    return any(answer in text for answer in answers)
+
+
 def judge(reply, question):
-    """Right or wrong, as data/memory_eval.json's format says: the reply (lowercased, ’ -> ') holds an answer; for an
-    update, a reply with the old value and without the new one is wrong (stale)."""
-    text = reply.lower().replace("\u2019", "'")
-    return any(answer in text for answer in question["answer"])
+    """Right or wrong, as data/memory_eval.json's format says: the reply holds an answer; for an update, a reply with
+    the old value and without the new one is wrong (stale)."""
+    return holds(reply, question["answer"])
 
 
 def greedy(max_new_tokens=REPLY_TOKENS):
@@ -239,7 +245,7 @@ def ask(engine, conversation, question, condition, sampling):
             chat.recall(branch.messages[:-1], question, encoder=engine.encoder)   # timed alone: the memory's cost
         memory_ms = (time.perf_counter() - started) * 1000 if condition != "none" else 0.0
         prompt = chat.prepare_prompt(engine, branch, sampling)
-    note = list(getattr(branch, "recalled", None) or []) if condition in ("retrieval", "retrieval+") else None
+    note = list(branch.recalled) if condition in ("retrieval", "retrieval+") else None   # as prepare_prompt left it
     stats = {}
     with engine.lock:
         for _ in chat.generate(engine, prompt, sampling, stats):
@@ -259,8 +265,8 @@ def run_condition(engine, users, small_talk, replies, condition, context, say=pr
             reply, memory_ms, outside, note = ask(engine, conversation, question["ask"], condition, sampling)
             right = judge(reply, question)
             # does the note hold the answer? A miss with it is the reader's, a miss without it the retrieval's
-            held = None if note is None or question["kind"] == "abstain" else any(
-                answer in line.lower().replace("\u2019", "'") for line in note for answer in question["answer"])
+            noted = note is not None and question["kind"] != "abstain"   # a never-said fact has no answer to hold
+            held = holds("\n".join(note), question["answer"]) if noted else None
             if question["kind"] == "update" and not right:
                 stale = any(old in reply.lower() for old in question.get("old", []))
             else:
@@ -284,11 +290,11 @@ def summarize(records):
         summary[kind + "_heldout"], summary[kind + "_heldout_n"] = share(kind, True)
     for kind in ("recall", "update"):   # where the misses are: how often the note held the answer (the retrieval's
         # part), and how often the model was right when it did (the reader's part)
-        held = [r["right"] for r in records if r["kind"] == kind and r.get("note_holds")]
-        asked = [r for r in records if r["kind"] == kind and r.get("note_holds") is not None]
-        summary[kind + "_note_holds"] = len(held) / len(asked) if asked else None
-        summary[kind + "_when_held"] = sum(held) / len(held) if held else None
-        summary[kind + "_held_n"] = len(held)
+        noted = [r for r in records if r["kind"] == kind and r.get("note_holds") is not None]
+        right_when_held = [r["right"] for r in noted if r["note_holds"]]
+        summary[kind + "_note_holds"] = len(right_when_held) / len(noted) if noted else None
+        summary[kind + "_when_held"] = sum(right_when_held) / len(right_when_held) if right_when_held else None
+        summary[kind + "_held_n"] = len(right_when_held)
     costs = [r["memory_ms"] for r in records]
     summary["memory_ms_per_turn"] = sum(costs) / len(costs) if costs else 0.0
     summary["stating_turns_outside_window"] = sum(r["outside"] for r in records) / max(len(records), 1)
@@ -306,10 +312,10 @@ def note_check(users, small_talk, encoder=None):
         for question in user["questions"]:
             recalled = [line.lower().replace("\u2019", "'")
                         for line in chat.recall(messages, question["ask"], encoder=encoder)]
-            holds = [any(answer in line for answer in question["answer"]) for line in recalled]
-            newest = max((i for i, held in enumerate(holds) if held), default=-1)   # the last line with the answer
+            with_answer = [holds(line, question["answer"]) for line in recalled]
+            newest = max((i for i, held in enumerate(with_answer) if held), default=-1)   # the last line with it
             stale = any(old in line for line in recalled[newest + 1:] for old in question.get("old", []))
-            good = {"recall": any(holds), "update": newest >= 0 and not stale, "abstain": not recalled}
+            good = {"recall": any(with_answer), "update": newest >= 0 and not stale, "abstain": not recalled}
             for key, value in ((question["kind"], good[question["kind"]]), ("lines", len(recalled))):
                 counts[key].append(value)
     print(f"the note alone ({len(users)} users): " + ", ".join(
@@ -332,7 +338,7 @@ def print_table(results):
               f"{s['memory_ms_per_turn']:15.2f} {percent(s['stating_turns_outside_window']):>15s}")
     for row in results:   # a miss is the retrieval's (the note lacks the answer) or the reader's (it has it)
         s = row["summary"]
-        if s.get("recall_note_holds") is not None:
+        if s["recall_note_holds"] is not None:
             print(f"{row['condition']} {row['context']}: the note held the answer to "
                   f"{percent(s['recall_note_holds']).strip()} of the recall questions and "
                   f"{percent(s['update_note_holds']).strip()} of the updates; the model was right on "
