@@ -43,6 +43,7 @@ MEMORY_CHARS = 200           # ...each at most this long, so the memory's share 
 MEMORY_SIMILARITY = 0.2      # a note only when a past message scores this (its cosine with the new message...
 MEMORY_WORDS = 0.2           # ...plus up to this for shared words: hybrid search); then all those scoring...
 MEMORY_NEAR = 0.1            # ...this go in (the three chosen on dev users and fresh phrasings, never held-out ones)
+MEMORY_COPY = 2.0            # added to the logits of the note's words while replying: copy, don't invent (0 = off)
 SEED = None                  # an int makes sampling repeatable
 THREADS = 0                  # CPU threads (0 = torch's default; on a busy machine 1 can be several times faster)
 OUT = "out/06_chatbot"       # where /save and /load keep conversations
@@ -383,6 +384,14 @@ def with_memory(message, recalled):   # the user's newest message as the model s
     return f"{memory_note(recalled)}\n\nNow the user says: {message}" if recalled else message
 
 
+# Reading is not copying: a 135M model with "...it'd be gnocchi." in its note may still say "gormcchi" or a name from
+# training. So the note's words get MEMORY_COPY more logit as it replies (a fixed-strength pointer-generator copy).
+def copy_ids(tokenizer, recalled):   # the token ids of the note's words, less stop words and punctuation
+    ids = {t for line in recalled for t in encode_text(tokenizer, line) + encode_text(tokenizer, " " + line)}
+    pieces = {t: re.sub(r"[^a-z0-9]", "", tokenizer.decode([t]).lower()) for t in ids}
+    return sorted(t for t, w in pieces.items() if len(w) > 1 and w not in STOP_WORDS)   # " gn", "occ", "hi"
+
+
 # ---- Generation: prefill, then one token at a time on the KV cache; sampling; streaming text -------------------
 # Stage 04 built the KV cache; here it is transformers' DynamicCache. What is new is its reuse ACROSS turns: the
 # next prompt starts with the previous prompt and reply, so only the new tokens need a forward pass.
@@ -396,11 +405,13 @@ class Sampling:
     seed: int = SEED           # None: a fresh random draw each time; an int: the same reply for the same prompt
 
 
-def sample_next(logits, sampling, generator, penalized):
-    """logits (V,) -> one token id: repetition penalty, temperature, top-k, top-p."""
+def sample_next(logits, sampling, generator, penalized, copy=()):
+    """logits (V,) -> one token id: the memory's nudge (copy), repetition penalty, temperature, top-k, top-p."""
     # Worked example, logits [2.0, 1.0, 0.5, -1.0], T = 0.5, top-p 0.9: logits / T = [4, 2, 1, -2] -> softmax [0.84,
     # 0.11, 0.04, 0.002]; the mass BEFORE each is [0, 0.84, 0.95, 0.99]: the last two (>= 0.9) go -> [0.88, 0.12].
     logits = logits.float()                                              # (V,)
+    if copy:
+        logits[copy] += MEMORY_COPY   # ids of the note's words: copy what you read
     if sampling.repetition_penalty != 1.0 and penalized:
         # CTRL's penalty: divide a positive logit, MULTIPLY a negative one (dividing -2.0 by 1.1 would raise it)
         seen = torch.tensor(sorted(penalized), device=logits.device)
@@ -441,11 +452,13 @@ def forward(engine, ids):
 
 
 @torch.inference_mode()
-def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=(), started=None):
+def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=(), started=None,
+             copy=()):
     """Yield the reply as text pieces, token by token; the caller holds engine.lock for the whole iteration. `said`:
-    ids of earlier replies, penalised too (a small model likes to copy its last answer). `min_new_tokens`: ignore stop
-    tokens until that many exist (benchmarks time a fixed length). On return `stats` holds ttft (s from `started`),
-    tokens, tokens_per_s (after the first), reused (cached prompt tokens), prompt_tokens, finish_reason, text, ids."""
+    ids of earlier replies, penalised too (a small model likes to copy its last answer); `copy`: the note's words
+    (copy_ids). `min_new_tokens`: ignore stop tokens until that many exist (benchmarks time a fixed length). On return
+    `stats` holds ttft (s from `started`), tokens, tokens_per_s, reused (cached prompt tokens), prompt_tokens,
+    finish_reason, text, ids."""
     stats = {} if stats is None else stats
     started = started or time.perf_counter()
     # Cache reuse across turns, one token per bracket:
@@ -472,7 +485,7 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     try:
         logits = forward(engine, prompt_ids[common:])       # prefill: the new part of the prompt at once
         while len(reply_ids) < sampling.max_new_tokens:
-            token = sample_next(logits, sampling, generator, penalized)
+            token = sample_next(logits, sampling, generator, penalized, list(copy))
             if first_at is None:
                 first_at = time.perf_counter()
                 stats["ttft"] = first_at - started
@@ -569,7 +582,8 @@ def chat_turn(engine, conversation, user_text, sampling, stats=None):
     try:
         prompt_ids = prepare_prompt(engine, conversation, sampling)
         said = said_ids(engine.tokenizer, conversation.messages[conversation.start:])
-        yield from generate(engine, prompt_ids, sampling, stats, said=said, started=started)
+        copy = copy_ids(engine.tokenizer, conversation.recalled)
+        yield from generate(engine, prompt_ids, sampling, stats, said=said, started=started, copy=copy)
     finally:  # even when interrupted, keep what was said: the history stays user/assistant/user/assistant
         conversation.messages.append({"role": "assistant", "content": stats.get("text", "").strip()})
 

@@ -248,7 +248,7 @@ def ask(engine, conversation, question, condition, sampling):
     note = list(branch.recalled) if condition in ("retrieval", "retrieval+") else None   # as prepare_prompt left it
     stats = {}
     with engine.lock:
-        for _ in chat.generate(engine, prompt, sampling, stats):
+        for _ in chat.generate(engine, prompt, sampling, stats, copy=chat.copy_ids(engine.tokenizer, note or ())):
             pass
     return stats["text"].strip(), memory_ms, branch.start > 0, note
 
@@ -361,7 +361,10 @@ def main():
                         help="the memory's search: vectors + words (when the encoder is installed) or words alone")
     parser.add_argument("--data", default=str(DATA), help="the benchmark file")
     parser.add_argument("--json", default=str(OUT), help="where the results go")
+    parser.add_argument("--memory-copy", type=float, default=chat.MEMORY_COPY,
+                        help="the nudge towards the note's words (06's MEMORY_COPY; 0 = off, to measure what it adds)")
     args, _unknown = parser.parse_known_args()
+    chat.MEMORY_COPY = args.memory_copy
     if args.memory_eval:
         args.memory_eval = False    # the old flag of the lesson: here it is simply this command
     contexts = [args.context] if args.context else list(CONTEXTS)

@@ -704,7 +704,8 @@ class ChatHandler(BaseHTTPRequestHandler):
                 self.start_events()   # from here on the status is 200, whatever happens: errors become events
             # Calling a generator function runs none of its body yet; the model starts on the first iteration below.
             pieces = chat.generate(engine, prompt_ids, sampling, stats, stop_strings=stop,
-                                   said=chat.said_ids(engine.tokenizer, history[start:]), started=started)
+                                   said=chat.said_ids(engine.tokenizer, history[start:]), started=started,
+                                   copy=chat.copy_ids(engine.tokenizer, conversation.recalled))
             try:
                 if stream:
                     # The first chunk announces the role with empty content, as OpenAI's server does; clients that

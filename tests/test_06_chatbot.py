@@ -348,6 +348,38 @@ def test_memory_survives_trimming_and_sits_where_asked(engine, mode):
         assert text.endswith("\n\nNow the user says: What is my name?<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_copy_ids_are_the_notes_words_without_stop_words_or_punctuation():
+    """A word-level tokenizer, so each id is one word: the note's content words are nudged, 'I', 'be', ',' are not."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    words = "if i had one last meal , it'd be gnocchi . my sister is called noor ! where do you live ?".split()
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(["<unk>"] + words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    note = ["if i had one last meal , it'd be gnocchi .", "my sister is called noor !"]
+    chosen = [tokenizer.decode([t]) for t in bot.copy_ids(tokenizer, note)]
+    assert sorted(chosen) == sorted(["one", "last", "meal", "it'd", "gnocchi", "sister", "called", "noor"])
+    assert bot.copy_ids(tokenizer, []) == []
+
+
+def test_a_reply_with_a_note_nudges_the_notes_words(engine, monkeypatch):
+    """chat_turn hands the recalled note's ids to the sampler at every step; no note, no nudge."""
+    nudged = []
+    monkeypatch.setattr(bot, "copy_ids", lambda tokenizer, recalled: [5, 6] if recalled else [])
+    real = bot.sample_next
+    monkeypatch.setattr(bot, "sample_next", lambda *a: nudged.append(list(a[4])) or real(*a))
+    conversation = bot.Conversation(system_prompt="SYS")
+    with engine.lock:
+        collect(bot.chat_turn(engine, conversation, "Hello there.", quick(max_new_tokens=3)))
+        assert conversation.recalled == [] and nudged and all(ids == [] for ids in nudged)
+        nudged.clear()
+        collect(bot.chat_turn(engine, conversation, "My name is Zorblax and I live in Quito.", quick(max_new_tokens=3)))
+        nudged.clear()
+        collect(bot.chat_turn(engine, conversation, "Where do I live? Quito?", quick(max_new_tokens=3)))
+    assert any("Quito" in line for line in conversation.recalled)
+    assert nudged and all(ids == [5, 6] for ids in nudged)
+
+
 def test_memory_share_of_the_prompt_stays_bounded_over_200_turns(engine):
     # The bound (MEMORY_ITEMS lines of at most MEMORY_CHARS) does not depend on how the lines are chosen: the word
     # search keeps this fast (the encoder would encode 200 long messages); the vectors' bound is checked below.
@@ -473,6 +505,9 @@ def test_sampling_filters():
     assert {bot.sample_next(logits.clone(), nucleus, g, set()) for _ in range(50)} == {1}
     # repetition penalty: token 1 already said, penalty 2 -> 2.5 < 4.0, so greedy picks token 2
     assert bot.sample_next(logits.clone(), quick(temperature=0, repetition_penalty=2.0), None, {1}) == 2
+    # the memory's nudge: token 2 is one of the note's words, 4.0 + MEMORY_COPY (2.0) beats 5.0; off, it does not
+    assert bot.sample_next(logits.clone(), quick(temperature=0), None, set(), [2]) == 2
+    assert bot.sample_next(logits.clone(), quick(temperature=0), None, set(), []) == 1
     # a seed makes sampling repeatable
     draw = lambda: [bot.sample_next(logits.clone(), quick(temperature=2.0, top_k=0, top_p=1.0),  # noqa: E731
                                     torch.Generator().manual_seed(7), set()) for _ in range(5)]

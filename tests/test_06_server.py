@@ -325,9 +325,10 @@ def forty_messages(fact, question):
 
 
 def test_openai_endpoint_recalls_turns_that_no_longer_fit_the_window(server, engine, monkeypatch):
-    prompts, original = [], bot.generate
-    monkeypatch.setattr(bot, "generate", lambda e, ids, *a, **k: (prompts.append(list(ids)),
-                                                                    original(e, ids, *a, **k))[1])
+    prompts, copies, original = [], [], bot.generate
+    monkeypatch.setattr(bot, "generate", lambda e, ids, *a, **k: (prompts.append(list(ids)), copies.append(k["copy"]),
+                                                                    original(e, ids, *a, **k))[2])
+    monkeypatch.setattr(bot, "copy_ids", lambda tokenizer, recalled: [len(line) for line in recalled])
     messages = forty_messages("My name is Zorblax and I live in Quito.", "What is my name?")
     assert len(messages) == 39
     status, _, raw = http("POST", server + "/v1/chat/completions", {"messages": messages, "max_tokens": 4})
@@ -338,6 +339,7 @@ def test_openai_endpoint_recalls_turns_that_no_longer_fit_the_window(server, eng
     assert text.endswith("<|im_start|>user\nEarlier in this conversation the user said:\n- My name is Zorblax and I "
                          "live in Quito.\n\nNow the user says: What is my name?<|im_end|>\n<|im_start|>assistant\n"), \
         "...but is recalled just before the question"
+    assert copies[-1] == [len("My name is Zorblax and I live in Quito.")], "the reply is nudged to the note's words"
 
 
 @pytest.fixture(scope="module")
