@@ -455,10 +455,10 @@ def forward(engine, ids):
 def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=(), started=None,
              copy=()):
     """Yield the reply as text pieces, token by token; the caller holds engine.lock for the whole iteration. `said`:
-    ids of earlier replies, penalised too (a small model likes to copy its last answer); `copy`: the note's words
-    (copy_ids). `min_new_tokens`: ignore stop tokens until that many exist (benchmarks time a fixed length). On return
-    `stats` holds ttft (s from `started`), tokens, tokens_per_s, reused (cached prompt tokens), prompt_tokens,
-    finish_reason, text, ids."""
+    ids of earlier replies, penalised (a small model likes to copy its last answer); `copy`: the note's words (nudged).
+    `min_new_tokens`: ignore stop tokens until that many exist (benchmarks time a fixed length). On return `stats`
+    holds ttft (s from `started`), tokens, tokens_per_s, reused (prompt tokens cached), prompt_tokens, finish_reason,
+    text, ids."""
     stats = {} if stats is None else stats
     started = started or time.perf_counter()
     # Cache reuse across turns, one token per bracket:
@@ -655,10 +655,8 @@ def run_command(line, conversation, engine, sampling, folder):
         return "conversation cleared", Conversation(system_prompt=conversation.system_prompt,
                                                     memory_at=conversation.memory_at), False
     if command == "/history":
-        if not conversation.messages:
-            return "(no messages yet)", None, False
         lines = [f"{'  ' if i >= conversation.start else '~ '}{m['role']}: {m['content']}"
-                 for i, m in enumerate(conversation.messages)]
+                 for i, m in enumerate(conversation.messages)] or ["(no messages yet)"]
         note = f"\n(~ = outside the prompt window: {conversation.start} message(s))" if conversation.start else ""
         return "\n".join(lines) + note, None, False
     if command == "/memory":
