@@ -5,6 +5,7 @@ companions/06_memory_eval.py: how well the 06 chatbot remembers what a user told
     python companions/06_memory_eval.py --users 3 --context 512  # a quick look
     python companions/06_memory_eval.py --model out/05_finetune/chat --heldout-only
     python companions/06_memory_eval.py --set dev --users 12 --context 512 --conditions retrieval+   # tuning
+    python companions/06_memory_eval.py --set dev --data data/memory_proxy.json --context 512   # held-out-shaped dev
     python companions/06_memory_eval.py --notes --set dev       # the retrieved notes alone, no model (seconds)
     python companions/06_memory_eval.py --notes --retrieval words   # the same with the word fallback (BM25)
 

@@ -356,3 +356,20 @@ def test_files_are_reproducible(gen):
     done = subprocess.run([sys.executable, str(DATA / "make_memory_data.py"), "--check"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_proxy_is_what_its_generator_writes_and_passes_its_own_copy_checks(chats, capsys):
+    """data/memory_proxy.json (a dev set shaped like the held-out users): reproducible, its checks pass, and none of
+    its users' names or statements is in the training chats (a proxy the model trained on would flatter it)."""
+    spec = importlib.util.spec_from_file_location("make_memory_proxy", DATA / "make_memory_proxy.py")
+    proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(proxy)
+    data, metas = proxy.build()
+    assert proxy.check(data, metas), capsys.readouterr().out
+    written = json.loads((DATA / "memory_proxy.json").read_text(encoding="utf-8"))
+    assert written == data
+    low = "\n".join(texts_of(chats)).lower()
+    for user in data["users"]:
+        assert user["set"] == "dev" and not user["heldout"]
+        assert not re.search(r"(?<!\w)" + re.escape(user["name"].lower()) + r"(?!\w)", low), user["name"]
+        assert not any(turn["content"].lower() in low for turn in user["turns"]), user["name"]
