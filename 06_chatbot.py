@@ -43,6 +43,7 @@ MEMORY_CHARS = 200           # ...each at most this long, so the memory's share 
 MEMORY_SIMILARITY = 0.2      # a note only when a past message scores this (its cosine with the new message...
 MEMORY_WORDS = 0.2           # ...plus up to this for shared words: hybrid search); then all those scoring...
 MEMORY_NEAR = 0.1            # ...this go in (the three chosen on dev users and fresh phrasings, never held-out ones)
+MEMORY_TOPIC = 0.4           # a message about the question's kind of fact (job, partner, ...) scores up to this more
 MEMORY_COPY = 2.0            # added to the logits of the note's words while replying: copy, don't invent (0 = off)
 SEED = None                  # an int makes sampling repeatable
 THREADS = 0                  # CPU threads (0 = torch's default; on a busy machine 1 can be several times faster)
@@ -163,6 +164,8 @@ def warm_up(engine):
     """One small forward pass (the first is slow: weights are memory-mapped, read on first use), run in a thread."""
     with engine.lock, torch.inference_mode():
         engine.model(input_ids=torch.zeros((1, 4), dtype=torch.long, device=engine.device))
+        for group in SYNONYMS if engine.encoder else ():   # the memory's kinds of fact (see recall), encoded once
+            embed(group)
 
 
 # ---- The chat template: messages -> ONE token sequence, with the user's text kept as text ----------------------
@@ -274,7 +277,9 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 # ("Lisbon": idf), less when repeated (tf saturates: k1) and in long messages (b); words are stemmed, stop words
 # dropped, the query widened by SYNONYMS (a hand-made stand-in for what the encoder learnt). Hybrid search adds the two:
 # cosine + MEMORY_WORDS * BM25 / best BM25, so a shared rare word lifts a message the vectors put just below the line.
-# Without the encoder (an optional package) BM25 alone decides.
+# Oblique questions share neither ("Who stole my heart?" / "Mireille is the best girlfriend ever.") but ask for a KIND
+# of fact: each SYNONYMS group, encoded as one text, stands for a kind; a message about the question's kind scores up
+# to MEMORY_TOPIC more (a lift; it brings no near ones). Without the encoder (an optional package) BM25 alone decides.
 STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with about as into is are was were be been
 am do does did have has had i im ive me my mine you your we our us it its this that these those what which who whom how
 when where why can could would should will shall may might must not no yes just very too also there here then than if
@@ -339,27 +344,26 @@ def bm25(query, documents, k1=1.2, b=0.75):   # the score of each document (a li
     average = sum(map(len, documents)) / max(len(documents), 1)
     contain = Counter(w for d in documents for w in set(d))        # n(w): documents containing w
     idf = {w: math.log(1 + (len(documents) - contain[w] + 0.5) / (contain[w] + 0.5)) for w in set(query)}
-    scores = []
-    for d in documents:
-        counts = Counter(d)
-        scores.append(sum(idf[w] * counts[w] * (k1 + 1) / (counts[w] + k1 * (1 - b + b * len(d) / average))
-                          for w in idf if counts[w]))
-    return scores
+    return [sum(idf[w] * tf[w] * (k1 + 1) / (tf[w] + k1 * (1 - b + b * len(d) / average)) for w in idf if tf[w])
+            for d, tf in ((d, Counter(d)) for d in documents)]   # tf: each word's count in d
 
 
 def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
     """The past user messages closest to `question` (hybrid; BM25 alone without `encoder`): k at most, oldest first."""
-    found, asked = statements(messages), words(question)
+    found, asked, least, gate = statements(messages), words(question), 1e-9, 1e-9   # BM25 alone: any word will do
     query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
-    scores, least, gate = bm25(query, [w for _, w in found]), 1e-9, 1e-9   # BM25 alone: any shared word is enough
+    ranked = scores = bm25(query, [w for _, w in found])
     if encoder and found:
         vectors = torch.stack([embed(text) for text, _ in found])               # (N, 384)
         asking = embed(" ".join(question.split()))   # the same text as it has later as a statement: encoded once
         top, cosines = max(scores) or 1.0, (vectors @ asking).tolist()   # the best BM25; N cosines
         scores = [c + MEMORY_WORDS * s / top for c, s in zip(cosines, scores)]
+        topic = torch.softmax(torch.cat([vectors, asking[None]]) @ torch.stack(list(map(embed, SYNONYMS))).T / 0.05, -1)
+        same = (topic[:-1] @ topic[-1]).tolist()   # (N + 1, G) -> (N,): P(a message is about the question's kind)
+        ranked = [s + MEMORY_TOPIC * t * bool(ABOUT_ME.search(question)) for s, t in zip(scores, same)]
         least, gate = MEMORY_NEAR, MEMORY_SIMILARITY
-    best = sorted((i for i, s in enumerate(scores) if s >= least), key=lambda i: (-scores[i], -i))[:k] \
-        if found and max(scores) >= gate else []
+    best = sorted((i for i, r in enumerate(ranked) if r >= gate or scores[i] >= least), key=lambda i: (-ranked[i], -i)
+                  )[:k] if found and max(ranked) >= gate else []
     topics = {g for g, group in enumerate(GROUPS) for w in asked if w in group}   # "my sister's name": {0, 10}
     if found and 0 not in best and ABOUT_ME.search(question) and (topics == {0} or not asked):   # "Who am I?"
         best = [0] + best[:k - 1]   # the user's own name: people introduce themselves first, so message 0 too
@@ -425,8 +429,7 @@ def sample_next(logits, sampling, generator, penalized, copy=()):
 
 
 def held_back(text, stop_strings):
-    """How many characters at the end of `text` might be the start of a stop string ("Sure!\\nUs" -> 3 for
-    "\\nUser:"): streamed text cannot be taken back, so it waits until the next tokens decide."""
+    """How many characters at the end of `text` may start a stop string ("Sure!\\nUs": 3): streamed text is final."""
     for size in range(min(len(text), max((len(s) for s in stop_strings), default=0)), 0, -1):
         if any(s.startswith(text[-size:]) for s in stop_strings):
             return size
@@ -446,10 +449,9 @@ def forward(engine, ids):
 @torch.inference_mode()
 def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=(), started=None,
              copy=()):
-    """Yield the reply as text pieces, token by token; the caller holds engine.lock for the whole iteration. `said`:
-    ids of earlier replies, penalised (a small model likes to copy its last answer); `copy`: the note's words (nudged).
-    `min_new_tokens`: ignore stop tokens until that many exist (benchmarks time a fixed length). On return `stats`
-    holds ttft (s from `started`), tokens, tokens_per_s, reused, prompt_tokens, finish_reason, text, ids."""
+    """Yield the reply as text pieces, token by token; the caller holds engine.lock throughout. `said`: ids of earlier
+    replies, penalised; `copy`: the note's words, nudged; `min_new_tokens`: no stop before that many (benchmarks).
+    `stats` gets ttft (s from `started`), tokens, tokens_per_s, reused, prompt_tokens, finish_reason, text and ids."""
     stats = {} if stats is None else stats
     started = started or time.perf_counter()
     # Cache reuse across turns, one token per bracket:
@@ -466,8 +468,7 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
             engine.cache.crop(common - len(engine.cached_ids))   # negative: drop that many from the end
         del engine.cached_ids[common:]
     else:
-        common = 0
-        engine.cache, engine.cached_ids = DynamicCache(config=engine.model.config), []
+        common, engine.cache, engine.cached_ids = 0, DynamicCache(config=engine.model.config), []
     generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
     stop_strings = list(stop_strings) + engine.stop_strings
     stats.update(reused=common, prompt_tokens=len(prompt_ids), tokens=0, finish_reason="length", text="")
@@ -643,8 +644,7 @@ def run_command(line, conversation, engine, sampling, folder):
     if command == "/help":
         return HELP, None, False
     if command == "/reset":
-        return "conversation cleared", Conversation(system_prompt=conversation.system_prompt,
-                                                    memory_at=conversation.memory_at), False
+        return "conversation cleared", Conversation(conversation.system_prompt, memory_at=conversation.memory_at), False
     if command == "/history":
         lines = [f"{'  ' if i >= conversation.start else '~ '}{m['role']}: {m['content']}"
                  for i, m in enumerate(conversation.messages)] or ["(no messages yet)"]

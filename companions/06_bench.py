@@ -122,8 +122,9 @@ def run_bench(engine, sampling, startup):
     # run on a shared machine should not decide the figure.
     for _ in range(3):
         conversation, stats, engine.cache = copy.deepcopy(base), {}, None
-        if engine.encoder:  # nothing cached: the memory encodes the history too
+        if engine.encoder:  # nothing cached: the memory encodes the history too (the kinds of fact: at the start)
             chat.embed.cache_clear()
+            chat.warm_up(engine)
         for _ in chat.chat_turn(engine, conversation, BENCH_QUESTION, reply, stats):
             pass
         cold.append(stats["ttft"])

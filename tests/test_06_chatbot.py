@@ -279,11 +279,25 @@ def test_a_note_needs_one_close_message_then_brings_the_near_ones_too(monkeypatc
     near = bot.recall(LIFE, question, encoder=encoder)
     close = ["I live in Lisbon, close to the river.", "Actually we moved to Porto last month."]
     assert set(close) < set(near) and len(near) <= bot.MEMORY_ITEMS, near
+    monkeypatch.setattr(bot, "MEMORY_TOPIC", 0.0)     # the gate and the near line alone (the topic's lift: below)
     monkeypatch.setattr(bot, "MEMORY_NEAR", bot.MEMORY_SIMILARITY)     # only the close ones
     assert bot.recall(LIFE, question, encoder=encoder) == close
     monkeypatch.setattr(bot, "MEMORY_NEAR", 0.0)
     monkeypatch.setattr(bot, "MEMORY_SIMILARITY", 0.9)                 # none close enough: no note at all
     assert bot.recall(LIFE, question, encoder=encoder) == []
+
+
+@needs_encoder
+def test_a_message_about_the_kind_of_fact_a_question_asks_for_is_lifted_over_the_gate(monkeypatch):
+    encoder = bot.sentence_encoder()
+    chat = said("Hi, I'm Odile.", "Lovely weather today.", "Ines and I got engaged on a beach in Crete.",
+                "I spend my weekends restoring old clocks.", "Why is the sky blue?", "Peanuts put me in hospital once.")
+    question, engaged = "Who do I hold hands with?", "Ines and I got engaged on a beach in Crete."   # no shared word
+    assert engaged in bot.recall(chat, question, encoder=encoder), "a partner question, a message about a partner"
+    for general in ["Can you recommend a good book?", "What is two plus two?"]:   # not about the user: no lift
+        assert bot.recall(chat, general, encoder=encoder) == [], general
+    monkeypatch.setattr(bot, "MEMORY_TOPIC", 0.0)     # cosine and words alone: below the gate, no note
+    assert bot.recall(chat, question, encoder=encoder) == []
 
 
 @needs_encoder
