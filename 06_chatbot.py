@@ -278,8 +278,8 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 # dropped, the query widened by SYNONYMS (a hand-made stand-in for what the encoder learnt). Hybrid search adds the two:
 # cosine + MEMORY_WORDS * BM25 / best BM25, so a shared rare word lifts a message the vectors put just below the line.
 # Oblique questions share neither ("Who stole my heart?" / "Mireille is the best girlfriend ever.") but ask for a KIND
-# of fact: each SYNONYMS group, encoded as one text, stands for a kind; a message about the question's kind scores up
-# to MEMORY_TOPIC more (a lift; it brings no near ones). Without the encoder (an optional package) BM25 alone decides.
+# of fact: each SYNONYMS group, encoded as one text, stands for a kind; asked about the user, a message about the kind
+# asked for scores up to MEMORY_TOPIC more (a lift: it brings no near ones). Without the encoder BM25 alone decides.
 STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with about as into is are was were be been
 am do does did have has had i im ive me my mine you your we our us it its this that these those what which who whom how
 when where why can could would should will shall may might must not no yes just very too also there here then than if
@@ -360,7 +360,7 @@ def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
         scores = [c + MEMORY_WORDS * s / top for c, s in zip(cosines, scores)]
         topic = torch.softmax(torch.cat([vectors, asking[None]]) @ torch.stack(list(map(embed, SYNONYMS))).T / 0.05, -1)
         same = (topic[:-1] @ topic[-1]).tolist()   # (N + 1, G) -> (N,): P(a message is about the question's kind)
-        ranked = [s + MEMORY_TOPIC * t * bool(ABOUT_ME.search(question)) for s, t in zip(scores, same)]
+        ranked = [s + MEMORY_TOPIC * t for s, t in zip(scores, same)] if ABOUT_ME.search(question) else scores
         least, gate = MEMORY_NEAR, MEMORY_SIMILARITY
     best = sorted((i for i, r in enumerate(ranked) if r >= gate or scores[i] >= least), key=lambda i: (-ranked[i], -i)
                   )[:k] if found and max(ranked) >= gate else []
