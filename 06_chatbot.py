@@ -349,7 +349,7 @@ def bm25(query, documents, k1=1.2, b=0.75):   # the score of each document (a li
 
 
 def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
-    """The past user messages closest to `question` (hybrid; BM25 alone without `encoder`): k at most, oldest first."""
+    """Up to k past user messages near `question` (BM25 alone without `encoder`), by age, those past the gate last."""
     found, asked, least, gate = statements(messages), words(question), 1e-9, 1e-9   # BM25 alone: any word will do
     query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
     ranked = scores = bm25(query, [w for _, w in found])
@@ -367,7 +367,7 @@ def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
     topics = {g for g, group in enumerate(GROUPS) for w in asked if w in group}   # "my sister's name": {0, 10}
     if found and 0 not in best and ABOUT_ME.search(question) and (topics == {0} or not asked):   # "Who am I?"
         best = [0] + best[:k - 1]   # the user's own name: people introduce themselves first, so message 0 too
-    return [found[i][0][:MEMORY_CHARS] for i in sorted(best)]   # oldest first: the newest value of a fact last
+    return [found[i][0][:MEMORY_CHARS] for i in sorted(best, key=lambda i: (ranked[i] >= gate, i))]   # best: nearest
 
 
 # The layout stage 05 trains its chat model to read (data/make_memory_data.py writes the same), for example:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 # ----------------------------------------------------------------------------------------------------------------
 # THE MEMORY FORMAT (stage 06 builds exactly this user message; stage 05 trains on it)
-# The retrieved earlier user messages (verbatim, one line each, oldest first) go into the user's newest message,
+# The retrieved earlier user messages (verbatim, one line each) go into the user's newest message,
 # in front of it. With nothing retrieved the message is sent as it is.
 #
 #     Earlier in this conversation the user said:
@@ -48,7 +48,7 @@ OTHER_LINES = 5               # a note holds up to this many lines beside the on
 
 
 def memory_message(earlier, message):
-    """The user message the model sees: the retrieved earlier user messages (oldest first) and the new message."""
+    """The user message the model sees: the retrieved earlier user messages and the new message."""
     if not earlier:
         return message
     items = "\n".join(MEMORY_ITEM.format(" ".join(text.split())) for text in earlier[-MEMORY_MAX_ITEMS:])

@@ -301,6 +301,18 @@ def test_a_message_about_the_kind_of_fact_a_question_asks_for_is_lifted_over_the
 
 
 @needs_encoder
+def test_the_note_puts_the_messages_past_the_gate_last_just_before_the_question(monkeypatch):
+    encoder, question = bot.sentence_encoder(), "Who do I hold hands with?"
+    chat = said("Hi, I'm Odile.", "Ines and I got engaged on a beach in Crete.",
+                "We went to a wedding in Lyon last week.", "I spend my weekends restoring old clocks.")
+    recalled = bot.recall(chat, question, encoder=encoder)
+    assert recalled == ["We went to a wedding in Lyon last week.", "Hi, I'm Odile.",
+                        "Ines and I got engaged on a beach in Crete."], "the newer near one first, not by age alone"
+    monkeypatch.setattr(bot, "MEMORY_NEAR", bot.MEMORY_SIMILARITY)     # only those past the gate
+    assert recalled[-2:] == bot.recall(chat, question, encoder=encoder), "past the gate: last, oldest first"
+
+
+@needs_encoder
 def test_hybrid_search_lifts_a_message_the_vectors_put_below_the_line_when_it_shares_a_word_group(monkeypatch):
     encoder = bot.sentence_encoder()
     chat = said("I clock in at Quillfeather Books at eight.", "Tell me something nice.", "Why is the sky blue?")
