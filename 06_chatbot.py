@@ -350,9 +350,9 @@ def bm25(query, documents, k1=1.2, b=0.75):   # the score of each document (a li
 
 def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
     """Up to k past user messages near `question` (BM25 alone without `encoder`), by age, those past the gate last."""
-    found, asked, least, gate = statements(messages), words(question), 1e-9, 1e-9   # BM25 alone: any word will do
+    found, asked, about_me = statements(messages), words(question), ABOUT_ME.search(question)
     query = asked + [w for a in asked for w in RELATED.get(a, ()) if w != a]
-    ranked = scores = bm25(query, [w for _, w in found])
+    scores, same, least, gate = bm25(query, [w for _, w in found]), [0.0] * len(found), 1e-9, 1e-9   # any word will do
     if encoder and found:
         vectors = torch.stack([embed(text) for text, _ in found])               # (N, 384)
         asking = embed(" ".join(question.split()))   # the same text as it has later as a statement: encoded once
@@ -360,14 +360,14 @@ def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
         scores = [c + MEMORY_WORDS * s / top for c, s in zip(cosines, scores)]
         topic = torch.softmax(torch.cat([vectors, asking[None]]) @ torch.stack(list(map(embed, SYNONYMS))).T / 0.05, -1)
         same = (topic[:-1] @ topic[-1]).tolist()   # (N + 1, G) -> (N,): P(a message is about the question's kind)
-        ranked = [s + MEMORY_TOPIC * t for s, t in zip(scores, same)] if ABOUT_ME.search(question) else scores
         least, gate = MEMORY_NEAR, MEMORY_SIMILARITY
+    ranked = [s + MEMORY_TOPIC * t for s, t in zip(scores, same)] if about_me else scores   # the lift: see above
     best = sorted((i for i, r in enumerate(ranked) if r >= gate or scores[i] >= least), key=lambda i: (-ranked[i], -i)
                   )[:k] if found and max(ranked) >= gate else []
     topics = {g for g, group in enumerate(GROUPS) for w in asked if w in group}   # "my sister's name": {0, 10}
-    if found and 0 not in best and ABOUT_ME.search(question) and (topics == {0} or not asked):   # "Who am I?"
+    if found and 0 not in best and about_me and (topics == {0} or not asked):   # "Who am I?"
         best = [0] + best[:k - 1]   # the user's own name: people introduce themselves first, so message 0 too
-    return [found[i][0][:MEMORY_CHARS] for i in sorted(best, key=lambda i: (ranked[i] >= gate, i))]   # best: nearest
+    return [found[i][0][:MEMORY_CHARS] for i in sorted(best, key=lambda i: (ranked[i] >= gate, i))]   # see docstring
 
 
 # The layout stage 05 trains its chat model to read (data/make_memory_data.py writes the same), for example:

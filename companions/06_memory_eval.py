@@ -238,10 +238,12 @@ def ask(engine, conversation, question, condition, sampling):
         prompt = regex_prompt(engine, branch, sampling, memory)
     else:
         branch.memory_at = "off" if condition == "none" else "end"
-        if condition != "none" and engine.encoder:   # in a chat each message was encoded when it was said, and the
-            chat.embed.cache_clear()                 # kinds of fact at the start (warm_up): do so now, the question
-            for text in [t for t, _ in chat.statements(branch.messages[:-1])] + chat.SYNONYMS:   # not yet (a cache
-                chat.embed(text)                     # warm from another row would be)
+        if condition != "none" and engine.encoder:
+            # In a chat each message was encoded when it was said, and the kinds of fact at the start (warm_up): so
+            # encode those now, and the question not yet (a cache left warm by another row would hold it).
+            chat.embed.cache_clear()
+            for text in [t for t, _ in chat.statements(branch.messages[:-1])] + chat.SYNONYMS:
+                chat.embed(text)
         started = time.perf_counter()
         if condition != "none":
             chat.recall(branch.messages[:-1], question, encoder=engine.encoder)   # timed alone: the memory's cost

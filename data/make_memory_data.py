@@ -32,8 +32,8 @@ from pathlib import Path
 
 # ----------------------------------------------------------------------------------------------------------------
 # THE MEMORY FORMAT (stage 06 builds exactly this user message; stage 05 trains on it)
-# The retrieved earlier user messages (verbatim, one line each) go into the user's newest message,
-# in front of it. With nothing retrieved the message is sent as it is.
+# The retrieved earlier user messages (verbatim, one line each) go into the user's newest message, in front of it.
+# With nothing retrieved the message is sent as it is.
 #
 #     Earlier in this conversation the user said:
 #     - Morning! Rafael here.
