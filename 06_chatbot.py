@@ -19,9 +19,9 @@ How to run
 Chat commands: /help /reset /history /memory /system TEXT /save NAME /load NAME /quit. Beyond the lesson:
 companions/06_server.py (web page, OpenAI-compatible API), 06_bench.py (speed, load test), 06_memory_eval.py.
 """
-import argparse, functools, inspect, json, math, os, re, subprocess, sys, threading, time
+import argparse, bisect, functools, inspect, json, math, os, re, subprocess, sys, threading, time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ MEMORY_WORDS = 0.2           # ...plus up to this for shared words: hybrid searc
 MEMORY_NEAR = 0.1            # ...this go in (the three chosen on dev users and fresh phrasings, never held-out ones)
 MEMORY_TOPIC = 0.4           # a message about the question's kind of fact (job, partner, ...) scores up to this more
 MEMORY_COPY = 2.0            # added to the logits of the note's words while replying: copy, don't invent (0 = off)
+MEMORY_CONTRAST = 0.5        # logits + this x (logits - logits without the note): trust what you read (0 = off)
 SEED = None                  # an int makes sampling repeatable
 THREADS = 0                  # CPU threads (0 = torch's default; on a busy machine 1 can be several times faster)
 OUT = "out/06_chatbot"       # where /save and /load keep conversations
@@ -123,6 +124,7 @@ class Engine:
     lock: object = field(default_factory=threading.Lock)   # one generation at a time
     cache: object = None          # the KV cache of the last generation ...
     cached_ids: list = field(default_factory=list)  # ... and the tokens it holds (both always change together)
+    twin: object = None           # the same model with a cache of its own: it reads the prompt without the note
 
 
 def load_engine(model_name=MODEL, context=CONTEXT, threads=THREADS, say=print):
@@ -232,36 +234,26 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
         return ids, start            # it fits: the prompt only grew at its end, so the KV cache still matches
     target = min(target or budget, budget)
     starts = [s for s in turn_starts(history) if s > start]
-    # Binary search for the earliest start that fits: O(log turns) renders, each exact (templates add separators).
-    low, high, best = 0, len(starts) - 1, None
-    while low <= high:
-        middle = (low + high) // 2
-        candidate = build(history[starts[middle]:])
-        if len(candidate) <= target:
-            best, high = (candidate, starts[middle]), middle - 1
-        else:
-            low = middle + 1
-    if best is not None:
-        return best
+    # Binary search (bisect) for the earliest start that fits: O(log turns) renders, each exact (templates add
+    # separators). It works because "fits" only goes False -> True as the window starts later.
+    first = bisect.bisect_left(starts, True, key=lambda s: len(build(history[s:])) <= target)
+    if first < len(starts):
+        return build(history[starts[first]:]), starts[first]
     # Even the newest turn alone is too long (a pasted book?): keep as many characters of its END as fit.
     last = starts[-1] if starts else start
     turn = [dict(m) for m in history[last:]]
     users = [m for m in turn if m["role"] == "user"]
     text = users[0]["content"][-16 * budget:] if users else ""   # no token is longer than 16 characters
-    low, high, best = 0, len(text), None
-    while low <= high:
-        keep = (low + high) // 2
+
+    def cut(keep):   # the turn with only the last `keep` characters of its user text
         if users:
             users[0]["content"] = text[len(text) - keep:]
-        candidate = build(turn)
-        if len(candidate) <= budget:
-            best, low = candidate, keep + 1
-        else:
-            high = keep - 1
-    if best is None:
+        return build(turn)
+    keep = bisect.bisect_left(range(len(text) + 1), True, key=lambda k: len(cut(k)) > budget) - 1   # the most that fit
+    if keep < 0:
         raise UsageError(f"even the system prompt and an empty message do not fit the token budget ({budget}): "
                          "shorten the system prompt, lower --max-new-tokens or raise --context")
-    return best, last
+    return cut(keep), last
 
 
 # ---- Conversation memory: keep everything, recall what is relevant, put it just before the question ------------
@@ -446,14 +438,8 @@ def forward(engine, ids):
     return out.logits[0, -1]                                              # (V,)
 
 
-@torch.inference_mode()
-def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=(), started=None,
-             copy=()):
-    """Yield the reply as text pieces, token by token; the caller holds engine.lock throughout. `said`: ids of earlier
-    replies, penalised; `copy`: the note's words, nudged; `min_new_tokens`: no stop before that many (benchmarks).
-    `stats` gets ttft (s from `started`), tokens, tokens_per_s, reused, prompt_tokens, finish_reason, text and ids."""
-    stats = {} if stats is None else stats
-    started = started or time.perf_counter()
+def prefill(engine, prompt_ids):
+    """Keep the KV entries of the prefix the cache shares with the prompt, feed the rest; return the logits (V,)."""
     # Cache reuse across turns, one token per bracket:
     #   turn 1 prompt  [sys][user: Hi][asst hdr]                     -> reply [Hel][lo][!]   (then <|im_end|>)
     #   cached_ids     [sys][user: Hi][asst hdr][Hel][lo][!]          (the stop token was sampled, never fed)
@@ -469,15 +455,33 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
         del engine.cached_ids[common:]
     else:
         common, engine.cache, engine.cached_ids = 0, DynamicCache(config=engine.model.config), []
+    return forward(engine, prompt_ids[common:]), common   # the new part of the prompt at once
+
+
+@torch.inference_mode()
+def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=(), started=None,
+             copy=(), plain=None):
+    """Yield the reply as text pieces, token by token; the caller holds engine.lock throughout. `said`: ids of earlier
+    replies, penalised; `copy`: the note's words, nudged; `plain`: the prompt without the note; `min_new_tokens`: no
+    stop before that many. `stats` gets ttft (s from `started`), tokens, tokens_per_s, reused, prompt_tokens,
+    finish_reason, text and ids."""
+    stats = {} if stats is None else stats
+    started = started or time.perf_counter()
     generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
     stop_strings = list(stop_strings) + engine.stop_strings
-    stats.update(reused=common, prompt_tokens=len(prompt_ids), tokens=0, finish_reason="length", text="")
+    stats.update(prompt_tokens=len(prompt_ids), tokens=0, finish_reason="length", text="")
     reply_ids, text, shown = [], "", 0    # tokens, the text decoded so far, how much of it was already yielded
     penalized, window, first_at, copy = set(said), [0, 0], None, list(copy)   # a list: a tuple would index dims
+    # Context-aware decoding (Shi et al., 2023): the twin reads the prompt without the note; what the note CHANGED in
+    # the logits is amplified, so a small model's habits ("allergic to tomatoes", its own name) lose to what it read.
+    twin = (engine.twin or replace(engine, cache=None, cached_ids=[])) if plain and MEMORY_CONTRAST else None
+    engine.twin = twin or engine.twin
     try:
-        logits = forward(engine, prompt_ids[common:])       # prefill: the new part of the prompt at once
+        logits, stats["reused"] = prefill(engine, prompt_ids)
+        contrast = prefill(twin, plain)[0] if twin else None
         while len(reply_ids) < sampling.max_new_tokens:
-            token = sample_next(logits, sampling, generator, penalized, copy)
+            mixed = logits if twin is None else logits.float() + MEMORY_CONTRAST * (logits.float() - contrast.float())
+            token = sample_next(mixed, sampling, generator, penalized, copy)
             if first_at is None:
                 first_at = time.perf_counter()
                 stats["ttft"] = first_at - started
@@ -505,13 +509,14 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
                 shown = safe
             if len(reply_ids) < sampling.max_new_tokens:
                 logits = forward(engine, [token])            # decode: one token on top of the cache
+                contrast = forward(twin, [token]) if twin else None
         if len(text) > shown:
             yield text[shown:]                                # whatever was held back
             shown = len(text)
     except GeneratorExit:
         raise   # the reader stopped at a `yield`, between two whole forward passes: the cache is consistent
     except BaseException:
-        engine.cache, engine.cached_ids = None, []   # interrupted INSIDE forward(): the cache may be half-updated
+        engine.cache, engine.cached_ids, engine.twin = None, [], None   # interrupted INSIDE forward(): half-updated?
         raise
     finally:
         done = time.perf_counter()
@@ -561,6 +566,11 @@ def prepare_prompt(engine, conversation, sampling, trim_to=TRIM_TO):
     return ids
 
 
+def without_note(engine, conversation, sampling):   # the same window as prepare_prompt left it, minus the note
+    return fit_prompt(engine.tokenizer, conversation.system_prompt or None, conversation.messages, budget_of(
+        engine, sampling), start=conversation.start)[0] if conversation.recalled and MEMORY_CONTRAST else None
+
+
 def said_ids(tokenizer, messages):   # the ids of the assistant's replies in the window (the repetition penalty)
     return {t for m in messages if m["role"] == "assistant" for t in encode_text(tokenizer, m["content"])}
 
@@ -574,8 +584,8 @@ def chat_turn(engine, conversation, user_text, sampling, stats=None):
     try:
         prompt_ids = prepare_prompt(engine, conversation, sampling)
         said = said_ids(engine.tokenizer, conversation.messages[conversation.start:])
-        copy = copy_ids(engine.tokenizer, conversation.recalled)
-        yield from generate(engine, prompt_ids, sampling, stats, said=said, started=started, copy=copy)
+        copy, plain = copy_ids(engine.tokenizer, conversation.recalled), without_note(engine, conversation, sampling)
+        yield from generate(engine, prompt_ids, sampling, stats, said=said, started=started, copy=copy, plain=plain)
     finally:  # even when interrupted, keep what was said: the history stays user/assistant/user/assistant
         conversation.messages.append({"role": "assistant", "content": stats.get("text", "").strip()})
 
@@ -639,10 +649,8 @@ def run_command(line, conversation, engine, sampling, folder):
     # /reset and /load return a NEW conversation: the server swaps it in under its lock; the terminal rebinds it.
     command, _, argument = line.strip().partition(" ")
     command, argument = command.lower(), argument.strip()
-    if command in ("/quit", "/exit", "/bye"):
-        return "bye", None, True
-    if command == "/help":
-        return HELP, None, False
+    if command in ("/quit", "/exit", "/bye", "/help"):
+        return ("bye", None, True) if command != "/help" else (HELP, None, False)
     if command == "/reset":
         return "conversation cleared", Conversation(conversation.system_prompt, memory_at=conversation.memory_at), False
     if command == "/history":
@@ -745,12 +753,10 @@ def check_args(parser, args):
     for moved, companion in MOVED.items():
         if getattr(args, moved[2:].replace("-", "_"), False):
             parser.error(f"{moved} moved: run python companions/{companion}")
-    rules = [(0 <= args.temperature <= 5, "--temperature must be between 0 and 5"),
-             (args.top_k >= 0, "--top-k must be 0 (off) or positive"),
-             (0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
-             (0.5 <= args.repetition_penalty <= 2, "--repetition-penalty must be between 0.5 and 2"),
-             (args.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
-             (args.context >= 64, "--context must be at least 64 tokens"),
+    rules = [(0 <= args.temperature <= 5, "--temperature must be between 0 and 5"), (args.top_k >= 0, "--top-k must "
+              "be 0 (off) or positive"), (0 < args.top_p <= 1, "--top-p must be in (0, 1]"), (args.max_new_tokens >= 1,
+             "--max-new-tokens must be at least 1"), (0.5 <= args.repetition_penalty <= 2, "--repetition-penalty must "
+             "be between 0.5 and 2"), (args.context >= 64, "--context must be at least 64 tokens"),
              (args.threads >= 0, "--threads must be >= 0"), (args.system.strip() != "", "--system must not be empty")]
     for ok, message in rules:
         if not ok:

@@ -252,7 +252,9 @@ def ask(engine, conversation, question, condition, sampling):
     note = list(branch.recalled) if condition in ("retrieval", "retrieval+") else None   # as prepare_prompt left it
     stats = {}
     with engine.lock:
-        for _ in chat.generate(engine, prompt, sampling, stats, copy=chat.copy_ids(engine.tokenizer, note or ())):
+        plain = chat.without_note(engine, branch, sampling) if note else None   # the regex row: no contrast
+        for _ in chat.generate(engine, prompt, sampling, stats, copy=chat.copy_ids(engine.tokenizer, note or ()),
+                               plain=plain):
             pass
     return stats["text"].strip(), memory_ms, branch.start > 0, note
 
@@ -367,8 +369,10 @@ def main():
     parser.add_argument("--json", default=str(OUT), help="where the results go")
     parser.add_argument("--memory-copy", type=float, default=chat.MEMORY_COPY,
                         help="the nudge towards the note's words (06's MEMORY_COPY; 0 = off, to measure what it adds)")
+    parser.add_argument("--memory-contrast", type=float, default=chat.MEMORY_CONTRAST,
+                        help="how much the note's effect on the logits is amplified (06's MEMORY_CONTRAST; 0 = off)")
     args, _unknown = parser.parse_known_args()
-    chat.MEMORY_COPY = args.memory_copy
+    chat.MEMORY_COPY, chat.MEMORY_CONTRAST = args.memory_copy, args.memory_contrast
     if args.memory_eval:
         args.memory_eval = False    # the old flag of the lesson: here it is simply this command
     contexts = [args.context] if args.context else list(CONTEXTS)

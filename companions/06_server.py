@@ -705,7 +705,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             # Calling a generator function runs none of its body yet; the model starts on the first iteration below.
             pieces = chat.generate(engine, prompt_ids, sampling, stats, stop_strings=stop,
                                    said=chat.said_ids(engine.tokenizer, history[start:]), started=started,
-                                   copy=chat.copy_ids(engine.tokenizer, conversation.recalled))
+                                   copy=chat.copy_ids(engine.tokenizer, conversation.recalled),
+                                   plain=chat.without_note(engine, conversation, sampling))
             try:
                 if stream:
                     # The first chunk announces the role with empty content, as OpenAI's server does; clients that

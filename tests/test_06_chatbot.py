@@ -406,6 +406,39 @@ def test_a_reply_with_a_note_nudges_the_notes_words(engine, monkeypatch):
     assert nudged and all(ids == [5, 6] for ids in nudged)
 
 
+def test_contrastive_decoding_amplifies_what_the_note_changed_and_the_twin_reuses_its_cache(engine, monkeypatch):
+    """Each greedy token is argmax(with + c (with - without)), recomputed here without any cache; c = 0 is plain."""
+    sampling = quick(max_new_tokens=8, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    monkeypatch.setattr(bot, "copy_ids", lambda tokenizer, recalled: [])
+    conversation = bot.Conversation(system_prompt="SYS")
+    with engine.lock:
+        for text in ["My name is Zorblax and I live in Quito.", "Nice weather today."]:
+            collect(bot.chat_turn(engine, conversation, text, quick(max_new_tokens=3)))
+        conversation.messages.append({"role": "user", "content": "Where do I live? Quito?"})
+        note = bot.prepare_prompt(engine, conversation, sampling)
+        plain = bot.without_note(engine, conversation, sampling)
+        assert conversation.recalled and plain == bot.render_ids(engine.tokenizer, [
+            {"role": "system", "content": "SYS"}] + conversation.messages), "the same window, minus the note"
+        for c in (0.0, 3.0):
+            monkeypatch.setattr(bot, "MEMORY_CONTRAST", c)
+            engine.cache, engine.twin, stats = None, None, {}
+            collect(bot.generate(engine, note, sampling, stats, plain=plain, min_new_tokens=8))
+            expected = []
+            with torch.inference_mode():
+                for _ in range(len(stats["ids"])):
+                    with_note, without = (engine.model(input_ids=torch.tensor([ids + expected])).logits[0, -1]
+                                          for ids in (note, plain))
+                    expected.append(int((with_note + c * (with_note - without)).argmax()))
+            assert stats["ids"] == expected and len(expected) == 8
+            assert (engine.twin is None) == (c == 0)
+        monkeypatch.setattr(bot, "MEMORY_CONTRAST", 3.0)
+        assert engine.twin.cached_ids[:len(plain)] == plain
+        collect(bot.generate(engine, note, sampling, {}, plain=plain + [7]))   # the twin's cache is reused
+        assert engine.twin.cached_ids[:len(plain) + 1] == plain + [7]
+        monkeypatch.setattr(bot, "MEMORY_CONTRAST", 0.0)
+        assert bot.without_note(engine, conversation, sampling) is None
+
+
 def test_memory_share_of_the_prompt_stays_bounded_over_200_turns(engine):
     # The bound (MEMORY_ITEMS lines of at most MEMORY_CHARS) does not depend on how the lines are chosen: the word
     # search keeps this fast (the encoder would encode 200 long messages); the vectors' bound is checked below.
