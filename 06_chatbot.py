@@ -45,7 +45,7 @@ MEMORY_WORDS = 0.2           # ...plus up to this for shared words: hybrid searc
 MEMORY_NEAR = 0.1            # ...this go in (the three chosen on dev users and fresh phrasings, never held-out ones)
 MEMORY_TOPIC = 0.4           # a message about the question's kind of fact (job, partner, ...) scores up to this more
 MEMORY_COPY = 2.0            # added to the logits of the note's words while replying: copy, don't invent (0 = off)
-MEMORY_CONTRAST = 0.5        # logits + this x (logits - logits without the note): trust what you read (0 = off)
+MEMORY_CONTRAST = 0.25       # logits + this x (logits - logits without the note): trust what you read (0 = off)
 SEED = None                  # an int makes sampling repeatable
 THREADS = 0                  # CPU threads (0 = torch's default; on a busy machine 1 can be several times faster)
 OUT = "out/06_chatbot"       # where /save and /load keep conversations
