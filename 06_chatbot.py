@@ -462,9 +462,8 @@ def prefill(engine, prompt_ids):
 def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=(), started=None,
              copy=(), plain=None):
     """Yield the reply as text pieces, token by token; the caller holds engine.lock throughout. `said`: ids of earlier
-    replies, penalised; `copy`: the note's words, nudged; `plain`: the prompt without the note; `min_new_tokens`: no
-    stop before that many. `stats` gets ttft (s from `started`), tokens, tokens_per_s, reused, prompt_tokens,
-    finish_reason, text and ids."""
+    replies, penalised; `copy` / `plain`: the note's words, nudged / the prompt without the note; `min_new_tokens`: no
+    stop before that many. `stats`: ttft (s from `started`), tokens, tokens_per_s, reused, prompt_tokens, text, ..."""
     stats = {} if stats is None else stats
     started = started or time.perf_counter()
     generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
