@@ -6,6 +6,7 @@ companions/06_memory_eval.py: how well the 06 chatbot remembers what a user told
     python companions/06_memory_eval.py --model out/05_finetune/chat --heldout-only
     python companions/06_memory_eval.py --set dev --users 12 --context 512 --conditions retrieval+   # tuning
     python companions/06_memory_eval.py --set dev --data data/memory_proxy.json --context 512   # held-out-shaped dev
+    python companions/06_memory_eval.py --set dev --kinds update --conditions retrieval+   # one kind of question
     python companions/06_memory_eval.py --notes --set dev       # the retrieved notes alone, no model (seconds)
     python companions/06_memory_eval.py --notes --retrieval words   # the same with the word fallback (BM25)
 
@@ -362,6 +363,8 @@ def main():
                         help="only the users of this set (tune on dev, report on heldout)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS),
                         help="which rows, comma-separated (default: all of " + ",".join(CONDITIONS) + ")")
+    parser.add_argument("--kinds", default="recall,update,abstain",
+                        help="which questions, comma-separated (tuning for one kind asks only those: faster)")
     parser.add_argument("--notes", action="store_true", help="check the retrieved notes alone (no model, seconds)")
     parser.add_argument("--retrieval", choices=("vectors", "words"), default="vectors",
                         help="the memory's search: vectors + words (when the encoder is installed) or words alone")
@@ -383,12 +386,16 @@ def main():
     conditions = [c for c in args.conditions.split(",") if c]
     if not conditions or set(conditions) - set(CONDITIONS):
         parser.error(f"--conditions: choose among {','.join(CONDITIONS)}")
+    kinds = {k for k in args.kinds.split(",") if k}
+    if not kinds or kinds - {"recall", "update", "abstain"}:
+        parser.error("--kinds: choose among recall,update,abstain")
     if args.heldout_only:
         args.user_set = "heldout"
     try:
         users, small_talk = read_users(args.data)
         users = [u for u in users if args.user_set in (None, u.get("set", "heldout" if u.get("heldout") else None))]
-        users = users[:args.users or None]
+        users = [dict(u, questions=[q for q in u["questions"] if q["kind"] in kinds]) for u in users]
+        users = [u for u in users if u["questions"]][:args.users or None]
         chat.transformers.utils.logging.disable_progress_bar()
         encoder = chat.sentence_encoder() if args.retrieval == "vectors" else None
         print("memory: " + ("sentence vectors + words (BM25)" if encoder else "word overlap (BM25)"))

@@ -129,6 +129,7 @@ def test_notes_alone_by_user_set_and_the_conditions_flag(tmp_path, monkeypatch, 
     words = run("--notes", "--retrieval", "words")
     assert "memory: word overlap" in words and "(2 users): recall 1.00, update 1.00, abstain 1.00, lines 1.00" in words
     assert "the note alone (1 users): recall 1.00, lines 1.00" in run("--notes", "--set", "heldout", "--retrieval", "words")
+    assert "(1 users): update 1.00, lines 2.00" in run("--notes", "--kinds", "update", "--retrieval", "words")
     if evaluation.chat.sentence_encoder():   # the default search: sentence vectors, when the encoder is installed
         vectors = run("--notes")
         assert "memory: sentence vectors" in vectors and "(2 users): recall 1.00, update 1.00, abstain 1.00" in vectors
@@ -136,3 +137,7 @@ def test_notes_alone_by_user_set_and_the_conditions_flag(tmp_path, monkeypatch, 
         run("--conditions", "retrieval,oracle")
     assert exit_info.value.code == 2 and capsys.readouterr().err.splitlines()[-1].startswith(
         "06_memory_eval.py: error: --conditions")
+    with pytest.raises(SystemExit) as exit_info:
+        run("--kinds", "update,trivia")
+    assert exit_info.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: --kinds: choose among recall,update,abstain")
