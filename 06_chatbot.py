@@ -130,8 +130,7 @@ class Engine:
 def load_engine(model_name=MODEL, context=CONTEXT, threads=THREADS, say=print):
     """Load tokenizer + model; choose the chat template, the stop tokens and the window."""
     source, model_id = resolve_model(model_name, say)
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or torch.get_num_threads())
     device = pick_device()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -399,10 +398,8 @@ def sample_next(logits, sampling, generator, penalized, copy=()):
         logits[copy] += MEMORY_COPY   # ids of the note's words: copy what you read
     if sampling.repetition_penalty != 1.0 and penalized:
         # CTRL's penalty: divide a positive logit, MULTIPLY a negative one (dividing -2.0 by 1.1 would raise it)
-        seen = torch.tensor(sorted(penalized), device=logits.device)
-        scores = logits[seen]
-        logits[seen] = torch.where(scores > 0, scores / sampling.repetition_penalty,
-                                   scores * sampling.repetition_penalty)
+        seen, by = torch.tensor(sorted(penalized), device=logits.device), sampling.repetition_penalty
+        logits[seen] = torch.where(logits[seen] > 0, logits[seen] / by, logits[seen] * by)
     if sampling.temperature <= 0:
         return int(logits.argmax())    # greedy: the same prompt always gives the same reply
     k = sampling.top_k if 0 < sampling.top_k < logits.numel() else logits.numel()
@@ -419,10 +416,8 @@ def sample_next(logits, sampling, generator, penalized, copy=()):
 
 def held_back(text, stop_strings):
     """How many characters at the end of `text` may start a stop string ("Sure!\\nUs": 3): streamed text is final."""
-    for size in range(min(len(text), max((len(s) for s in stop_strings), default=0)), 0, -1):
-        if any(s.startswith(text[-size:]) for s in stop_strings):
-            return size
-    return 0
+    sizes = range(min(len(text), max((len(s) for s in stop_strings), default=0)), 0, -1)   # the longest first
+    return next((n for n in sizes if any(s.startswith(text[-n:]) for s in stop_strings)), 0)
 
 
 def forward(engine, ids):
@@ -443,9 +438,8 @@ def prefill(engine, prompt_ids):
     #   turn 2 prompt  [sys][user: Hi][asst hdr][Hel][lo][!][<|im_end|>][user: How are you?][asst hdr]
     # Turn 2 prefills only from <|im_end|> on: causally, position i depends on tokens 0..i alone, so the cache fits ANY
     # prompt with the same start. Where the prompts differ (a trim, a new memory note, another client), the rest goes.
-    pairs = list(zip(engine.cached_ids, prompt_ids))   # how many leading tokens do the cache and the prompt share?
-    common = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
-    common = min(common, len(prompt_ids) - 1)        # at least one token is fed: its logits give the first token
+    same = [a == b for a, b in zip(engine.cached_ids, prompt_ids)] + [False]   # the leading tokens both share...
+    common = min(same.index(False), len(prompt_ids) - 1)   # ...but one is fed at least: its logits give the first token
     if engine.cache is not None and common > 0:
         if len(engine.cached_ids) > common:               # keep the KV entries of the shared prefix
             engine.cache.crop(common - len(engine.cached_ids))   # negative: drop that many from the end
@@ -518,10 +512,8 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     finally:
         done = time.perf_counter()
         stats["text"], stats["ids"] = text[:shown], reply_ids     # what the user actually saw
-        stats.setdefault("ttft", done - started)
-        stats["seconds"] = done - started
-        decode_time = done - first_at if first_at else 0.0
-        stats["tokens_per_s"] = (stats["tokens"] - 1) / decode_time if stats["tokens"] > 1 and decode_time else 0.0
+        stats.update(ttft=stats.get("ttft", done - started), seconds=done - started)
+        stats["tokens_per_s"] = (stats["tokens"] - 1) / (done - first_at) if stats["tokens"] > 1 else 0.0   # decoding
 
 
 # ---- A conversation and one chat turn --------------------------------------------------------------------------
