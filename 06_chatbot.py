@@ -473,9 +473,7 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
         while len(reply_ids) < sampling.max_new_tokens:
             mixed = logits if twin is None else logits.float() + MEMORY_CONTRAST * (logits.float() - contrast.float())
             token = sample_next(mixed, sampling, generator, penalized, copy)
-            if first_at is None:
-                first_at = time.perf_counter()
-                stats["ttft"] = first_at - started
+            first_at = first_at or time.perf_counter()       # the first token: TTFT ends here
             if token in engine.stop_ids and len(reply_ids) >= min_new_tokens:
                 stats["finish_reason"] = "stop"
                 break
@@ -511,8 +509,7 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
         raise
     finally:
         done = time.perf_counter()
-        stats["text"], stats["ids"] = text[:shown], reply_ids     # what the user actually saw
-        stats.update(ttft=stats.get("ttft", done - started), seconds=done - started)
+        stats.update(text=text[:shown], ids=reply_ids, ttft=(first_at or done) - started, seconds=done - started)
         stats["tokens_per_s"] = (stats["tokens"] - 1) / (done - first_at) if stats["tokens"] > 1 else 0.0   # decoding
 
 
