@@ -267,7 +267,8 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 # and in long messages (b); words are stemmed, stop words dropped, the query widened by SYNONYMS (a hand-made stand-in
 # for what the encoder learnt). Oblique questions share neither ("Who stole my heart?" / "Mireille is the best
 # girlfriend ever.") but ask for a KIND of fact: each SYNONYMS group, encoded as one text, stands for a kind; asked
-# about the user, a message about the kind asked for scores up to MEMORY_TOPIC more (the lift). No encoder: BM25 alone.
+# about the user, a message about the kind asked for scores up to MEMORY_TOPIC more (the lift). An update drops the
+# older message it updates (newer, same kind, cosine >= 0.3, past the gate, ranked as high). No encoder: BM25 alone.
 STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with about as into is are was were be been
 am do does did have has had i im ive me my mine you your we our us it its this that these those what which who whom how
 when where why can could would should will shall may might must not no yes just very too also there here then than if
@@ -348,10 +349,13 @@ def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
         scores = [c + MEMORY_WORDS * s / top for c, s in zip(cosines, scores)]
         topic = torch.softmax(torch.cat([vectors, asking[None]]) @ torch.stack(list(map(embed, SYNONYMS))).T / 0.05, -1)
         same = (topic[:-1] @ topic[-1]).tolist()   # (N + 1, G) -> (N,): P(a message is about the question's kind)
+        kind, near = topic[:-1].argmax(-1).tolist(), (vectors @ vectors.T).tolist()   # (N,) kinds, (N, N) cosines
         least, gate = MEMORY_NEAR, MEMORY_SIMILARITY
     ranked = [s + MEMORY_TOPIC * t for s, t in zip(scores, same)] if about_me else scores   # the lift: see above
     best = sorted((i for i, r in enumerate(ranked) if r >= gate or scores[i] >= least), key=lambda i: (-ranked[i], -i)
                   )[:k] if found and max(ranked) >= gate else []
+    replaces = lambda j, i: j > i and kind[j] == kind[i] and near[i][j] >= 0.3 and ranked[j] >= max(ranked[i], gate)
+    best = [i for i in best if not any(replaces(j, i) for j in best)] if encoder else best   # an update: see above
     topics = {g for g, group in enumerate(GROUPS) for w in asked if w in group}   # "my sister's name": {0, 10}
     if found and 0 not in best and about_me and (topics == {0} or not asked):   # "Who am I?"
         best = [0] + best[:k - 1]   # the user's own name: people introduce themselves first, so message 0 too
@@ -665,8 +669,7 @@ def run_command(line, conversation, engine, sampling, folder):
     if command == "/save":
         return f"saved to {save_conversation(conversation, folder, argument, engine.model_id)}", None, False
     if command == "/load":
-        loaded = load_conversation(folder, argument)
-        loaded.memory_at = conversation.memory_at
+        loaded = replace(load_conversation(folder, argument), memory_at=conversation.memory_at)
         return f"loaded {len(loaded.messages)} messages", loaded, False
     raise UsageError(f"unknown command {command}: try /help")
 

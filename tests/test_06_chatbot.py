@@ -245,11 +245,10 @@ def test_sentence_vectors_recall_paraphrases_that_share_no_word_with_the_stateme
 
 
 @needs_encoder
-def test_sentence_vectors_keep_the_update_last_abstain_when_nothing_is_close_and_encode_each_message_once():
+def test_sentence_vectors_keep_only_the_update_abstain_when_nothing_is_close_and_encode_each_message_once():
     encoder = bot.sentence_encoder()
     recalled = bot.recall(LIFE, "Which city did I relocate to?", encoder=encoder)
-    assert [s for s in recalled if "Lisbon" in s or "Porto" in s] == [
-        "I live in Lisbon, close to the river.", "Actually we moved to Porto last month."], "oldest first"
+    assert [s for s in recalled if "Lisbon" in s or "Porto" in s] == ["Actually we moved to Porto last month."]
     for question in ["Can you recommend a good book?", "Write a haiku about autumn.", "What is two plus two?"]:
         assert bot.recall(LIFE, question, encoder=encoder) == [], "below MEMORY_SIMILARITY: no note"
     vector = bot.embed("I live in Lisbon.")
@@ -278,10 +277,10 @@ def test_a_note_needs_one_close_message_then_brings_the_near_ones_too(monkeypatc
     encoder, question = bot.sentence_encoder(), "Where do I live now?"
     near = bot.recall(LIFE, question, encoder=encoder)
     close = ["I live in Lisbon, close to the river.", "Actually we moved to Porto last month."]
-    assert set(close) < set(near) and len(near) <= bot.MEMORY_ITEMS, near
+    assert close[1] in near and close[0] not in near and len(near) <= bot.MEMORY_ITEMS, "Porto updates Lisbon (below)"
     monkeypatch.setattr(bot, "MEMORY_TOPIC", 0.0)     # the gate and the near line alone (the topic's lift: below)
     monkeypatch.setattr(bot, "MEMORY_NEAR", bot.MEMORY_SIMILARITY)     # only the close ones
-    assert bot.recall(LIFE, question, encoder=encoder) == close
+    assert bot.recall(LIFE, question, encoder=encoder) == close, "Lisbon now scores above Porto: no update"
     monkeypatch.setattr(bot, "MEMORY_NEAR", 0.0)
     monkeypatch.setattr(bot, "MEMORY_SIMILARITY", 0.9)                 # none close enough: no note at all
     assert bot.recall(LIFE, question, encoder=encoder) == []
@@ -301,6 +300,23 @@ def test_a_message_about_the_kind_of_fact_a_question_asks_for_is_lifted_over_the
 
 
 @needs_encoder
+def test_an_update_replaces_the_older_message_of_its_kind_and_nothing_else():
+    encoder, lisbon, porto = bot.sentence_encoder(), LIFE[8]["content"], LIFE[14]["content"]
+    assert "Lisbon" in lisbon and "Porto" in porto
+    for question in ["Where do I live now?", "Which city is my home?", "Which city did I relocate to?"]:
+        recalled = bot.recall(LIFE, question, encoder=encoder)
+        assert porto in recalled and lisbon not in recalled, (question, recalled)
+        assert "I spend my days fixing lifts in office towers." in recalled, "another kind of fact stays"
+    back = [m for m in LIFE if "Lisbon" not in m["content"]] + said("We moved again: now we live in Lisbon.")
+    recalled = bot.recall(back, "Which city did I relocate to?", encoder=encoder)
+    assert recalled[-1] == "We moved again: now we live in Lisbon." and porto not in recalled, "the newer one wins"
+    assert lisbon in bot.recall(LIFE, "Where do I live now?"), "words alone (no encoder): both, the update last"
+    chat = said("Back home in Cork, where I grew up, it's raining again.", "These days home is a flat in Leeds.")
+    assert chat[0]["content"] in bot.recall(chat, "Where did I spend my childhood?", encoder=encoder), \
+        "asked where they grew up: the childhood home stays beside the newer one"
+
+
+@needs_encoder
 def test_the_note_puts_the_messages_past_the_gate_last_just_before_the_question(monkeypatch):
     encoder, question = bot.sentence_encoder(), "Who do I hold hands with?"
     chat = said("Hi, I'm Odile.", "Ines and I got engaged on a beach in Crete.",
@@ -308,6 +324,7 @@ def test_the_note_puts_the_messages_past_the_gate_last_just_before_the_question(
     recalled = bot.recall(chat, question, encoder=encoder)
     assert recalled == ["We went to a wedding in Lyon last week.", "Hi, I'm Odile.",
                         "Ines and I got engaged on a beach in Crete."], "the newer near one first, not by age alone"
+    # the wedding is newer, of the same kind and close, but only near the question: it does not replace the engagement
     monkeypatch.setattr(bot, "MEMORY_NEAR", bot.MEMORY_SIMILARITY)     # only those past the gate
     assert recalled[-2:] == bot.recall(chat, question, encoder=encoder), "past the gate: last, oldest first"
 
