@@ -349,13 +349,13 @@ def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
         scores = [c + MEMORY_WORDS * s / top for c, s in zip(cosines, scores)]
         topic = torch.softmax(torch.cat([vectors, asking[None]]) @ torch.stack(list(map(embed, SYNONYMS))).T / 0.05, -1)
         same = (topic[:-1] @ topic[-1]).tolist()   # (N + 1, G) -> (N,): P(a message is about the question's kind)
-        kind, near = topic[:-1].argmax(-1).tolist(), (vectors @ vectors.T).tolist()   # (N,) kinds, (N, N) cosines
         least, gate = MEMORY_NEAR, MEMORY_SIMILARITY
     ranked = [s + MEMORY_TOPIC * t for s, t in zip(scores, same)] if about_me else scores   # the lift: see above
     best = sorted((i for i, r in enumerate(ranked) if r >= gate or scores[i] >= least), key=lambda i: (-ranked[i], -i)
                   )[:k] if found and max(ranked) >= gate else []
-    replaces = lambda j, i: j > i and kind[j] == kind[i] and near[i][j] >= 0.3 and ranked[j] >= max(ranked[i], gate)
-    best = [i for i in best if not any(replaces(j, i) for j in best)] if encoder else best   # an update: see above
+    replaces = lambda j, i: j > i and ranked[j] >= max(ranked[i], gate) and topic[j].argmax() == topic[i].argmax() \
+        and vectors[i] @ vectors[j] >= 0.3   # newer, ranked as high, the same kind of fact, close: an update (above)
+    best = [i for i in best if not any(replaces(j, i) for j in best)] if encoder else best   # only the few recalled
     topics = {g for g, group in enumerate(GROUPS) for w in asked if w in group}   # "my sister's name": {0, 10}
     if found and 0 not in best and about_me and (topics == {0} or not asked):   # "Who am I?"
         best = [0] + best[:k - 1]   # the user's own name: people introduce themselves first, so message 0 too
