@@ -19,7 +19,7 @@ How to run
 Chat commands: /help /reset /history /memory /system TEXT /save NAME /load NAME /quit. Beyond the lesson:
 companions/06_server.py (web page, OpenAI-compatible API), 06_bench.py (speed, load test), 06_memory_eval.py.
 """
-import argparse, bisect, functools, inspect, json, math, os, re, subprocess, sys, threading, time
+import argparse, bisect, copy, functools, inspect, json, math, os, re, subprocess, sys, threading, time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -149,9 +149,8 @@ def load_engine(model_name=MODEL, context=CONTEXT, threads=THREADS, say=print):
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
         say("note: this tokenizer has no chat template; using the plain one (System / User: / Assistant: ... <eos>)")
     eos = getattr(model.generation_config, "eos_token_id", None)   # stop: eos, and any end-of-turn token it knows
-    stop_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tokenizer.eos_token_id}
-    vocab = tokenizer.get_vocab()
-    stop_ids = {i for i in stop_ids | {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab} if i is not None}
+    stop_ids = (set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tokenizer.eos_token_id}) - {None}
+    stop_ids |= {i for t, i in tokenizer.get_vocab().items() if t in END_OF_TURN_TOKENS}
     # Past its trained length a model's positions (a learned table or RoPE angles) leave the range it has seen.
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     takes = inspect.signature(model.forward).parameters
@@ -434,16 +433,19 @@ def forward(engine, ids):
     return out.logits[0, -1]                                              # (V,)
 
 
-def prefill(engine, prompt_ids):
-    """Keep the KV entries the cache shares with the prompt, feed the rest -> (next-token logits (V,), reused)."""
+def prefill(engine, prompt_ids, donor=None):
+    """Keep the KV entries the cache shares with the prompt, feed the rest -> (next-token logits (V,), reused).
+    `donor`: an engine whose cache shares more with the prompt (the twin's is cold): start from a copy of that one."""
     # Cache reuse across turns, one token per bracket:
     #   turn 1 prompt  [sys][user: Hi][asst hdr]                     -> reply [Hel][lo][!]   (then <|im_end|>)
     #   cached_ids     [sys][user: Hi][asst hdr][Hel][lo][!]          (the stop token was sampled, never fed)
     #   turn 2 prompt  [sys][user: Hi][asst hdr][Hel][lo][!][<|im_end|>][user: How are you?][asst hdr]
     # Turn 2 prefills only from <|im_end|> on: causally, position i depends on tokens 0..i alone, so the cache fits ANY
     # prompt with the same start. Where the prompts differ (a trim, a new memory note, another client), the rest goes.
-    same = [a == b for a, b in zip(engine.cached_ids, prompt_ids)] + [False]   # the leading tokens both share...
-    common = min(same.index(False), len(prompt_ids) - 1)   # ...but one is fed at least: its logits give the first token
+    lead = lambda ids: next(n for n, (a, b) in enumerate(zip(ids + [-1], prompt_ids + [-2])) if a != b)   # shared
+    if donor and lead(donor.cached_ids) > lead(engine.cached_ids) and donor.cache is not None:   # copied, not redone
+        engine.cache, engine.cached_ids = copy.deepcopy(donor.cache), list(donor.cached_ids)
+    common = min(lead(engine.cached_ids), len(prompt_ids) - 1)   # the shared start, less one: its logits come first
     if engine.cache is not None and common > 0:
         if len(engine.cached_ids) > common:               # keep the KV entries of the shared prefix
             engine.cache.crop(common - len(engine.cached_ids))   # negative: drop that many from the end
@@ -468,12 +470,11 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     penalized, window, first_at, copy = set(said), [0, 0], None, list(copy)   # a list: a tuple would index dims
     # Context-aware decoding (Shi et al., 2023): the twin reads the prompt without the note; what the note CHANGED in
     # the logits is amplified (MEMORY_CONTRAST), so a small model's habits ("allergic to tomatoes") lose to the note.
-    if plain and MEMORY_CONTRAST and engine.twin is None:   # made on the first reply with a note, kept with its cache
-        engine.twin = replace(engine, cache=None, cached_ids=[])
-    twin = engine.twin if plain and MEMORY_CONTRAST else None
+    engine.twin = engine.twin or (replace(engine, cache=None, cached_ids=[]) if plain and MEMORY_CONTRAST else None)
+    twin = engine.twin if plain and MEMORY_CONTRAST else None   # made with the first note, kept with its cache
     try:
         logits, stats["reused"] = prefill(engine, prompt_ids)
-        contrast = prefill(twin, plain)[0] if twin else None
+        contrast = prefill(twin, plain, donor=engine)[0] if twin else None   # the prompts share their start
         while len(reply_ids) < sampling.max_new_tokens:
             mixed = logits if twin is None else logits.float() + MEMORY_CONTRAST * (logits.float() - contrast.float())
             token = sample_next(mixed, sampling, generator, penalized, copy)
@@ -752,9 +753,8 @@ def check_args(parser, args):
              (args.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
              (args.context >= 64, "--context must be at least 64 tokens"),
              (args.threads >= 0, "--threads must be >= 0"), (args.system.strip() != "", "--system must not be empty")]
-    for ok, message in rules:
-        if not ok:
-            parser.error(message)
+    for message in (message for ok, message in rules if not ok):
+        parser.error(message)   # the first one: it exits
 
 
 def setup(args, say=print):

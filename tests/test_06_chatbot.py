@@ -423,7 +423,7 @@ def test_a_reply_with_a_note_nudges_the_notes_words(engine, monkeypatch):
     assert nudged and all(ids == [5, 6] for ids in nudged)
 
 
-def test_contrastive_decoding_amplifies_what_the_note_changed_and_the_twin_reuses_its_cache(engine, monkeypatch):
+def test_contrastive_decoding_amplifies_what_the_note_changed_and_the_twin_reuses_the_main_cache(engine, monkeypatch):
     """Each greedy token is argmax(with + c (with - without)), recomputed here without any cache; c = 0 is plain."""
     sampling = quick(max_new_tokens=8, top_k=0, top_p=1.0, repetition_penalty=1.0)
     monkeypatch.setattr(bot, "copy_ids", lambda tokenizer, recalled: [])
@@ -436,10 +436,16 @@ def test_contrastive_decoding_amplifies_what_the_note_changed_and_the_twin_reuse
         plain = bot.without_note(engine, conversation, sampling)
         assert conversation.recalled and plain == bot.render_ids(engine.tokenizer, [
             {"role": "system", "content": "SYS"}] + conversation.messages), "the same window, minus the note"
+        start = next(i for i, (a, b) in enumerate(zip(note, plain)) if a != b)   # where the note begins
+        fed, forward = [], bot.forward
+        monkeypatch.setattr(bot, "forward", lambda e, ids: fed.append((e is engine, len(ids))) or forward(e, ids))
         for c in (0.0, 3.0):
             monkeypatch.setattr(bot, "MEMORY_CONTRAST", c)
             engine.cache, engine.twin, stats = None, None, {}
+            fed.clear()
             collect(bot.generate(engine, note, sampling, stats, plain=plain, min_new_tokens=8))
+            # a cold twin starts from a copy of the main cache: it feeds only its prompt past the note's start
+            assert fed[:2] == [(True, len(note))] + [(False, len(plain) - start)] * (c > 0) + [(True, 1)] * (c == 0)
             expected = []
             with torch.inference_mode():
                 for _ in range(len(stats["ids"])):
