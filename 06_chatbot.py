@@ -45,7 +45,7 @@ MEMORY_WORDS = 0.2           # ...plus up to this for shared words: hybrid searc
 MEMORY_NEAR = 0.1            # ...this go in (the three chosen on dev users and fresh phrasings, never held-out ones)
 MEMORY_TOPIC = 0.4           # a message about the question's kind of fact (job, partner, ...) scores up to this more
 MEMORY_COPY = 2.0            # added to the logits of the note's words while replying: copy, don't invent (0 = off)
-MEMORY_CONTRAST = 0.25       # logits + this x (logits - logits without the note): trust what you read (0 = off)
+MEMORY_CONTRAST = 0.25       # logits + this x (logits - logits with less of the note), per twin: trust it (0 = off)
 SEED = None                  # an int makes sampling repeatable
 THREADS = 0                  # CPU threads (0 = torch's default; on a busy machine 1 can be several times faster)
 OUT = "out/06_chatbot"       # where /save and /load keep conversations
@@ -110,7 +110,7 @@ END_OF_TURN_TOKENS = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<
 
 @dataclass
 class Engine:
-    """Everything generation needs, shared by every interface: one model, one lock, its KV cache (and the twin's)."""
+    """Everything generation needs, shared by every interface: one model, one lock, its KV cache (and the twins')."""
     model: object
     tokenizer: object
     model_id: str                 # the name shown to users
@@ -124,7 +124,7 @@ class Engine:
     lock: object = field(default_factory=threading.Lock)   # one generation at a time
     cache: object = None          # the KV cache of the last generation ...
     cached_ids: list = field(default_factory=list)  # ... and the tokens it holds (both always change together)
-    twin: object = None           # the same model with a cache of its own: it reads the prompt without the note
+    twins: list = field(default_factory=list)   # the same model with caches of their own: less of the note (below)
 
 
 def load_engine(model_name=MODEL, context=CONTEXT, threads=THREADS, say=print):
@@ -435,7 +435,7 @@ def forward(engine, ids):
 
 def prefill(engine, prompt_ids, donor=None):
     """Keep the KV entries the cache shares with the prompt, feed the rest -> (next-token logits (V,), reused).
-    `donor`: an engine whose cache shares more with the prompt (the twin's is cold): start from a copy of that one."""
+    `donor`: an engine whose cache shares more with the prompt (a twin's is cold): start from a copy of that one."""
     # Cache reuse across turns, one token per bracket:
     #   turn 1 prompt  [sys][user: Hi][asst hdr]                     -> reply [Hel][lo][!]   (then <|im_end|>)
     #   cached_ids     [sys][user: Hi][asst hdr][Hel][lo][!]          (the stop token was sampled, never fed)
@@ -457,9 +457,9 @@ def prefill(engine, prompt_ids, donor=None):
 
 @torch.inference_mode()
 def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_tokens=0, said=(), started=None,
-             copy=(), plain=None):
+             copy=(), plains=()):
     """Yield the reply as text pieces, token by token; the caller holds engine.lock throughout. `said`: ids of earlier
-    replies, penalised; `copy` / `plain`: the note's words, nudged / the prompt without the note; `min_new_tokens`: no
+    replies, penalised; `copy` / `plains`: the note's words, nudged / the twins' prompts; `min_new_tokens`: no
     stop before that many. `stats`: ttft (s from `started`), tokens, tokens_per_s, reused, prompt_tokens, text, ..."""
     stats = {} if stats is None else stats
     started = started or time.perf_counter()
@@ -468,15 +468,15 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
     stats.update(reused=0, prompt_tokens=len(prompt_ids), tokens=0, finish_reason="length", text="")
     reply_ids, text, shown = [], "", 0    # tokens, the text decoded so far, how much of it was already yielded
     penalized, window, first_at, copy = set(said), [0, 0], None, list(copy)   # a list: a tuple would index dims
-    # Context-aware decoding (Shi et al., 2023): the twin reads the prompt without the note; what the note CHANGED in
-    # the logits is amplified (MEMORY_CONTRAST), so a small model's habits ("allergic to tomatoes") lose to the note.
-    engine.twin = engine.twin or (replace(engine, cache=None, cached_ids=[]) if plain and MEMORY_CONTRAST else None)
-    twin = engine.twin if plain and MEMORY_CONTRAST else None   # made with the first note, kept with its cache
+    # Context-aware decoding (Shi et al., 2023): twins read the prompt with less of the note (twin_prompts); what that
+    # CHANGED is amplified (MEMORY_CONTRAST): the note beats a small model's habits, its newest line an older value.
+    engine.twins += [replace(engine, cache=None, cached_ids=[], twins=[]) for _ in plains[len(engine.twins):]]
+    twins = engine.twins[:len(plains)] if MEMORY_CONTRAST else []   # made when first needed, kept with their caches
     try:
         logits, stats["reused"] = prefill(engine, prompt_ids)
-        contrast = prefill(twin, plain, donor=engine)[0] if twin else None   # the prompts share their start
+        contrasts = [prefill(twin, plain, donor=engine)[0] for twin, plain in zip(twins, plains)]   # a shared start
         while len(reply_ids) < sampling.max_new_tokens:
-            mixed = logits if twin is None else logits.float() + MEMORY_CONTRAST * (logits.float() - contrast.float())
+            mixed = logits.float() + MEMORY_CONTRAST * sum(logits.float() - other.float() for other in contrasts)
             token = sample_next(mixed, sampling, generator, penalized, copy)
             first_at = first_at or time.perf_counter()       # the first token: TTFT ends here
             if token in engine.stop_ids and len(reply_ids) >= min_new_tokens:
@@ -503,14 +503,14 @@ def generate(engine, prompt_ids, sampling, stats=None, stop_strings=(), min_new_
                 shown = safe
             if len(reply_ids) < sampling.max_new_tokens:
                 logits = forward(engine, [token])            # decode: one token on top of the cache
-                contrast = forward(twin, [token]) if twin else None
+                contrasts = [forward(twin, [token]) for twin in twins]
         if len(text) > shown:
             yield text[shown:]                                # whatever was held back
             shown = len(text)
     except GeneratorExit:
         raise   # the reader stopped at a `yield`, between two whole forward passes: the cache is consistent
     except BaseException:
-        engine.cache, engine.cached_ids, engine.twin = None, [], None   # stopped INSIDE forward(): maybe half-updated
+        engine.cache, engine.cached_ids, engine.twins = None, [], []   # stopped INSIDE forward(): maybe half-updated
         raise
     finally:
         done = time.perf_counter()
@@ -557,10 +557,11 @@ def prepare_prompt(engine, conversation, sampling, trim_to=TRIM_TO):
     return ids
 
 
-def without_note(engine, conversation, sampling):   # the window prepare_prompt chose, minus the note (None: no note)
-    window = dict(budget=budget_of(engine, sampling), start=conversation.start)   # it fits: shorter than with a note
-    return fit_prompt(engine.tokenizer, conversation.system_prompt or None, conversation.messages, **window)[0] \
-        if conversation.recalled and MEMORY_CONTRAST else None
+def twin_prompts(engine, conversation, sampling):   # the window prepare_prompt chose, with less of the note (each
+    note, window = conversation.recalled, dict(budget=budget_of(engine, sampling), start=conversation.start)   # fits)
+    less = [()] + [note[:-1]] * (len(note) > 1 and conversation.memory_at == "end")   # none; all but the newest line
+    return [fit_prompt(engine.tokenizer, conversation.system_prompt or None, conversation.messages, recalled=part,
+                       **window)[0] for part in less] if note and MEMORY_CONTRAST else []
 
 
 def said_ids(tokenizer, messages):   # the ids of the assistant's replies in the window (the repetition penalty)
@@ -576,8 +577,8 @@ def chat_turn(engine, conversation, user_text, sampling, stats=None):
     try:
         prompt_ids = prepare_prompt(engine, conversation, sampling)
         said = said_ids(engine.tokenizer, conversation.messages[conversation.start:])
-        copy, plain = copy_ids(engine.tokenizer, conversation.recalled), without_note(engine, conversation, sampling)
-        yield from generate(engine, prompt_ids, sampling, stats, said=said, started=started, copy=copy, plain=plain)
+        copy, plains = copy_ids(engine.tokenizer, conversation.recalled), twin_prompts(engine, conversation, sampling)
+        yield from generate(engine, prompt_ids, sampling, stats, said=said, started=started, copy=copy, plains=plains)
     finally:  # even when interrupted, keep what was said: the history stays user/assistant/user/assistant
         conversation.messages.append({"role": "assistant", "content": stats.get("text", "").strip()})
 
@@ -747,8 +748,7 @@ def check_args(parser, args):
         if getattr(args, moved[2:].replace("-", "_"), False):
             parser.error(f"{moved} moved: run python companions/{companion}")
     rules = [(0 <= args.temperature <= 5, "--temperature must be between 0 and 5"),
-             (args.top_k >= 0, "--top-k must be 0 (off) or positive"),
-             (0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
+             (args.top_k >= 0, "--top-k must be 0 (off) or more"), (0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
              (0.5 <= args.repetition_penalty <= 2, "--repetition-penalty must be between 0.5 and 2"),
              (args.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
              (args.context >= 64, "--context must be at least 64 tokens"),

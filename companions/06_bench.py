@@ -121,7 +121,7 @@ def run_bench(engine, sampling, startup):
     # Three runs each, report the median: the first run of anything is slower (caches, allocator), and one slow
     # run on a shared machine should not decide the figure.
     for _ in range(3):
-        conversation, stats, engine.cache, engine.twin = copy.deepcopy(base), {}, None, None   # the twin: see generate
+        conversation, stats, engine.cache, engine.twins = copy.deepcopy(base), {}, None, []   # the twins: see generate
         if engine.encoder:  # nothing cached: the memory encodes the history too (the kinds of fact: at the start)
             chat.embed.cache_clear()
             chat.warm_up(engine)
@@ -182,7 +182,7 @@ def run_bench(engine, sampling, startup):
     made = out.shape[1] - len(prompt_ids)
     print(f"reference, stock model.generate: first token {prefill:.3f} s, {made} tokens at "
           f"{(made - 1) / max(seconds - prefill, 1e-9):.1f} tokens/s after the first ({made / seconds:.1f} overall)")
-    engine.cache, engine.cached_ids, engine.twin = None, [], None   # leave no benchmark prompt in a cache
+    engine.cache, engine.cached_ids, engine.twins = None, [], []   # leave no benchmark prompt in a cache
 
 
 def post_json(url, payload, timeout=600):

@@ -253,9 +253,9 @@ def ask(engine, conversation, question, condition, sampling):
     note = list(branch.recalled) if condition in ("retrieval", "retrieval+") else None   # as prepare_prompt left it
     stats = {}
     with engine.lock:
-        plain = chat.without_note(engine, branch, sampling) if note else None   # the regex row: no contrast
+        plains = chat.twin_prompts(engine, branch, sampling) if note else []   # the regex row: no contrast
         for _ in chat.generate(engine, prompt, sampling, stats, copy=chat.copy_ids(engine.tokenizer, note or ()),
-                               plain=plain):
+                               plains=plains):
             pass
     return stats["text"].strip(), memory_ms, branch.start > 0, note
 

@@ -706,7 +706,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             pieces = chat.generate(engine, prompt_ids, sampling, stats, stop_strings=stop,
                                    said=chat.said_ids(engine.tokenizer, history[start:]), started=started,
                                    copy=chat.copy_ids(engine.tokenizer, conversation.recalled),
-                                   plain=chat.without_note(engine, conversation, sampling))
+                                   plains=chat.twin_prompts(engine, conversation, sampling))
             try:
                 if stream:
                     # The first chunk announces the role with empty content, as OpenAI's server does; clients that

@@ -423,43 +423,53 @@ def test_a_reply_with_a_note_nudges_the_notes_words(engine, monkeypatch):
     assert nudged and all(ids == [5, 6] for ids in nudged)
 
 
-def test_contrastive_decoding_amplifies_what_the_note_changed_and_the_twin_reuses_the_main_cache(engine, monkeypatch):
-    """Each greedy token is argmax(with + c (with - without)), recomputed here without any cache; c = 0 is plain."""
+def test_contrastive_decoding_amplifies_what_the_note_and_its_newest_line_changed_and_the_twins_reuse_caches(
+        engine, monkeypatch):
+    """Each greedy token is argmax(with + c sum(with - less)), recomputed here without any cache, where the twins read
+    the prompt without the note and without its last line; c = 0 is plain. A cold twin copies the main cache."""
     sampling = quick(max_new_tokens=8, top_k=0, top_p=1.0, repetition_penalty=1.0)
     monkeypatch.setattr(bot, "copy_ids", lambda tokenizer, recalled: [])
+    lines = ["I live in Quito, in a flat by the park.", "We moved: home is Lima now."]
+    monkeypatch.setattr(bot, "recall", lambda messages, question, k=6, encoder=None: lines[:k])
     conversation = bot.Conversation(system_prompt="SYS")
     with engine.lock:
         for text in ["My name is Zorblax and I live in Quito.", "Nice weather today."]:
             collect(bot.chat_turn(engine, conversation, text, quick(max_new_tokens=3)))
-        conversation.messages.append({"role": "user", "content": "Where do I live? Quito?"})
+        conversation.messages.append({"role": "user", "content": "Where do I live?"})
         note = bot.prepare_prompt(engine, conversation, sampling)
-        plain = bot.without_note(engine, conversation, sampling)
-        assert conversation.recalled and plain == bot.render_ids(engine.tokenizer, [
-            {"role": "system", "content": "SYS"}] + conversation.messages), "the same window, minus the note"
-        start = next(i for i, (a, b) in enumerate(zip(note, plain)) if a != b)   # where the note begins
-        fed, forward = [], bot.forward
+        plains = bot.twin_prompts(engine, conversation, sampling)
+        window = [{"role": "system", "content": "SYS"}] + conversation.messages[:-1]
+        assert conversation.recalled == lines and plains == [bot.render_ids(engine.tokenizer, window + [
+            {"role": "user", "content": bot.with_memory("Where do I live?", less)}]) for less in ([], lines[:1])]
+        shared = [next(i for i, (a, b) in enumerate(zip(note, p)) if a != b) for p in plains]   # where each differs
+        fed, forward, mixed, sample = [], bot.forward, [], bot.sample_next   # spies: what is fed, what is sampled from
         monkeypatch.setattr(bot, "forward", lambda e, ids: fed.append((e is engine, len(ids))) or forward(e, ids))
+        monkeypatch.setattr(bot, "sample_next", lambda x, *rest: mixed.append(x.clone()) or sample(x, *rest))
         for c in (0.0, 3.0):
             monkeypatch.setattr(bot, "MEMORY_CONTRAST", c)
-            engine.cache, engine.twin, stats = None, None, {}
-            fed.clear()
-            collect(bot.generate(engine, note, sampling, stats, plain=plain, min_new_tokens=8))
-            # a cold twin starts from a copy of the main cache: it feeds only its prompt past the note's start
-            assert fed[:2] == [(True, len(note))] + [(False, len(plain) - start)] * (c > 0) + [(True, 1)] * (c == 0)
+            engine.cache, engine.twins, stats = None, [], {}
+            fed.clear(), mixed.clear()
+            collect(bot.generate(engine, note, sampling, stats, plains=plains, min_new_tokens=8))
+            # cold twins start from a copy of the main cache: each feeds only its prompt past what it shares with it
+            assert fed[:3] == [(True, len(note))] + ([(False, len(p) - n) for p, n in zip(plains, shared)] if c else
+                                                     [(True, 1)] * 2)
             expected = []
             with torch.inference_mode():
                 for _ in range(len(stats["ids"])):
-                    with_note, without = (engine.model(input_ids=torch.tensor([ids + expected])).logits[0, -1]
-                                          for ids in (note, plain))
-                    expected.append(int((with_note + c * (with_note - without)).argmax()))
+                    with_note, *less = (engine.model(input_ids=torch.tensor([ids + expected])).logits[0, -1]
+                                        for ids in [note] + plains)
+                    logits = with_note + c * sum(with_note - other for other in less)
+                    assert torch.allclose(mixed[len(expected)], logits, atol=1e-4)
+                    expected.append(int(logits.argmax()))
             assert stats["ids"] == expected and len(expected) == 8
-            assert (engine.twin is None) == (c == 0)
-        monkeypatch.setattr(bot, "MEMORY_CONTRAST", 3.0)
-        assert engine.twin.cached_ids[:len(plain)] == plain
-        collect(bot.generate(engine, note, sampling, {}, plain=plain + [7]))   # the twin's cache is reused
-        assert engine.twin.cached_ids[:len(plain) + 1] == plain + [7]
+        assert [twin.cached_ids[:len(p)] for twin, p in zip(engine.twins, plains)] == plains
+        collect(bot.generate(engine, note, sampling, {}, plains=[plains[0] + [7], plains[1]]))   # the caches are reused
+        assert engine.twins[0].cached_ids[:len(plains[0]) + 1] == plains[0] + [7]
+        lines.pop()   # a note of one line: one twin, without the note
+        bot.prepare_prompt(engine, conversation, sampling)
+        assert bot.twin_prompts(engine, conversation, sampling) == plains[:1]
         monkeypatch.setattr(bot, "MEMORY_CONTRAST", 0.0)
-        assert bot.without_note(engine, conversation, sampling) is None
+        assert bot.twin_prompts(engine, conversation, sampling) == []
 
 
 def test_memory_share_of_the_prompt_stays_bounded_over_200_turns(engine):
