@@ -557,8 +557,8 @@ def prepare_prompt(engine, conversation, sampling, trim_to=TRIM_TO):
     return ids
 
 
-def twin_prompts(engine, conversation, sampling):   # the window prepare_prompt chose, with less of the note (each
-    note, window = conversation.recalled, dict(budget=budget_of(engine, sampling), start=conversation.start)   # fits)
+def twin_prompts(engine, conversation, sampling):   # the window prepare_prompt chose, with less of the note
+    note, window = conversation.recalled, dict(budget=budget_of(engine, sampling), start=conversation.start)
     less = [()] + [note[:-1]] * (len(note) > 1 and conversation.memory_at == "end")   # none; all but the newest line
     return [fit_prompt(engine.tokenizer, conversation.system_prompt or None, conversation.messages, recalled=part,
                        **window)[0] for part in less] if note and MEMORY_CONTRAST else []
