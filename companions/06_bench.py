@@ -169,6 +169,21 @@ def run_bench(engine, sampling, startup):
     print(f"decode: {stats['tokens']} tokens, median {median(speeds):.1f} tokens/s "
           f"(runs: {', '.join(f'{s:.1f}' for s in speeds)}; sampling T={sampling.temperature}, top-k {sampling.top_k},"
           f" top-p {sampling.top_p})")
+    # The same with the memory's contrast (see generate): each twin adds a forward pass per token. The bench's note
+    # may have one line, so the second twin's cost is shown with one more (made-up) line in the note.
+    first.recalled = first.recalled + ["I packed a rain jacket and a map."] * (len(first.recalled) == 1)
+    noted = chat.fit_prompt(tokenizer, first.system_prompt or None, first.messages, start=first.start,
+                            budget=chat.budget_of(engine, long_run), recalled=first.recalled)[0]
+    plains = chat.twin_prompts(engine, first, long_run)
+    for n in range(1, len(plains) + 1):
+        twin_speeds = []
+        for _ in range(3):
+            engine.cache, engine.twins, stats = None, [], {}
+            for _ in chat.generate(engine, noted, long_run, stats, min_new_tokens=128, plains=plains[:n]):
+                pass
+            twin_speeds.append(stats["tokens_per_s"])
+        print(f"decode with the contrast, {n} twin{'s' * (n > 1)} ({len(first.recalled)}-line note): median "
+              f"{median(twin_speeds):.1f} tokens/s (runs: {', '.join(f'{s:.1f}' for s in twin_speeds)})")
     # 4. For comparison: transformers' stock generate() on the same prompt, greedy, 128 tokens.
     #    Its prefill is estimated as the time of a 1-token generate; decode speed = the rest over 127 tokens.
     with torch.inference_mode():
