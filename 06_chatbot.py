@@ -442,7 +442,7 @@ def prefill(engine, prompt_ids, donor=None):
     #   turn 2 prompt  [sys][user: Hi][asst hdr][Hel][lo][!][<|im_end|>][user: How are you?][asst hdr]
     # Turn 2 prefills only from <|im_end|> on: causally, position i depends on tokens 0..i alone, so the cache fits ANY
     # prompt with the same start. Where the prompts differ (a trim, a new memory note, another client), the rest goes.
-    lead = lambda ids: next(n for n, (a, b) in enumerate(zip(ids + [-1], prompt_ids + [-2])) if a != b)   # shared
+    lead = lambda ids: ([a == b for a, b in zip(ids, prompt_ids)] + [False]).index(False)   # how many ids lead alike
     if donor and lead(donor.cached_ids) > lead(engine.cached_ids) and donor.cache is not None:   # copied, not redone
         engine.cache, engine.cached_ids = copy.deepcopy(donor.cache), list(donor.cached_ids)
     common = min(lead(engine.cached_ids), len(prompt_ids) - 1)   # the shared start, less one: its logits come first
@@ -559,7 +559,7 @@ def prepare_prompt(engine, conversation, sampling, trim_to=TRIM_TO):
 
 def twin_prompts(engine, conversation, sampling):   # the window prepare_prompt chose, with less of the note
     note, window = conversation.recalled, dict(budget=budget_of(engine, sampling), start=conversation.start)
-    less = [()] + [note[:-1]] * (len(note) > 1 and conversation.memory_at == "end")   # none; all but the newest line
+    less = [()] + ([note[:-1]] if len(note) > 1 and conversation.memory_at == "end" else [])   # none; all but the last
     return [fit_prompt(engine.tokenizer, conversation.system_prompt or None, conversation.messages, recalled=part,
                        **window)[0] for part in less] if note and MEMORY_CONTRAST else []
 

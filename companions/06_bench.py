@@ -171,7 +171,8 @@ def run_bench(engine, sampling, startup):
           f" top-p {sampling.top_p})")
     # The same with the memory's contrast (see generate): each twin adds a forward pass per token. The bench's note
     # may have one line, so the second twin's cost is shown with one more (made-up) line in the note.
-    first.recalled = first.recalled + ["I packed a rain jacket and a map."] * (len(first.recalled) == 1)
+    if len(first.recalled) == 1:
+        first.recalled = first.recalled + ["I packed a rain jacket and a map."]
     noted = chat.fit_prompt(tokenizer, first.system_prompt or None, first.messages, start=first.start,
                             budget=chat.budget_of(engine, long_run), recalled=first.recalled)[0]
     plains = chat.twin_prompts(engine, first, long_run)
