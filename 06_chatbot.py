@@ -267,7 +267,8 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 # for what the encoder learnt). Oblique questions share neither ("Who stole my heart?" / "Mireille is the best
 # girlfriend ever.") but ask for a KIND of fact: each SYNONYMS group, encoded as one text, stands for a kind; asked
 # about the user, a message about the kind asked for scores up to MEMORY_TOPIC more (the lift). An update drops the
-# older message it updates (newer, same kind, cosine >= 0.3, past the gate, ranked as high). No encoder: BM25 alone.
+# older message of its kind: newer, past the gate, and close (cosine >= 0.3, ranked as high) or, both past the gate and
+# the older clearly of its kind (p >= 0.5), with a word of change about the kind asked ("I'm a florist now": UPDATE).
 STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with about as into is are was were be been
 am do does did have has had i im ive me my mine you your we our us it its this that these those what which who whom how
 when where why can could would should will shall may might must not no yes just very too also there here then than if
@@ -301,6 +302,8 @@ GROUPS = [{stem(w) for w in group.split()} for group in SYNONYMS]      # GROUPS[
 ABOUT_ME = re.compile(r"\b(my|mine|our)\b|\b(i|i'm|me|we|us)\b.*\?", re.IGNORECASE)   # a question about the user
 RELATED = {w: set().union(*(g for g in GROUPS if w in g)) for group in GROUPS for w in group}   # a word: its groups
 ASKS = re.compile(r".*\?\s*$|\s*(please )?(tell|suggest|recommend|explain|give|write|show|help|describe)\b", re.I)
+UPDATE = re.compile(r"\b(now|new|newly|moved|switched|changed|left|quit|no longer|any ?more|these days|from now on|"
+                    r"instead|former|gave up|given up|dropped|took up|taken up|become|became|actually|since)\b", re.I)
 
 
 def statements(messages):   # the user's past messages that state something: (text on one line, its words)
@@ -348,12 +351,13 @@ def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
         scores = [c + MEMORY_WORDS * s / top for c, s in zip(cosines, scores)]
         topic = torch.softmax(torch.cat([vectors, asking[None]]) @ torch.stack(list(map(embed, SYNONYMS))).T / 0.05, -1)
         same = (topic[:-1] @ topic[-1]).tolist()   # (N + 1, G) -> (N,): P(a message is about the question's kind)
-        least, gate = MEMORY_NEAR, MEMORY_SIMILARITY
+        least, gate, kind = MEMORY_NEAR, MEMORY_SIMILARITY, topic.argmax(-1)   # kind: the question's last
     ranked = [s + MEMORY_TOPIC * t for s, t in zip(scores, same)] if about_me else scores   # the lift: see above
     best = sorted((i for i, r in enumerate(ranked) if r >= gate or scores[i] >= least), key=lambda i: (-ranked[i], -i)
                   )[:k] if found and max(ranked) >= gate else []
-    replaces = lambda j, i: j > i and ranked[j] >= max(ranked[i], gate) and topic[j].argmax() == topic[i].argmax() \
-        and vectors[i] @ vectors[j] >= 0.3   # newer, ranked as high, the same kind of fact, close: an update (above)
+    replaces = lambda j, i: j > i and ranked[j] >= gate and kind[j] == kind[i] and (ranked[j] >= ranked[i] and
+        vectors[i] @ vectors[j] >= 0.3 or ranked[i] >= gate and kind[j] == kind[-1] and same[j] >= same[i] and
+        topic[i].max() >= 0.5 and UPDATE.search(found[j][0]) is not None)   # an update: close, or asked with a cue
     best = [i for i in best if not any(replaces(j, i) for j in best)] if encoder else best   # only the few recalled
     topics = {g for g, group in enumerate(GROUPS) for w in asked if w in group}   # "my sister's name": {0, 10}
     if found and 0 not in best and about_me and (topics == {0} or not asked):   # "Who am I?"
@@ -412,8 +416,7 @@ def sample_next(logits, sampling, generator, penalized, copy=()):
         before = torch.cumsum(probs, dim=-1) - probs                     # the mass before each token
         probs = probs.masked_fill(before >= sampling.top_p, 0.0)         # the first token always survives
         probs = probs / probs.sum()
-    # drawn on the CPU with our own Generator: a seeded reply is the same on every device
-    choice = torch.multinomial(probs.cpu(), 1, generator=generator)     # an index into the top-k slice
+    choice = torch.multinomial(probs.cpu(), 1, generator=generator)   # on the CPU: a seed, the same on every device
     return int(indices[int(choice)])
 
 
@@ -642,10 +645,8 @@ def run_command(line, conversation, engine, sampling, folder):
     # /reset and /load return a NEW conversation: the server swaps it in under its lock; the terminal rebinds it.
     command, _, argument = line.strip().partition(" ")
     command, argument = command.lower(), argument.strip()
-    if command in ("/quit", "/exit", "/bye"):
-        return "bye", None, True
-    if command == "/help":
-        return HELP, None, False
+    if command in ("/quit", "/exit", "/bye", "/help"):
+        return (HELP, None, False) if command == "/help" else ("bye", None, True)
     if command == "/reset":
         return "conversation cleared", Conversation(conversation.system_prompt, memory_at=conversation.memory_at), False
     if command == "/history":
@@ -760,8 +761,7 @@ def check_args(parser, args):
 def setup(args, say=print):
     """Flags -> (engine, sampling, conversation): what every interface starts from."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Rust tokenizer's threads would fight torch's
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error(), transformers.utils.logging.disable_progress_bar()
     engine = load_engine(args.model, context=args.context, threads=args.threads, say=say)
     max_new = args.max_new_tokens
     if max_new > engine.context // 2:     # a small window (stage 04's model): most of it for the conversation

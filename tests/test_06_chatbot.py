@@ -9,6 +9,7 @@ strings), a scripted stand-in model emits a fixed token sequence.
 import dataclasses
 import importlib.util
 import json
+import re
 import string
 import sys
 import threading
@@ -314,6 +315,20 @@ def test_an_update_replaces_the_older_message_of_its_kind_and_nothing_else():
     chat = said("Back home in Cork, where I grew up, it's raining again.", "These days home is a flat in Leeds.")
     assert chat[0]["content"] in bot.recall(chat, "Where did I spend my childhood?", encoder=encoder), \
         "asked where they grew up: the childhood home stays beside the newer one"
+
+
+@needs_encoder
+def test_a_word_of_change_marks_an_update_that_the_cosine_misses(monkeypatch):
+    encoder, old, new = bot.sentence_encoder(), "Weekends are for my watercolours.", "New hobby: I've taken up climbing."
+    chat = said("Hey, it's Odile.", old, "We had pancakes for breakfast.", new)
+    for question in ["What's my hobby?", "How do I spend my free time?"]:
+        recalled = bot.recall(chat, question, encoder=encoder)
+        assert new in recalled and old not in recalled, (question, recalled)
+    assert bot.UPDATE.search(new) and not bot.UPDATE.search(old)
+    monkeypatch.setattr(bot, "UPDATE", re.compile(r"(?!)"))   # no word of change: too far apart (cosine), both stay
+    assert {old, new} <= set(bot.recall(chat, "What's my hobby?", encoder=encoder))
+    monkeypatch.undo()
+    assert {old, new} <= set(bot.recall(chat, "What's my hobby?")), "words alone (no encoder): both stay"
 
 
 @needs_encoder
