@@ -268,7 +268,7 @@ def fit_prompt(tokenizer, system_text, history, budget, start=0, target=None, re
 # girlfriend ever.") but ask for a KIND of fact: each SYNONYMS group, encoded as one text, stands for a kind; asked
 # about the user, a message about the kind asked for scores up to MEMORY_TOPIC more (the lift). An update drops the
 # older message of its kind: newer, past the gate, and close (cosine >= 0.3, ranked as high) or, both past the gate and
-# the older clearly of its kind (p >= 0.5), with a word of change about the kind asked ("I'm a florist now": UPDATE).
+# of the kind asked (the older surely: p >= 0.5), with a word of change ("I'm a florist now": UPDATE). No encoder: none.
 STOP_WORDS = frozenset("""a an the and or but so of to in on at by for from with about as into is are was were be been
 am do does did have has had i im ive me my mine you your we our us it its this that these those what which who whom how
 when where why can could would should will shall may might must not no yes just very too also there here then than if
@@ -302,8 +302,8 @@ GROUPS = [{stem(w) for w in group.split()} for group in SYNONYMS]      # GROUPS[
 ABOUT_ME = re.compile(r"\b(my|mine|our)\b|\b(i|i'm|me|we|us)\b.*\?", re.IGNORECASE)   # a question about the user
 RELATED = {w: set().union(*(g for g in GROUPS if w in g)) for group in GROUPS for w in group}   # a word: its groups
 ASKS = re.compile(r".*\?\s*$|\s*(please )?(tell|suggest|recommend|explain|give|write|show|help|describe)\b", re.I)
-UPDATE = re.compile(r"\b(now|new|newly|moved|switched|changed|left|quit|no longer|any ?more|these days|from now on|"
-                    r"instead|former|gave up|given up|dropped|took up|taken up|become|became|actually|since)\b", re.I)
+UPDATE = re.compile(r"\b(now|new|newly|moved|switched|changed|left|quit|no longer|any ?more|these days|instead|former|"
+                    r"(gave|given|took|taken) up|dropped|become|became|actually|since)\b", re.I)   # words of change
 
 
 def statements(messages):   # the user's past messages that state something: (text on one line, its words)
@@ -351,7 +351,7 @@ def recall(messages, question, k=MEMORY_ITEMS, encoder=None):
         scores = [c + MEMORY_WORDS * s / top for c, s in zip(cosines, scores)]
         topic = torch.softmax(torch.cat([vectors, asking[None]]) @ torch.stack(list(map(embed, SYNONYMS))).T / 0.05, -1)
         same = (topic[:-1] @ topic[-1]).tolist()   # (N + 1, G) -> (N,): P(a message is about the question's kind)
-        least, gate, kind = MEMORY_NEAR, MEMORY_SIMILARITY, topic.argmax(-1)   # kind: the question's last
+        least, gate, kind = MEMORY_NEAR, MEMORY_SIMILARITY, topic.argmax(-1)   # kind[-1]: the question's kind
     ranked = [s + MEMORY_TOPIC * t for s, t in zip(scores, same)] if about_me else scores   # the lift: see above
     best = sorted((i for i, r in enumerate(ranked) if r >= gate or scores[i] >= least), key=lambda i: (-ranked[i], -i)
                   )[:k] if found and max(ranked) >= gate else []
@@ -416,7 +416,7 @@ def sample_next(logits, sampling, generator, penalized, copy=()):
         before = torch.cumsum(probs, dim=-1) - probs                     # the mass before each token
         probs = probs.masked_fill(before >= sampling.top_p, 0.0)         # the first token always survives
         probs = probs / probs.sum()
-    choice = torch.multinomial(probs.cpu(), 1, generator=generator)   # on the CPU: a seed, the same on every device
+    choice = torch.multinomial(probs.cpu(), 1, generator=generator)   # CPU draw: same seed, same reply on any device
     return int(indices[int(choice)])
 
 
